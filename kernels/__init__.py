@@ -1,0 +1,1 @@
+"""minigen.kernels: array-in, array-out compute kernels."""

@@ -1,0 +1,192 @@
+"""The one place that knows about NumPy versus CuPy.
+
+Everything else in minigen asks `array_module(x)` for the module that owns an array and
+writes `xp.` calls that both libraries understand. Devices are named "cpu" and "cuda".
+The default random generators (one per device) live here too, seeded by `manual_seed`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+try:  # CuPy is optional: the `cuda` extra.
+    import cupy as _cupy
+except Exception as _error:  # pragma: no cover - depends on the machine
+    _cupy = None
+    _cupy_import_error = _error
+else:
+    _cupy_import_error = None
+
+DEVICES = ("cpu", "cuda")
+
+
+def cuda_status() -> str | None:
+    """None when CUDA can be used, else one sentence saying what is missing."""
+    if _cupy is None:
+        return ("CuPy is not installed (pip install 'minigen[cuda]' on a machine with an "
+                f"NVIDIA GPU); import failed with: {_cupy_import_error}")
+    try:
+        count = _cupy.cuda.runtime.getDeviceCount()
+    except Exception as error:  # pragma: no cover - depends on the machine
+        return f"CuPy is installed but no CUDA GPU can be used: {error}"
+    if count == 0:  # pragma: no cover
+        return "CuPy is installed but this machine has no CUDA GPU"
+    return None
+
+
+def cuda_available() -> bool:
+    return cuda_status() is None
+
+
+def check_device(device: str) -> str:
+    """Normalise a device name and fail clearly if it cannot be used here."""
+    device = str(device)
+    if device.startswith("cuda"):
+        device = "cuda"
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
+    if device == "cuda":
+        problem = cuda_status()
+        if problem is not None:
+            raise RuntimeError(f"device 'cuda' was asked for, but {problem}")
+    return device
+
+
+def xp_for(device: str):
+    """The array module for a device name."""
+    return _cupy if check_device(device) == "cuda" else np
+
+
+def array_module(array):
+    """numpy or cupy, whichever owns `array` (NumPy for scalars and lists)."""
+    if _cupy is not None and isinstance(array, _cupy.ndarray):
+        return _cupy
+    return np
+
+
+def device_of(array) -> str:
+    return "cuda" if array_module(array) is not np else "cpu"
+
+
+def to_device(array, device: str):
+    """Move an array to a device; returns the same array when it is already there."""
+    device = check_device(device)
+    if device == "cuda":
+        return _cupy.asarray(array)
+    if array_module(array) is not np:
+        return _cupy.asnumpy(array)
+    return np.asarray(array)
+
+
+def to_numpy(array) -> np.ndarray:
+    return to_device(array, "cpu")
+
+
+def erf(array):
+    """The error function on either device (GELU needs it; NumPy has none)."""
+    if array_module(array) is np:
+        from scipy.special import erf as scipy_erf
+        return scipy_erf(array)
+    from cupyx.scipy.special import erf as cupy_erf  # pragma: no cover
+    return cupy_erf(array)  # pragma: no cover
+
+
+def scatter_add(target, indices, values) -> None:
+    """target[indices] += values with repeated indices summed (np.add.at / cupyx)."""
+    if array_module(target) is np:
+        np.add.at(target, indices, values)
+    else:  # pragma: no cover
+        import cupyx
+        cupyx.scatter_add(target, indices, values)
+
+
+# ---------------------------------------------------------------------------------------
+# Random numbers: one generator per device. NumPy's PCG64 on the CPU. On the GPU a CuPy
+# RandomState is re-seeded from (seed, number of draws), so its whole state is two
+# integers that a checkpoint can store and restore exactly.
+# ---------------------------------------------------------------------------------------
+class CpuGenerator:
+    def __init__(self, seed: int = 0):
+        self.seed(seed)
+
+    def seed(self, seed: int) -> None:
+        self._generator = np.random.Generator(np.random.PCG64(seed))
+
+    def normal(self, shape, dtype):
+        return self._generator.standard_normal(shape, dtype=np.float64).astype(dtype, copy=False)
+
+    def uniform(self, shape, dtype):
+        return self._generator.random(shape, dtype=np.float64).astype(dtype, copy=False)
+
+    def integers(self, low, high, shape):
+        return self._generator.integers(low, high, size=shape, dtype=np.int64)
+
+    def permutation(self, n: int):
+        return self._generator.permutation(n)
+
+    def get_state(self) -> dict:
+        return self._generator.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self._generator.bit_generator.state = state
+
+
+class CudaGenerator:  # pragma: no cover - needs a GPU
+    def __init__(self, seed: int = 0):
+        self.seed(seed)
+
+    def seed(self, seed: int) -> None:
+        self._seed, self._draws = int(seed), 0
+
+    def _next(self):
+        # A distinct stream per draw, derived from the seed and the draw's number.
+        self._draws += 1
+        return _cupy.random.RandomState((self._seed * 1_000_003 + self._draws) % 2**63)
+
+    def normal(self, shape, dtype):
+        return self._next().standard_normal(shape, dtype=np.float64).astype(dtype, copy=False)
+
+    def uniform(self, shape, dtype):
+        return self._next().random_sample(shape, dtype=np.float64).astype(dtype, copy=False)
+
+    def integers(self, low, high, shape):
+        return self._next().randint(low, high, size=shape, dtype=np.int64)
+
+    def permutation(self, n: int):
+        return self._next().permutation(n)
+
+    def get_state(self) -> dict:
+        return {"seed": self._seed, "draws": self._draws}
+
+    def set_state(self, state: dict) -> None:
+        self._seed, self._draws = int(state["seed"]), int(state["draws"])
+
+
+_generators: dict[str, object] = {"cpu": CpuGenerator(0)}
+
+
+def generator(device: str = "cpu"):
+    """The default random generator of a device."""
+    device = check_device(device)
+    if device not in _generators:
+        _generators[device] = CudaGenerator(0)
+    return _generators[device]
+
+
+def manual_seed(seed: int) -> None:
+    """Seed the default generators of every device, as torch.manual_seed does."""
+    for device in list(_generators):
+        _generators[device].seed(seed)
+    if "cuda" not in _generators and _cupy is not None:
+        _generators["cuda"] = CudaGenerator(seed)
+
+
+def get_rng_state() -> dict:
+    """Every device generator's state, JSON-serialisable (for checkpoints)."""
+    return {device: gen.get_state() for device, gen in _generators.items()}
+
+
+def set_rng_state(state: dict) -> None:
+    for device, device_state in state.items():
+        if device == "cuda" and cuda_status() is not None:
+            continue  # a GPU run's stream cannot be restored on a CPU-only machine
+        generator(device).set_state(device_state)
