@@ -1,0 +1,13 @@
+"""minigen.functional (import as F): every differentiable op under PyTorch's name.
+
+This file only gathers; each op lives in the file of its family under minigen/ops.
+"""
+from minigen.ops.activations import (dropout, gelu, leaky_relu, log_softmax, relu, sigmoid, silu,
+                                     softmax, softplus, tanh)
+from minigen.ops.elementwise import (abs, clamp, cos, erf, exp, log, maximum, minimum, pow, sin,
+                                     sqrt, where)
+from minigen.ops.losses import binary_cross_entropy_with_logits, cross_entropy, mse_loss, nll_loss
+from minigen.ops.matmul import linear, matmul
+from minigen.ops.reduce import logsumexp, max, mean, min, std, sum, var
+from minigen.ops.shape import (cat, chunk, expand, flatten, pad, permute, reshape, split, squeeze,
+                               stack, transpose, unsqueeze)

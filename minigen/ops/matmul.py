@@ -1,0 +1,53 @@
+"""Matrix products: batched, broadcasting `matmul` and `linear` (x W^T + b).
+
+d(A B)/dA = G B^T and d(A B)/dB = A^T G, with the batch dims summed back to each input's
+shape; vectors are lifted to matrices first, as NumPy and PyTorch do.
+"""
+from __future__ import annotations
+
+from minigen import backend
+from minigen.ops.elementwise import sum_to
+from minigen.tensor import Function, Tensor
+
+
+def _transpose_last(x: Tensor) -> Tensor:
+    from minigen.ops.shape import transpose
+    return transpose(x, -1, -2)
+
+
+class MatMul(Function):
+    """A @ B for A (..., n, k) and B (..., k, m)."""
+
+    def forward(self, a, b):
+        if a.shape[-1] != b.shape[-2]:
+            raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not line up "
+                             f"({a.shape[-1]} != {b.shape[-2]})")
+        return backend.array_module(a).matmul(a, b)
+
+    def backward(self, grad_output):
+        a, b = self.inputs
+        grad_a = sum_to(matmul(grad_output, _transpose_last(b)), a.shape) if self.needs_grad[0] else None
+        grad_b = sum_to(matmul(_transpose_last(a), grad_output), b.shape) if self.needs_grad[1] else None
+        return grad_a, grad_b
+
+
+def matmul(a: Tensor, b: Tensor) -> Tensor:
+    from minigen.ops.shape import squeeze, unsqueeze
+    from minigen.tensor import _as_tensor
+    a, b = _as_tensor(a), _as_tensor(b)
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError(f"matmul: both operands need at least 1 dim, got {a.shape} and {b.shape}")
+    if a.ndim == 1:
+        return squeeze(matmul(unsqueeze(a, 0), b), -2)
+    if b.ndim == 1:
+        return squeeze(matmul(a, unsqueeze(b, -1)), -1)
+    return MatMul()(a, b)
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x (..., in) @ weight (out, in)^T + bias (out,)."""
+    if x.shape[-1] != weight.shape[-1]:
+        raise ValueError(f"linear: input has {x.shape[-1]} features but weight expects "
+                         f"{weight.shape[-1]} (input shape {x.shape}, weight shape {weight.shape})")
+    out = matmul(x, _transpose_last(weight))
+    return out if bias is None else out + bias
