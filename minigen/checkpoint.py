@@ -1,0 +1,488 @@
+"""HDF5 checkpoints: everything needed to resume a run, in one file, written atomically.
+
+Layout: /models/<name>/<state-dict path> (one dataset per tensor), /optimizers/<name>/...,
+/schedulers/<name>/..., /ema/<name>/..., /extra/...; root attributes hold the format, the
+versions, the step, the config and the RNG states as JSON. Arrays are stored as host NumPy, so
+a checkpoint written on the GPU loads on a CPU-only machine. Every problem a user can meet when
+loading is a CheckpointError whose message is one line naming the file and the fix.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+
+import h5py
+import numpy as np
+
+from . import backend
+
+FORMAT_NAME = "minigen-checkpoint"
+FORMAT_VERSION = 1
+# The objects a checkpoint restores in place, each by name: anything with state_dict() and
+# load_state_dict(). Models are checked key by key and shape by shape before loading.
+SECTIONS = ("models", "optimizers", "schedulers", "ema")
+
+# Group attributes that record what an HDF5 group cannot say by itself.
+LIST_MARKER = "__list__"  # the group was a Python list; members are named 0, 1, ...
+INT_KEYS = "__int_keys__"  # JSON list of member names that were int keys in the dict
+RESERVED_NAMES = (LIST_MARKER, INT_KEYS)
+
+
+class CheckpointError(Exception):
+    """A checkpoint cannot be read, written or applied; the message names the file and the fix."""
+
+
+def minigen_version() -> str:
+    try:
+        return metadata.version("minigen")
+    except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+        return "unknown"
+
+
+# ---------------------------------------------------------------------------------------
+# Nested structure <-> HDF5. Arrays (and Tensors, through .data) become datasets; dicts become
+# groups; lists holding arrays or dicts become groups marked as lists; numbers, strings, bools,
+# None and lists of those become JSON attributes, so int/float/bool/None come back exactly.
+# ---------------------------------------------------------------------------------------
+def _as_array(value):
+    """The host NumPy array behind an array or a Tensor-like object, or None for other values."""
+    if isinstance(value, np.ndarray):
+        return value
+    if backend.array_module(value) is not np:  # a CuPy array
+        return backend.to_numpy(value)
+    data = getattr(value, "data", None)  # a Tensor: its .data is the array
+    if data is not None and (isinstance(data, np.ndarray) or backend.array_module(data) is not np):
+        return backend.to_numpy(data)
+    return None
+
+
+def _is_json_leaf(value) -> bool:
+    """True for values stored as one JSON attribute: scalars, strings, None, lists of those."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_json_leaf(item) for item in value)
+    return False
+
+
+def _plain(value):
+    """NumPy scalars as Python scalars (tuples as lists), so that JSON can hold them."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _member_name(key, where: str) -> str:
+    if isinstance(key, (bool, np.bool_)) or not isinstance(key, (str, int, np.integer)):
+        raise CheckpointError(f"{where} has the key {key!r} of type {type(key).__name__}; "
+                              "a checkpoint holds str or int keys only")
+    name = str(int(key)) if not isinstance(key, str) else key
+    if name in ("", ".") or "/" in name or name in RESERVED_NAMES:
+        raise CheckpointError(f"{where} has the key {name!r}, which cannot name an HDF5 member "
+                              f"(no '/', not empty or '.', not {' or '.join(RESERVED_NAMES)})")
+    return name
+
+
+def write_tree(group: h5py.Group, tree: dict | list | tuple, where: str) -> None:
+    """Write a nested dict (or list) into `group`; `where` names it in error messages."""
+    if isinstance(tree, (list, tuple)):
+        group.attrs[LIST_MARKER] = True
+        items = [(str(index), index, value) for index, value in enumerate(tree)]
+    else:
+        items = [(_member_name(key, where), key, value) for key, value in tree.items()]
+        names = [name for name, _, _ in items]
+        if len(set(names)) != len(names):
+            raise CheckpointError(f"{where} has keys that collide once written as names "
+                                  f"(such as 1 and '1'): {sorted(names)}")
+        int_keys = [name for name, key, _ in items if not isinstance(key, str)]
+        if int_keys:
+            group.attrs[INT_KEYS] = json.dumps(int_keys)
+    for name, _, value in items:
+        _write_value(group, name, _plain(value), f"{where}/{name}")
+
+
+def _write_value(group: h5py.Group, name: str, value, where: str) -> None:
+    array = _as_array(value)
+    if array is not None:
+        if array.dtype == object:
+            raise CheckpointError(f"{where} is an array of Python objects; a checkpoint holds "
+                                  "numeric and bool arrays only")
+        group.create_dataset(name, data=array)
+    elif _is_json_leaf(value):
+        group.attrs[name] = json.dumps(value)
+    elif isinstance(value, (dict, list, tuple)):
+        write_tree(group.create_group(name, track_order=True), value, where)
+    else:
+        raise CheckpointError(f"{where} is a {type(value).__name__}, which a checkpoint cannot "
+                              "hold (use arrays, numbers, strings, None, lists or dicts)")
+
+
+def _members(group: h5py.Group):
+    """(name, group or dataset) pairs; a member whose header is unreadable raises OSError
+    (h5py itself yields None for it)."""
+    for name, member in group.items():
+        if member is None:
+            raise OSError(f"cannot open '{group.name.rstrip('/')}/{name}'")
+        yield name, member
+
+
+def read_tree(group: h5py.Group) -> dict | list:
+    """The nested structure that write_tree stored in `group`, with NumPy arrays."""
+    int_keys = set(json.loads(group.attrs.get(INT_KEYS, "[]")))
+    values = {}
+    for name, member in _members(group):
+        if isinstance(member, h5py.Group):
+            values[name] = read_tree(member)
+        else:
+            values[name] = member[...]  # [...] keeps 0-d arrays as arrays, not scalars
+    for name, text in group.attrs.items():
+        if name not in RESERVED_NAMES:
+            values[name] = json.loads(text)
+    if group.attrs.get(LIST_MARKER, False):
+        return [values[str(index)] for index in range(len(values))]
+    return {(int(name) if name in int_keys else name): value for name, value in values.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# Saving
+# ---------------------------------------------------------------------------------------
+def _state_dict_of(owner, section: str, name: str):
+    if not hasattr(owner, "state_dict"):
+        raise CheckpointError(f"{section}[{name!r}] is a {type(owner).__name__} with no "
+                              "state_dict(); pass the object itself (a Module, optimizer, EMA)")
+    return owner.state_dict()
+
+
+def _temp_pattern(path: str) -> re.Pattern:
+    return re.compile(re.escape(f".{os.path.basename(path)}.") + r".*\.tmp")
+
+
+def _new_file_mode(path: str) -> int:
+    """Keep an existing checkpoint's permissions; a new one gets the usual 0o666 minus umask
+    (mkstemp would otherwise leave it readable by its owner only)."""
+    if os.path.exists(path):
+        return os.stat(path).st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make the rename itself durable; Windows cannot open a directory, and needs no fsync."""
+    if os.name == "nt":
+        return
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def save_checkpoint(path: str | os.PathLike, models: dict | None = None,
+                    optimizers: dict | None = None, ema: dict | None = None,
+                    step: int = 0, config: dict | None = None,
+                    schedulers: dict | None = None, extra: dict | None = None) -> None:
+    """Save objects (name -> object with state_dict()) and the run's state to one HDF5 file.
+
+    The file is written under a temporary name in the same folder, flushed to disk, then renamed
+    over `path`, so a process killed at any moment leaves either the old or the new checkpoint
+    whole. Temporary files left by an earlier killed save of the same path are removed after a
+    successful save (one process saves a given path at a time). `config` must be
+    JSON-serialisable; `extra` is any nested structure of arrays, numbers, strings, lists, dicts.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    owners = {"models": models, "optimizers": optimizers, "schedulers": schedulers, "ema": ema}
+    try:
+        config_json = json.dumps(config or {}, default=_plain_or_path)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"cannot save {path}: the config is not JSON-serialisable "
+                              f"({error}); pass numbers, strings, lists and dicts") from None
+    mode = _new_file_mode(path)
+    descriptor, temp_path = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
+                                             suffix=".tmp")
+    os.close(descriptor)
+    try:
+        # No HDF5 file locks: the temporary file is ours alone, and locks fail on some
+        # network filesystems with errors that would hide the real problem.
+        with h5py.File(temp_path, "w", track_order=True, locking=False) as file:
+            file.attrs["format"] = FORMAT_NAME
+            file.attrs["format_version"] = FORMAT_VERSION
+            file.attrs["minigen_version"] = minigen_version()
+            file.attrs["saved_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            file.attrs["step"] = int(step)
+            file.attrs["config"] = config_json
+            file.attrs["rng_state"] = json.dumps(backend.get_rng_state(), default=_plain_or_path)
+            for section in SECTIONS:
+                section_group = file.create_group(section, track_order=True)
+                for name, owner in (owners[section] or {}).items():
+                    member = _member_name(name, section)
+                    write_tree(section_group.create_group(member, track_order=True),
+                               _state_dict_of(owner, section, name), f"{section}/{member}")
+            write_tree(file.create_group("extra", track_order=True), extra or {}, "extra")
+        with open(temp_path, "rb+") as written:
+            os.fsync(written.fileno())
+        os.chmod(temp_path, mode)
+        os.replace(temp_path, path)
+        _fsync_directory(directory)
+    except BaseException as error:  # KeyboardInterrupt too: never leave the temp file behind
+        if os.path.exists(temp_path):
+            os.remove(temp_path)
+        if isinstance(error, CheckpointError):
+            raise CheckpointError(f"cannot save {path}: {error}") from None
+        if isinstance(error, OSError):
+            raise CheckpointError(f"cannot save {path}: {error}; the previous checkpoint (if any) "
+                                  "is untouched") from error
+        raise
+    pattern = _temp_pattern(path)
+    for leftover in os.listdir(directory):
+        if pattern.fullmatch(leftover):
+            try:
+                os.remove(os.path.join(directory, leftover))
+            except FileNotFoundError:
+                pass
+
+
+def _plain_or_path(value):
+    """JSON fallback: NumPy scalars and arrays as numbers and lists, paths as strings."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{type(value).__name__} {value!r} is not JSON-serialisable")
+
+
+# ---------------------------------------------------------------------------------------
+# Opening and checking a file
+# ---------------------------------------------------------------------------------------
+def _one_line(error: BaseException) -> str:
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    return " ".join(str(text).split())
+
+
+def open_checkpoint_file(path: str, require_format: bool = True) -> h5py.File:
+    """Open `path` read-only, failing with one clear line if it is not a readable checkpoint."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path} does not exist; pass the checkpoint.h5 that "
+                              "`minigen train --out DIR` wrote into DIR")
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a directory; pass the checkpoint file inside it "
+                              f"(for example {os.path.join(path, 'checkpoint.h5')})")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): nothing was ever written to it; "
+                              "use an earlier checkpoint")
+    if not os.access(path, os.R_OK):
+        raise CheckpointError(f"{path} cannot be read (permission denied); check the file's "
+                              "owner and permissions")
+    if not h5py.is_hdf5(path):
+        with open(path, "rb") as handle:
+            head = handle.read(512)
+        try:
+            head.decode("utf-8")
+            looks_like = "it looks like a text file"
+        except UnicodeDecodeError:
+            looks_like = "it does not start with the HDF5 signature"
+        raise CheckpointError(f"{path} is not an HDF5 file ({looks_like}), so not a minigen "
+                              "checkpoint; pass a .h5 file written by `minigen train`")
+    try:
+        file = h5py.File(path, "r", locking=False)  # files are replaced whole, never edited
+    except OSError as error:
+        raise CheckpointError(f"{path} is truncated or damaged: HDF5 cannot open it "
+                              f"({_one_line(error)}); it was probably cut short by a crash or an "
+                              "incomplete copy, use an earlier checkpoint") from None
+    if not require_format:
+        return file
+    try:
+        _check_format(file, path)
+    except (OSError, KeyError, ValueError, TypeError) as error:  # KeyError: a garbled header
+        file.close()
+        raise CheckpointError(f"{path} is damaged: {_one_line(error)}; use an earlier "
+                              "checkpoint") from None
+    except BaseException:
+        file.close()
+        raise
+    return file
+
+
+def _check_format(file: h5py.File, path: str) -> None:
+    if file.attrs.get("format") != FORMAT_NAME:
+        found = file.attrs.get("format")
+        what = "no 'format' attribute" if found is None else f"format is {found!r}"
+        raise CheckpointError(f"{path} is not a minigen checkpoint ({what}); pass a file "
+                              "written by `minigen train`")
+    version = file.attrs.get("format_version")
+    if version is None:
+        raise CheckpointError(f"{path} has no 'format_version' attribute; the file is damaged, "
+                              "use an earlier checkpoint")
+    if int(version) > FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format version {int(version)}, but minigen "
+                              f"{minigen_version()} reads versions up to {FORMAT_VERSION}; "
+                              "upgrade minigen to load it")
+
+
+def _read_everything(file: h5py.File, path: str, sections: dict) -> dict:
+    """Read the requested sections and the root state into memory (so the file can close)."""
+    state = {}
+    try:
+        for section, owners in sections.items():
+            group = file.get(section)
+            held = list(group.keys()) if group is not None else []
+            for name in owners:
+                if name not in held:
+                    singular = {"models": "model", "optimizers": "optimizer",
+                                "schedulers": "scheduler", "ema": "EMA"}[section]
+                    raise CheckpointError(f"{path} has no {singular} {name!r} (it holds: "
+                                          f"{', '.join(held) or 'none'})")
+            state[section] = {name: read_tree(group[name]) for name in owners}
+        state["extra"] = read_tree(file["extra"]) if "extra" in file else {}
+        state["step"] = int(file.attrs.get("step", 0))
+        state["config"] = json.loads(file.attrs.get("config", "{}"))
+        state["rng_state"] = json.loads(file.attrs.get("rng_state", "{}"))
+        state["minigen_version"] = str(file.attrs.get("minigen_version", "unknown"))
+        state["format_version"] = int(file.attrs["format_version"])
+    except CheckpointError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as error:  # unreadable blocks, bad JSON
+        raise CheckpointError(f"{path} is damaged: {_one_line(error)}; use an earlier "
+                              "checkpoint") from None
+    return state
+
+
+def _shape_of(value) -> tuple:
+    array = _as_array(value)
+    return tuple(np.shape(array if array is not None else value))
+
+
+def _check_model_arrays(path: str, name: str, model, arrays: dict, strict: bool) -> None:
+    """Compare a model's state dict with the stored one before touching the model."""
+    expected = {key: _shape_of(value) for key, value in model.state_dict().items()}
+    if strict:
+        missing = [key for key in expected if key not in arrays]
+        if missing:
+            raise CheckpointError(f"{path}: model {name!r} needs {missing[0]!r} but the "
+                                  f"checkpoint lacks it ({len(missing)} missing key(s): "
+                                  f"{', '.join(missing[:5])}); was it saved from another "
+                                  "architecture or config?")
+        unexpected = [key for key in arrays if key not in expected]
+        if unexpected:
+            raise CheckpointError(f"{path}: model {name!r} has no parameter {unexpected[0]!r} "
+                                  f"that the checkpoint holds ({len(unexpected)} unexpected "
+                                  f"key(s): {', '.join(unexpected[:5])}); was it saved from "
+                                  "another architecture or config?")
+    for key, shape in expected.items():
+        if key in arrays and tuple(np.shape(arrays[key])) != shape:
+            raise CheckpointError(f"{path}: model {name!r} key {key!r} has shape "
+                                  f"{tuple(np.shape(arrays[key]))} in the checkpoint but {shape} "
+                                  "in the model; build the model with the checkpoint's config")
+
+
+def load_checkpoint(path: str | os.PathLike, models: dict | None = None,
+                    optimizers: dict | None = None, ema: dict | None = None,
+                    schedulers: dict | None = None, restore_rng: bool = True,
+                    strict: bool = True) -> dict:
+    """Restore the named objects in place from `path` and return the rest of the run's state.
+
+    Returns {"step", "config", "rng_state", "extra", "minigen_version", "format_version"}.
+    Models are checked (keys with `strict`, shapes always) before any object is changed; arrays
+    arrive as NumPy and each object's load_state_dict moves them to its own device. With
+    `restore_rng` the default generators continue exactly where the saved run left them.
+    """
+    path = os.fspath(path)
+    requested = {"models": models, "optimizers": optimizers, "schedulers": schedulers, "ema": ema}
+    requested = {section: dict(owners or {}) for section, owners in requested.items()}
+    with open_checkpoint_file(path) as file:
+        state = _read_everything(file, path, requested)
+    for name, model in requested["models"].items():
+        _check_model_arrays(path, name, model, state["models"][name], strict)
+    for section, owners in requested.items():
+        for name, owner in owners.items():
+            try:
+                if section == "models":
+                    owner.load_state_dict(state[section][name], strict=strict)
+                else:
+                    owner.load_state_dict(state[section][name])
+            except Exception as error:
+                raise CheckpointError(f"{path}: cannot load {section}/{name}: "
+                                      f"{type(error).__name__}: {_one_line(error)}") from error
+    if restore_rng and state["rng_state"]:
+        backend.set_rng_state(state["rng_state"])
+    return {key: state[key] for key in ("step", "config", "rng_state", "extra",
+                                        "minigen_version", "format_version")}
+
+
+# ---------------------------------------------------------------------------------------
+# Inspecting
+# ---------------------------------------------------------------------------------------
+def _human_bytes(size: float) -> str:
+    if size < 1024:
+        return f"{size:.0f} B"
+    for unit in ("KiB", "MiB", "GiB"):
+        size /= 1024
+        if size < 1024 or unit == "GiB":
+            return f"{size:.1f} {unit}"
+
+
+def _describe_group(group: h5py.Group, depth: int, lines: list, totals: dict) -> None:
+    """Append the attributes, subgroups and datasets under `group`, indented by depth."""
+    indent, name_width = "  " * depth, max(34 - 2 * depth, 8)
+    if depth > 0:  # the root's attributes are described above the tree
+        lines.extend(f"{indent}@{name} = {text}" for name, text in group.attrs.items()
+                     if name not in RESERVED_NAMES)
+    for name, member in _members(group):
+        if isinstance(member, h5py.Group):
+            kind = " (list)" if member.attrs.get(LIST_MARKER, False) else ""
+            lines.append(f"{indent}{name}/{kind}")
+            _describe_group(member, depth + 1, lines, totals)
+        else:
+            totals["datasets"] += 1
+            totals["bytes"] += member.nbytes
+            lines.append(f"{indent}{name:<{name_width}} {str(member.dtype):<8} "
+                         f"{str(member.shape):<18} {_human_bytes(member.nbytes)}")
+
+
+def inspect_checkpoint(path: str | os.PathLike) -> str:
+    """A readable listing: root attributes (config pretty-printed), groups, datasets with
+    dtype, shape and size, and totals. Lists any HDF5 file, saying when it is not minigen's."""
+    path = os.fspath(path)
+    with open_checkpoint_file(path, require_format=False) as file:
+        try:
+            return "\n".join(_listing(file, path))
+        except (OSError, KeyError, ValueError) as error:
+            raise CheckpointError(f"{path} is damaged: {_one_line(error)}; use an earlier "
+                                  "checkpoint") from None
+
+
+def _listing(file: h5py.File, path: str) -> list[str]:
+    lines = [f"{path}  ({_human_bytes(os.path.getsize(path))} on disk)"]
+    described = set()
+    if file.attrs.get("format") == FORMAT_NAME:
+        lines.append(f"format: {FORMAT_NAME} version {file.attrs.get('format_version')}, "
+                     f"written by minigen {file.attrs.get('minigen_version')} at "
+                     f"{file.attrs.get('saved_at')}")
+        lines.append(f"step: {file.attrs.get('step')}")
+        rng = json.loads(file.attrs.get("rng_state", "{}"))
+        lines.append(f"rng_state: {', '.join(rng) or 'none'}")
+        config = json.loads(file.attrs.get("config", "{}"))
+        lines.append("config:" + ("" if config else " {}"))
+        if config:
+            lines.extend("  " + line for line in json.dumps(config, indent=2).splitlines())
+        described = {"format", "format_version", "minigen_version", "saved_at", "step",
+                     "config", "rng_state"}
+    else:
+        lines.append("(not a minigen checkpoint: no 'format' attribute; listing it anyway)")
+    for name, value in file.attrs.items():
+        if name not in described:
+            lines.append(f"@{name} = {value}")
+    totals = {"datasets": 0, "bytes": 0}
+    _describe_group(file, 0, lines, totals)
+    lines.append(f"total: {totals['datasets']} arrays, {_human_bytes(totals['bytes'])}")
+    return lines
