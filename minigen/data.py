@@ -9,6 +9,7 @@ minigen.idx), toy mixtures of Gaussians for GANs, and any .npy / .npz file or fo
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -70,7 +71,7 @@ class Dataset:
                 f"{len(self.train)} train / {len(self.test)} test{labels}, on {self.device})")
 
 
-def load_dataset(name: str, data_dir: str | None = None, seed: int = 0,
+def load_dataset(name: str | os.PathLike, data_dir: str | None = None, seed: int = 0,
                  n: int | None = None) -> Dataset:
     """Load a dataset by name, or from a .npy / .npz file or a folder of PNG images.
 
@@ -79,6 +80,7 @@ def load_dataset(name: str, data_dir: str | None = None, seed: int = 0,
     of training points of a toy distribution (default 20,000); for images, keep only the
     first n training images (None keeps all).
     """
+    name = os.fspath(name)
     if name in TOY_DATASETS:
         return _toy_dataset(name, TOY_TRAIN_SIZE if n is None else n, seed)
     if name == "digits":

@@ -146,7 +146,7 @@ def _series(log) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     if isinstance(log, Mapping):
         series = {}
         for name, values in log.items():
-            if isinstance(values, tuple) and len(values) == 2:
+            if isinstance(values, tuple) and len(values) == 2 and np.ndim(values[0]) == 1:
                 steps, values = values
             else:
                 steps = np.arange(len(values))

@@ -118,7 +118,7 @@ def test_swissroll_spirals_within_a_few_units():
 def test_npy_of_uint8_images_hw_becomes_nchw_in_unit_range(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (50, 5, 6), dtype=np.uint8)
     np.save(tmp_path / "faces.npy", images)
-    data = load_dataset(str(tmp_path / "faces.npy"))
+    data = load_dataset(tmp_path / "faces.npy")  # a Path works as well as a str
     assert data.name == "faces" and data.kind == "images" and data.shape == (1, 5, 6)
     assert len(data.train) == 45 and len(data.test) == 5 and data.train_labels is None
     together = np.concatenate([data.train, data.test])[:, 0]

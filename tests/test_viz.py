@@ -91,7 +91,8 @@ def test_scatter_rejects_points_of_more_than_two_dimensions(tmp_path):
 @pytest.mark.parametrize("log", [
     [{"step": 10 * i, "loss": 1.0 / (i + 1), "lr": 1e-3} for i in range(60)],
     {"d_loss": np.linspace(1, 0.5, 40), "g_loss": (np.arange(0, 80, 2), np.linspace(2, 1, 40))},
-], ids=["rows", "dict"])
+    {"loss": (0.9, 0.5)},
+], ids=["rows", "dict", "two-values"])
 def test_loss_curves_write_an_800_by_400_png(tmp_path, log):
     save_loss_curves(log, tmp_path / "loss.png", log_scale=True, title="run")
     assert open_png(tmp_path / "loss.png").size == (800, 400)
