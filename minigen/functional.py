@@ -13,3 +13,4 @@ from minigen.ops.shape import (cat, chunk, expand, flatten, pad, permute, reshap
                                stack, transpose, unsqueeze)
 from minigen.ops.conv import conv2d, conv_transpose2d
 from minigen.ops.pool import avg_pool2d, interpolate, max_pool2d
+from minigen.ops.norm import batch_norm, group_norm, layer_norm
