@@ -289,14 +289,23 @@ class Function:
         results = tuple(Tensor(out) if out is not None else None for out in outputs)
         if record:
             self.inputs, self.needs_grad = inputs, needs_grad
-            self._outputs = tuple(weakref.ref(r) for r in results)
+            self._outputs = tuple(weakref.ref(r) if r is not None else None for r in results)
+            # Shapes too: an output the caller dropped (weakref dead) still gets a zero gradient.
+            self._output_specs = tuple((r.shape, r.dtype) if r is not None else None for r in results)
             for result in results:
                 if result is not None and result.dtype.kind == "f":
                     result.requires_grad, result._ctx = True, self
         return results[0] if single else results
 
     def output_tensors(self) -> tuple:
-        return tuple(ref() for ref in self._outputs)
+        return tuple(ref() if ref is not None else None for ref in self._outputs)
+
+    def zero_grad_output(self, index: int):
+        """A zero gradient for output `index` (None for an output that forward left None)."""
+        if self._output_specs[index] is None:
+            return None
+        shape, dtype = self._output_specs[index]
+        return Tensor(backend.array_module(self.inputs[0].data).zeros(shape, dtype=dtype))
 
     def name(self) -> str:
         return type(self).__name__.lower()
@@ -370,8 +379,8 @@ def run_backward(roots, root_grads, retain_graph: bool, create_graph: bool, targ
                 grad_outputs.append(grad)
             if all(g is None for g in grad_outputs):
                 continue
-            grad_outputs = [g if g is not None else Tensor(out.data * 0)
-                            for g, out in zip(grad_outputs, outputs)]
+            grad_outputs = [g if g is not None else function.zero_grad_output(index)
+                            for index, g in enumerate(grad_outputs)]
             grad_inputs = function.backward(*grad_outputs)
             if not isinstance(grad_inputs, tuple):
                 grad_inputs = (grad_inputs,)
