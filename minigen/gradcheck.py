@@ -57,15 +57,14 @@ def gradcheck(fn, inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1
     for position, i in enumerate(checked):
         x = inputs[i]
         numeric = np.zeros(x.shape)
-        flat = x.data.reshape(-1)  # a view: perturbing it perturbs x
-        for k in range(flat.size):
-            original = float(flat[k])
-            flat[k] = original + eps
+        for element in np.ndindex(*x.shape):  # indexing in place works for any memory layout
+            original = float(x.data[element])
+            x.data[element] = original + eps
             plus = objective()
-            flat[k] = original - eps
+            x.data[element] = original - eps
             minus = objective()
-            flat[k] = original
-            numeric.reshape(-1)[k] = (plus - minus) / (2 * eps)
+            x.data[element] = original
+            numeric[element] = (plus - minus) / (2 * eps)
         computed = analytic[position]
         computed = np.zeros(x.shape) if computed is None else backend.to_numpy(computed.data)
         error = np.abs(computed - numeric) - (atol + rtol * np.abs(numeric))
