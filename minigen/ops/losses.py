@@ -57,6 +57,7 @@ def binary_cross_entropy_with_logits(input: Tensor, target, reduction: str = "me
 def nll_loss(log_probs: Tensor, target, reduction: str = "mean") -> Tensor:
     """-log_probs[n, target[n]] for log_probs (N, C) or (N, C, d1, ...) and target (N, d1, ...)."""
     target = target.data if isinstance(target, Tensor) else target
+    target_shape = target.shape  # reduction="none" gives one loss per target, in its shape
     if log_probs.ndim > 2:  # move classes last and flatten the rest
         dims = (0,) + tuple(range(2, log_probs.ndim)) + (1,)
         log_probs = reshape(permute(log_probs, *dims), -1, log_probs.shape[1])
@@ -69,7 +70,7 @@ def nll_loss(log_probs: Tensor, target, reduction: str = "mean") -> Tensor:
         raise ValueError(f"nll_loss: target holds classes outside [0, {num_classes - 1}]")
     xp = backend.array_module(log_probs.data)
     picked = getitem(log_probs, (xp.arange(log_probs.shape[0]), xp.asarray(target)))
-    return _reduce(-picked, reduction)
+    return _reduce(reshape(-picked, target_shape), reduction)
 
 
 def cross_entropy(input: Tensor, target, reduction: str = "mean",
@@ -79,6 +80,8 @@ def cross_entropy(input: Tensor, target, reduction: str = "mean",
     log_probs = log_softmax(input, 1)
     if isinstance(target, Tensor) and target.dtype.kind == "f":
         _same_shape("cross_entropy", input, target)
+        if label_smoothing:  # mix the targets with the uniform distribution, as PyTorch does
+            target = target * (1 - label_smoothing) + label_smoothing / input.shape[1]
         return _reduce(-sum(target * log_probs, 1), reduction)
     loss = nll_loss(log_probs, target, reduction)
     if label_smoothing:
