@@ -170,6 +170,8 @@ def unsqueeze(x: Tensor, dim: int) -> Tensor:
 def squeeze(x: Tensor, dim=None) -> Tensor:
     if dim is None:
         return reshape(x, tuple(size for size in x.shape if size != 1))
+    if x.ndim == 0:  # as in PyTorch, squeezing a scalar leaves it as it is
+        return x
     dim = dim % x.ndim
     if x.shape[dim] != 1:
         return x
@@ -177,6 +179,8 @@ def squeeze(x: Tensor, dim=None) -> Tensor:
 
 
 def flatten(x: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+    if x.ndim == 0:  # as in PyTorch, a scalar flattens to one element
+        return reshape(x, (1,))
     start, end = start_dim % x.ndim, end_dim % x.ndim
     merged = 1
     for size in x.shape[start:end + 1]:
