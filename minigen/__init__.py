@@ -14,3 +14,4 @@ from minigen.ops.shape import cat, stack
 from minigen.gradcheck import GradcheckError, gradcheck, gradgradcheck
 from minigen import functional
 from minigen.checkpoint import CheckpointError, inspect_checkpoint, load_checkpoint, save_checkpoint
+from minigen import nn, optim
