@@ -202,6 +202,31 @@ def ddim_timesteps(num_timesteps: int, steps: int) -> np.ndarray:
     return (np.arange(steps, dtype=np.int64) * num_timesteps) // steps
 
 
+def ddim_step(denoiser: Denoiser, schedule: NoiseSchedule, x: Tensor, i: int, i_prev: int,
+              eta: float = 0.0, prediction: str = "eps", clip_x0: bool = True) -> Tensor:
+    """One DDIM update (Song et al. 2021, Eq. 12) from x at timestep index i to index i_prev < i
+    (i_prev = -1: the clean image, alpha_bar_prev = 1). x (N, ...) -> (N, ...).
+
+    The building block of ddim_sample, and of samplers that start part-way (image-to-image) or
+    interleave other moves (inpainting); with eta = 1 and i_prev = i - 1 it is the ancestral
+    step with sigma^2 = beta_tilde.
+    """
+    alpha_bar = schedule.alpha_bar[i]
+    alpha_bar_prev = schedule.alpha_bar[i_prev] if i_prev >= 0 else 1.0
+    t = _timesteps(i, x.shape[0], x.device)
+    x0_hat, eps_hat = x0_and_eps(schedule, prediction, denoiser(x, t), x, t)
+    if clip_x0:
+        x0_hat = x0_hat.clamp(-1.0, 1.0)
+        eps_hat = eps_from_x0(schedule, x0_hat, x, t)
+    sigma = eta * math.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) \
+        * math.sqrt(1 - alpha_bar / alpha_bar_prev)
+    direction = math.sqrt(max(1 - alpha_bar_prev - sigma ** 2, 0.0))
+    x = x0_hat * float(math.sqrt(alpha_bar_prev)) + eps_hat * float(direction)
+    if sigma > 0:
+        x = x + minigen.randn(x.shape, dtype=x.dtype, device=x.device) * float(sigma)
+    return x
+
+
 def ddim_sample(denoiser: Denoiser, schedule: NoiseSchedule, shape: tuple, steps: int = 50,
                 eta: float = 0.0, device: str = "cpu", prediction: str = "eps",
                 clip_x0: bool = True, return_trajectory: bool = False,
@@ -222,20 +247,8 @@ def ddim_sample(denoiser: Denoiser, schedule: NoiseSchedule, shape: tuple, steps
     trajectory = [(schedule.num_timesteps, backend.to_numpy(x.data).copy())] if 0 in keep else []
     with no_grad():
         for done, position in enumerate(reversed(range(len(sequence))), start=1):
-            i = int(sequence[position])
-            alpha_bar = schedule.alpha_bar[i]
-            alpha_bar_prev = schedule.alpha_bar[sequence[position - 1]] if position > 0 else 1.0
-            t = _timesteps(i, x.shape[0], x.device)
-            x0_hat, eps_hat = x0_and_eps(schedule, prediction, denoiser(x, t), x, t)
-            if clip_x0:
-                x0_hat = x0_hat.clamp(-1.0, 1.0)
-                eps_hat = eps_from_x0(schedule, x0_hat, x, t)
-            sigma = eta * math.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) \
-                * math.sqrt(1 - alpha_bar / alpha_bar_prev)
-            direction = math.sqrt(max(1 - alpha_bar_prev - sigma ** 2, 0.0))
-            x = x0_hat * float(math.sqrt(alpha_bar_prev)) + eps_hat * float(direction)
-            if sigma > 0:
-                x = x + minigen.randn(x.shape, dtype=x.dtype, device=x.device) * float(sigma)
+            i, i_prev = int(sequence[position]), int(sequence[position - 1]) if position else -1
+            x = ddim_step(denoiser, schedule, x, i, i_prev, eta, prediction, clip_x0)
             if done in keep:
                 trajectory.append((i, backend.to_numpy(x.data).copy()))
     return (x, trajectory) if return_trajectory else x
