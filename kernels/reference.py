@@ -1,0 +1,186 @@
+"""The reference kernels: plain NumPy, written to be obviously right, not fast.
+
+Every convolution here is a loop over the kH * kW kernel offsets; at each offset the input
+window is one strided slice of the padded input, and the channels are contracted with
+np.einsum. The fast backends (cpu.py, cuda/) are tested against these functions, and these
+are tested against torch.nn.functional and against each other (backward = adjoint of forward).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .geometry import (Pair, check_conv2d, check_conv2d_grad_output, check_pool2d,
+                       check_same_dtype, check_upsample_grad)
+
+
+def _window(padded: np.ndarray, offset: Pair, stride: Pair, out_hw: Pair) -> np.ndarray:
+    """The (..., H_out, W_out) slice of `padded` that kernel offset `offset` (already
+    multiplied by the dilation) sees: padded[..., offset + stride * output_index]."""
+    (oh, ow), (sh, sw), (ho, wo) = offset, stride, out_hw
+    return padded[..., oh:oh + sh * (ho - 1) + 1:sh, ow:ow + sw * (wo - 1) + 1:sw]
+
+
+def _pad(x: np.ndarray, padding: Pair, value: float = 0.0) -> np.ndarray:
+    ph, pw = padding
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
+
+
+def conv2d_forward(x: np.ndarray, weight: np.ndarray, stride: Pair, padding: Pair,
+                   dilation: Pair, groups: int) -> np.ndarray:
+    """y[n, o] = sum_{c, i, j} weight[o, c, i, j] * x_padded[n, c, s*h + d*i, s*w + d*j].
+
+    x: (N, C_in, H, W), weight: (C_out, C_in/groups, kH, kW) -> y: (N, C_out, H_out, W_out).
+    """
+    check_same_dtype("conv2d", x, weight)
+    out_hw = check_conv2d(x.shape, weight.shape, stride, padding, dilation, groups)
+    n, c_in, _, _ = x.shape
+    c_out, c_group, k_h, k_w = weight.shape
+    x_padded = _pad(x, padding)
+    x_groups = x_padded.reshape(n, groups, c_group, *x_padded.shape[2:])
+    w_groups = weight.reshape(groups, c_out // groups, c_group, k_h, k_w)
+    y = np.zeros((n, groups, c_out // groups, *out_hw), dtype=x.dtype)
+    for i in range(k_h):
+        for j in range(k_w):
+            window = _window(x_groups, (i * dilation[0], j * dilation[1]), stride, out_hw)
+            y += np.einsum("ngchw,goc->ngohw", window, w_groups[..., i, j], optimize=True)
+    return y.reshape(n, c_out, *out_hw)
+
+
+def conv2d_backward_input(grad_output: np.ndarray, weight: np.ndarray, input_shape,
+                          stride: Pair, padding: Pair, dilation: Pair,
+                          groups: int) -> np.ndarray:
+    """Gradient of conv2d_forward with respect to x (also conv_transpose2d's forward).
+
+    grad_output: (N, C_out, H_out, W_out) -> grad_x of `input_shape` (N, C_in, H, W). Each
+    kernel offset scatters its share back to the input window it read in the forward.
+    """
+    check_same_dtype("conv2d_backward_input", grad_output, weight)
+    out_hw = check_conv2d_grad_output(grad_output.shape, input_shape, weight.shape, stride,
+                                      padding, dilation, groups)
+    n, c_in, h, w = input_shape
+    c_out, c_group, k_h, k_w = weight.shape
+    (ph, pw) = padding
+    grad_padded = np.zeros((n, groups, c_group, h + 2 * ph, w + 2 * pw), dtype=grad_output.dtype)
+    grad_groups = grad_output.reshape(n, groups, c_out // groups, *out_hw)
+    w_groups = weight.reshape(groups, c_out // groups, c_group, k_h, k_w)
+    for i in range(k_h):
+        for j in range(k_w):
+            window = _window(grad_padded, (i * dilation[0], j * dilation[1]), stride, out_hw)
+            window += np.einsum("ngohw,goc->ngchw", grad_groups, w_groups[..., i, j],
+                                optimize=True)
+    return grad_padded[..., ph:ph + h, pw:pw + w].reshape(input_shape).copy()
+
+
+def conv2d_backward_weight(grad_output: np.ndarray, x: np.ndarray, weight_shape,
+                           stride: Pair, padding: Pair, dilation: Pair,
+                           groups: int) -> np.ndarray:
+    """Gradient of conv2d_forward with respect to the weight.
+
+    grad_output: (N, C_out, H_out, W_out), x: (N, C_in, H, W) -> (C_out, C_in/groups, kH, kW).
+    """
+    check_same_dtype("conv2d_backward_weight", grad_output, x)
+    out_hw = check_conv2d_grad_output(grad_output.shape, x.shape, weight_shape, stride,
+                                      padding, dilation, groups)
+    n = x.shape[0]
+    c_out, c_group, k_h, k_w = weight_shape
+    x_padded = _pad(x, padding)
+    x_groups = x_padded.reshape(n, groups, c_group, *x_padded.shape[2:])
+    grad_groups = grad_output.reshape(n, groups, c_out // groups, *out_hw)
+    grad_weight = np.zeros((groups, c_out // groups, c_group, k_h, k_w), dtype=x.dtype)
+    for i in range(k_h):
+        for j in range(k_w):
+            window = _window(x_groups, (i * dilation[0], j * dilation[1]), stride, out_hw)
+            grad_weight[..., i, j] = np.einsum("ngohw,ngchw->goc", grad_groups, window,
+                                               optimize=True)
+    return grad_weight.reshape(weight_shape)
+
+
+def max_pool2d_forward(x: np.ndarray, kernel_size: Pair, stride: Pair,
+                       padding: Pair) -> tuple[np.ndarray, np.ndarray]:
+    """Max over each window of the -inf padded input, and where it was.
+
+    x: (N, C, H, W) -> y: (N, C, H_out, W_out) and indices (int64, same shape): the flat
+    position h * W + w of the maximum inside its (n, c) plane. Ties keep the first position in
+    row-major window order and a NaN counts as the maximum, as in PyTorch.
+    """
+    out_hw = check_pool2d(x.shape, kernel_size, stride, padding)
+    h, w = x.shape[2:]
+    x_padded = _pad(x, padding, value=-np.inf)
+    # The flat in-plane position of every padded pixel (padding gets positions that are
+    # never chosen, since a window always holds at least one real pixel).
+    rows = np.arange(-padding[0], h + padding[0])[:, None]
+    cols = np.arange(-padding[1], w + padding[1])[None, :]
+    positions = rows * w + cols
+    y = np.full((*x.shape[:2], *out_hw), -np.inf, dtype=x.dtype)
+    indices = np.zeros(y.shape, dtype=np.int64)
+    for i in range(kernel_size[0]):
+        for j in range(kernel_size[1]):
+            window = _window(x_padded, (i, j), stride, out_hw)
+            better = (window > y) | np.isnan(window)
+            y = np.where(better, window, y)
+            indices = np.where(better, _window(positions, (i, j), stride, out_hw), indices)
+    return y, indices
+
+
+def max_pool2d_backward(grad_output: np.ndarray, indices: np.ndarray,
+                        input_shape) -> np.ndarray:
+    """Scatter-add each output gradient to the input position its maximum came from.
+
+    grad_output, indices: (N, C, H_out, W_out) -> grad_x: `input_shape` (N, C, H, W).
+    """
+    n, c, h, w = input_shape
+    grad_planes = np.zeros((n * c, h * w), dtype=grad_output.dtype)
+    plane = np.arange(n * c)[:, None]
+    np.add.at(grad_planes, (plane, indices.reshape(n * c, -1)), grad_output.reshape(n * c, -1))
+    return grad_planes.reshape(input_shape)
+
+
+def avg_pool2d_forward(x: np.ndarray, kernel_size: Pair, stride: Pair,
+                       padding: Pair) -> np.ndarray:
+    """Mean over each window of the zero-padded input, padding counted (count_include_pad).
+
+    x: (N, C, H, W) -> y: (N, C, H_out, W_out).
+    """
+    out_hw = check_pool2d(x.shape, kernel_size, stride, padding)
+    x_padded = _pad(x, padding)
+    y = np.zeros((*x.shape[:2], *out_hw), dtype=x.dtype)
+    for i in range(kernel_size[0]):
+        for j in range(kernel_size[1]):
+            y += _window(x_padded, (i, j), stride, out_hw)
+    return y / (kernel_size[0] * kernel_size[1])
+
+
+def avg_pool2d_backward(grad_output: np.ndarray, input_shape, kernel_size: Pair,
+                        stride: Pair, padding: Pair) -> np.ndarray:
+    """Spread each output gradient evenly over its window; the padding's share is dropped.
+
+    grad_output: (N, C, H_out, W_out) -> grad_x: `input_shape` (N, C, H, W).
+    """
+    out_hw = check_pool2d(input_shape, kernel_size, stride, padding)
+    n, c, h, w = input_shape
+    ph, pw = padding
+    grad_padded = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=grad_output.dtype)
+    share = grad_output / (kernel_size[0] * kernel_size[1])
+    for i in range(kernel_size[0]):
+        for j in range(kernel_size[1]):
+            _window(grad_padded, (i, j), stride, out_hw)[...] += share
+    return grad_padded[..., ph:ph + h, pw:pw + w].copy()
+
+
+def upsample_nearest2d_forward(x: np.ndarray, scale: Pair) -> np.ndarray:
+    """Repeat every pixel scale[0] times down and scale[1] times across.
+
+    x: (N, C, H, W) -> (N, C, H * scale[0], W * scale[1]).
+    """
+    return x.repeat(scale[0], axis=2).repeat(scale[1], axis=3)
+
+
+def upsample_nearest2d_backward(grad_output: np.ndarray, scale: Pair) -> np.ndarray:
+    """Sum each scale[0] x scale[1] block of the output gradient into its source pixel.
+
+    grad_output: (N, C, H * scale[0], W * scale[1]) -> (N, C, H, W).
+    """
+    n, c, h_out, w_out = grad_output.shape
+    check_upsample_grad(grad_output.shape, scale)
+    blocks = grad_output.reshape(n, c, h_out // scale[0], scale[0], w_out // scale[1], scale[1])
+    return blocks.sum(axis=(3, 5))
