@@ -1,0 +1,335 @@
+"""Kernel tests on the CPU: the NumPy oracle against PyTorch and against itself (backward =
+adjoint of forward), then the Numba backend against the oracle on the shared cases of
+tests/helpers.py, in float32 and float64, with contiguous and non-contiguous inputs.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from minigen import kernels
+from minigen.kernels import cpu, reference
+from helpers import (CONV_CASES, POOL_CASES, UPSAMPLE_CASES, assert_close, import_torch,
+                     non_contiguous, pair, random_array)
+
+DTYPES = [np.float32, np.float64]
+conv_cases = pytest.mark.parametrize("case", CONV_CASES, ids=lambda case: case.name)
+pool_cases = pytest.mark.parametrize("case", POOL_CASES, ids=lambda case: case.name)
+upsample_cases = pytest.mark.parametrize("shape, scale", UPSAMPLE_CASES)
+dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=lambda dtype: np.dtype(dtype).name)
+STRIDED_CONV_CASES = [case for case in CONV_CASES if max(pair(case.stride)) > 1]
+
+
+@pytest.fixture(scope="module")
+def torch():
+    return import_torch()
+
+
+def inner(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.vdot(a, b))
+
+
+def conv_inputs(case, dtype=np.float64, seed=0):
+    """x, weight and a grad_output for `case`."""
+    rng = np.random.default_rng(seed)
+    return (random_array(rng, case.input_shape, dtype), random_array(rng, case.weight_shape, dtype),
+            random_array(rng, case.output_shape, dtype))
+
+
+# ---------------------------------------------------------------------------------------
+# The dispatch table.
+# ---------------------------------------------------------------------------------------
+def test_for_array_picks_the_cpu_backend_for_numpy_arrays():
+    assert kernels.for_array(np.zeros(3)) is cpu
+
+
+def test_for_array_names_the_type_it_cannot_handle():
+    with pytest.raises(TypeError, match="list"):
+        kernels.for_array([1.0, 2.0])
+
+
+@pytest.mark.parametrize("backend", [reference, cpu], ids=["reference", "cpu"])
+def test_conv2d_error_names_channels_and_weight_shape(backend):
+    x, weight = np.zeros((1, 3, 5, 5)), np.zeros((8, 4, 3, 3))
+    with pytest.raises(ValueError, match=r"3 channels but weight expects 4 \(weight shape"):
+        backend.conv2d_forward(x, weight, (1, 1), (0, 0), (1, 1), 1)
+
+
+@pytest.mark.parametrize("backend", [reference, cpu], ids=["reference", "cpu"])
+def test_conv2d_refuses_mixed_dtypes(backend):
+    x, weight = np.zeros((1, 3, 5, 5), np.float32), np.zeros((2, 3, 3, 3), np.float64)
+    with pytest.raises(TypeError, match="different dtypes"):
+        backend.conv2d_forward(x, weight, (1, 1), (0, 0), (1, 1), 1)
+
+
+# ---------------------------------------------------------------------------------------
+# The oracle against PyTorch (float64).
+# ---------------------------------------------------------------------------------------
+@conv_cases
+def test_reference_conv2d_forward_matches_torch(case, torch):
+    x, weight, _ = conv_inputs(case)
+    stride, padding, dilation, groups = case.args
+    expected = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(weight),
+                                          stride=stride, padding=padding, dilation=dilation,
+                                          groups=groups)
+    assert_close(reference.conv2d_forward(x, weight, *case.args), expected.numpy(), np.float64)
+
+
+@conv_cases
+def test_reference_conv2d_backward_matches_torch_autograd(case, torch):
+    x, weight, grad_output = conv_inputs(case)
+    stride, padding, dilation, groups = case.args
+    x_t = torch.from_numpy(x).requires_grad_()
+    weight_t = torch.from_numpy(weight).requires_grad_()
+    y = torch.nn.functional.conv2d(x_t, weight_t, stride=stride, padding=padding,
+                                   dilation=dilation, groups=groups)
+    y.backward(torch.from_numpy(grad_output))
+    assert_close(reference.conv2d_backward_input(grad_output, weight, x.shape, *case.args),
+                 x_t.grad.numpy(), np.float64)
+    assert_close(reference.conv2d_backward_weight(grad_output, x, weight.shape, *case.args),
+                 weight_t.grad.numpy(), np.float64)
+
+
+@conv_cases
+def test_reference_conv2d_backward_input_is_conv_transpose2d(case, torch):
+    _, weight, grad_output = conv_inputs(case)
+    stride, padding, dilation, groups = case.args
+    expected = torch.nn.functional.conv_transpose2d(
+        torch.from_numpy(grad_output), torch.from_numpy(weight), stride=stride, padding=padding,
+        groups=groups, dilation=dilation).numpy()
+    actual = reference.conv2d_backward_input(grad_output, weight, expected.shape, *case.args)
+    assert_close(actual, expected, np.float64)
+
+
+@pytest.mark.parametrize("case", STRIDED_CONV_CASES, ids=lambda case: case.name)
+def test_reference_conv2d_backward_input_with_output_padding_is_conv_transpose2d(case, torch):
+    # output_padding = stride - 1 adds rows and columns that the forward conv never read.
+    _, weight, grad_output = conv_inputs(case)
+    stride, padding, dilation, groups = case.args
+    output_padding = tuple(s - 1 for s in stride)
+    expected = torch.nn.functional.conv_transpose2d(
+        torch.from_numpy(grad_output), torch.from_numpy(weight), stride=stride, padding=padding,
+        output_padding=output_padding, groups=groups, dilation=dilation).numpy()
+    actual = reference.conv2d_backward_input(grad_output, weight, expected.shape, *case.args)
+    assert_close(actual, expected, np.float64)
+
+
+@pool_cases
+def test_reference_max_pool2d_matches_torch_values_indices_and_gradient(case, torch):
+    rng = np.random.default_rng(1)
+    x, grad_output = random_array(rng, case.input_shape), random_array(rng, case.output_shape)
+    x_t = torch.from_numpy(x).requires_grad_()
+    y_t, indices_t = torch.nn.functional.max_pool2d(x_t, *case.args, return_indices=True)
+    y_t.backward(torch.from_numpy(grad_output))
+    y, indices = reference.max_pool2d_forward(x, *case.args)
+    assert_close(y, y_t.detach().numpy(), np.float64)
+    assert indices.dtype == np.int64
+    np.testing.assert_array_equal(indices, indices_t.numpy())
+    assert_close(reference.max_pool2d_backward(grad_output, indices, x.shape),
+                 x_t.grad.numpy(), np.float64)
+
+
+def test_reference_max_pool2d_ties_pick_the_first_position_like_torch(torch):
+    x = np.zeros((1, 1, 5, 5))
+    _, indices = reference.max_pool2d_forward(x, (3, 3), (2, 2), (1, 1))
+    _, expected = torch.nn.functional.max_pool2d(torch.from_numpy(x), 3, 2, 1,
+                                                 return_indices=True)
+    np.testing.assert_array_equal(indices, expected.numpy())
+
+
+@pool_cases
+def test_reference_avg_pool2d_matches_torch_value_and_gradient(case, torch):
+    rng = np.random.default_rng(2)
+    x, grad_output = random_array(rng, case.input_shape), random_array(rng, case.output_shape)
+    x_t = torch.from_numpy(x).requires_grad_()
+    y_t = torch.nn.functional.avg_pool2d(x_t, *case.args)
+    y_t.backward(torch.from_numpy(grad_output))
+    assert_close(reference.avg_pool2d_forward(x, *case.args), y_t.detach().numpy(), np.float64)
+    assert_close(reference.avg_pool2d_backward(grad_output, x.shape, *case.args),
+                 x_t.grad.numpy(), np.float64)
+
+
+@upsample_cases
+def test_reference_upsample_nearest2d_matches_torch_value_and_gradient(shape, scale, torch):
+    rng = np.random.default_rng(3)
+    x = random_array(rng, shape)
+    x_t = torch.from_numpy(x).requires_grad_()
+    y_t = torch.nn.functional.interpolate(x_t, scale_factor=scale, mode="nearest")
+    grad_output = random_array(rng, tuple(y_t.shape))
+    y_t.backward(torch.from_numpy(grad_output))
+    assert_close(reference.upsample_nearest2d_forward(x, scale), y_t.detach().numpy(),
+                 np.float64)
+    assert_close(reference.upsample_nearest2d_backward(grad_output, scale), x_t.grad.numpy(),
+                 np.float64)
+
+
+# ---------------------------------------------------------------------------------------
+# The oracle's backward functions are the adjoints of its forward: <A x, g> == <x, A^T g>.
+# ---------------------------------------------------------------------------------------
+@conv_cases
+def test_reference_conv2d_backward_input_is_adjoint_of_forward(case):
+    x, weight, grad_output = conv_inputs(case, seed=4)
+    forward = reference.conv2d_forward(x, weight, *case.args)
+    backward = reference.conv2d_backward_input(grad_output, weight, x.shape, *case.args)
+    assert inner(forward, grad_output) == pytest.approx(inner(x, backward), rel=1e-10)
+
+
+@conv_cases
+def test_reference_conv2d_backward_weight_is_adjoint_of_forward(case):
+    x, weight, grad_output = conv_inputs(case, seed=5)
+    forward = reference.conv2d_forward(x, weight, *case.args)
+    backward = reference.conv2d_backward_weight(grad_output, x, weight.shape, *case.args)
+    assert inner(forward, grad_output) == pytest.approx(inner(weight, backward), rel=1e-10)
+
+
+@pool_cases
+def test_reference_avg_pool2d_backward_is_adjoint_of_forward(case):
+    rng = np.random.default_rng(6)
+    x, grad_output = random_array(rng, case.input_shape), random_array(rng, case.output_shape)
+    forward = reference.avg_pool2d_forward(x, *case.args)
+    backward = reference.avg_pool2d_backward(grad_output, x.shape, *case.args)
+    assert inner(forward, grad_output) == pytest.approx(inner(x, backward), rel=1e-10)
+
+
+@pool_cases
+def test_reference_max_pool2d_backward_is_adjoint_of_gathering_at_indices(case):
+    rng = np.random.default_rng(7)
+    x, other, grad_output = (random_array(rng, shape) for shape in
+                             (case.input_shape, case.input_shape, case.output_shape))
+    _, indices = reference.max_pool2d_forward(x, *case.args)
+    planes = case.input_shape[0] * case.input_shape[1]
+    gathered = np.take_along_axis(other.reshape(planes, -1), indices.reshape(planes, -1), axis=1)
+    backward = reference.max_pool2d_backward(grad_output, indices, x.shape)
+    assert inner(gathered, grad_output.reshape(planes, -1)) == pytest.approx(
+        inner(other, backward), rel=1e-10)
+
+
+@upsample_cases
+def test_reference_upsample_nearest2d_backward_is_adjoint_of_forward(shape, scale):
+    rng = np.random.default_rng(8)
+    x = random_array(rng, shape)
+    grad_output = random_array(rng, (*shape[:2], shape[2] * scale[0], shape[3] * scale[1]))
+    forward = reference.upsample_nearest2d_forward(x, scale)
+    backward = reference.upsample_nearest2d_backward(grad_output, scale)
+    assert inner(forward, grad_output) == pytest.approx(inner(x, backward), rel=1e-10)
+
+
+# ---------------------------------------------------------------------------------------
+# The Numba backend against the oracle.
+# ---------------------------------------------------------------------------------------
+@conv_cases
+@dtypes
+def test_cpu_conv2d_forward_matches_reference(case, dtype):
+    x, weight, _ = conv_inputs(case, dtype, seed=9)
+    actual = cpu.conv2d_forward(x, weight, *case.args)
+    assert_close(actual, reference.conv2d_forward(x, weight, *case.args), dtype)
+
+
+@conv_cases
+@dtypes
+def test_cpu_conv2d_backward_input_matches_reference(case, dtype):
+    _, weight, grad_output = conv_inputs(case, dtype, seed=10)
+    shape = case.input_shape
+    actual = cpu.conv2d_backward_input(grad_output, weight, shape, *case.args)
+    assert_close(actual, reference.conv2d_backward_input(grad_output, weight, shape, *case.args),
+                 dtype)
+
+
+@conv_cases
+@dtypes
+def test_cpu_conv2d_backward_weight_matches_reference(case, dtype):
+    x, weight, grad_output = conv_inputs(case, dtype, seed=11)
+    actual = cpu.conv2d_backward_weight(grad_output, x, weight.shape, *case.args)
+    expected = reference.conv2d_backward_weight(grad_output, x, weight.shape, *case.args)
+    assert_close(actual, expected, dtype)
+
+
+@conv_cases
+def test_cpu_conv2d_accepts_non_contiguous_arrays(case):
+    x, weight, grad_output = (non_contiguous(array) for array in conv_inputs(case, seed=12))
+    args = case.args
+    assert_close(cpu.conv2d_forward(x, weight, *args), reference.conv2d_forward(x, weight, *args))
+    assert_close(cpu.conv2d_backward_input(grad_output, weight, x.shape, *args),
+                 reference.conv2d_backward_input(grad_output, weight, x.shape, *args))
+    assert_close(cpu.conv2d_backward_weight(grad_output, x, weight.shape, *args),
+                 reference.conv2d_backward_weight(grad_output, x, weight.shape, *args))
+
+
+def test_cpu_conv2d_backward_input_with_output_padding_matches_reference():
+    # conv_transpose2d with stride 2 and output_padding 1 asks for one extra row and column.
+    rng = np.random.default_rng(13)
+    grad_output, weight = random_array(rng, (2, 4, 4, 4)), random_array(rng, (4, 3, 3, 3))
+    args, shape = ((2, 2), (1, 1), (1, 1), 1), (2, 3, 8, 8)
+    assert_close(cpu.conv2d_backward_input(grad_output, weight, shape, *args),
+                 reference.conv2d_backward_input(grad_output, weight, shape, *args))
+
+
+@pytest.mark.parametrize("case", [CONV_CASES[0], CONV_CASES[1], CONV_CASES[8]],
+                         ids=lambda case: case.name)
+def test_cpu_conv2d_splits_the_batch_into_chunks_when_columns_exceed_budget(case, monkeypatch):
+    # A budget this small forces one sample per chunk, so every chunk boundary is crossed.
+    monkeypatch.setattr(cpu, "COLUMNS_BUDGET_BYTES", 1)
+    x, weight, grad_output = conv_inputs(case, seed=14)
+    args = case.args
+    assert_close(cpu.conv2d_forward(x, weight, *args), reference.conv2d_forward(x, weight, *args))
+    assert_close(cpu.conv2d_backward_input(grad_output, weight, x.shape, *args),
+                 reference.conv2d_backward_input(grad_output, weight, x.shape, *args))
+    assert_close(cpu.conv2d_backward_weight(grad_output, x, weight.shape, *args),
+                 reference.conv2d_backward_weight(grad_output, x, weight.shape, *args))
+
+
+@pool_cases
+@dtypes
+@pytest.mark.parametrize("layout", ["contiguous", "non_contiguous"])
+def test_cpu_max_pool2d_matches_reference(case, dtype, layout):
+    rng = np.random.default_rng(15)
+    x, grad_output = (random_array(rng, shape, dtype) for shape in
+                      (case.input_shape, case.output_shape))
+    if layout == "non_contiguous":
+        x, grad_output = non_contiguous(x), non_contiguous(grad_output)
+    y, indices = cpu.max_pool2d_forward(x, *case.args)
+    expected_y, expected_indices = reference.max_pool2d_forward(x, *case.args)
+    assert_close(y, expected_y, dtype)
+    assert indices.dtype == np.int64
+    np.testing.assert_array_equal(indices, expected_indices)
+    assert_close(cpu.max_pool2d_backward(grad_output, indices, x.shape),
+                 reference.max_pool2d_backward(grad_output, indices, x.shape), dtype)
+
+
+def test_cpu_max_pool2d_ties_and_nans_follow_reference():
+    x = np.zeros((1, 2, 6, 6), np.float32)
+    x[0, 1, 2, 3] = np.nan
+    y, indices = cpu.max_pool2d_forward(x, (3, 3), (2, 2), (1, 1))
+    expected_y, expected_indices = reference.max_pool2d_forward(x, (3, 3), (2, 2), (1, 1))
+    np.testing.assert_array_equal(y, expected_y)
+    np.testing.assert_array_equal(indices, expected_indices)
+
+
+@pool_cases
+@dtypes
+@pytest.mark.parametrize("layout", ["contiguous", "non_contiguous"])
+def test_cpu_avg_pool2d_matches_reference(case, dtype, layout):
+    rng = np.random.default_rng(16)
+    x, grad_output = (random_array(rng, shape, dtype) for shape in
+                      (case.input_shape, case.output_shape))
+    if layout == "non_contiguous":
+        x, grad_output = non_contiguous(x), non_contiguous(grad_output)
+    assert_close(cpu.avg_pool2d_forward(x, *case.args),
+                 reference.avg_pool2d_forward(x, *case.args), dtype)
+    assert_close(cpu.avg_pool2d_backward(grad_output, x.shape, *case.args),
+                 reference.avg_pool2d_backward(grad_output, x.shape, *case.args), dtype)
+
+
+@upsample_cases
+@dtypes
+@pytest.mark.parametrize("layout", ["contiguous", "non_contiguous"])
+def test_cpu_upsample_nearest2d_matches_reference(shape, scale, dtype, layout):
+    rng = np.random.default_rng(17)
+    x = random_array(rng, shape, dtype)
+    grad_output = random_array(rng, (*shape[:2], shape[2] * scale[0], shape[3] * scale[1]), dtype)
+    if layout == "non_contiguous":
+        x, grad_output = non_contiguous(x), non_contiguous(grad_output)
+    assert_close(cpu.upsample_nearest2d_forward(x, scale),
+                 reference.upsample_nearest2d_forward(x, scale), dtype)
+    assert_close(cpu.upsample_nearest2d_backward(grad_output, scale),
+                 reference.upsample_nearest2d_backward(grad_output, scale), dtype)
