@@ -361,3 +361,9 @@ def test_torch_state_dict_loads_on_the_gpu_and_gives_the_same_output(mode):
     getattr(ours, mode)(), getattr(theirs, mode)()
     out, expected = run_both(torch, ours, theirs, *inputs(), device="cuda")
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(minigen.cuda_available(), reason="checks the message on machines without CUDA")
+def test_moving_to_cuda_without_a_gpu_says_what_is_missing():
+    with pytest.raises(RuntimeError, match="device 'cuda' was asked for, but"):
+        nn.Linear(2, 2).to("cuda")

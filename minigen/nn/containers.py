@@ -94,7 +94,8 @@ class ModuleList(Module):
         self.extend(modules)
 
     def forward(self, *args, **kwargs):
-        raise NotImplementedError("ModuleList has no forward(); iterate over it in the parent's forward")
+        raise NotImplementedError("ModuleList has no forward(); iterate over it in the "
+                                  "parent's forward")
 
 
 class ModuleDict(Module):

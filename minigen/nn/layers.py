@@ -134,7 +134,8 @@ class ConvTranspose2d(_ConvNd):
                          groups, bias, (in_channels, out_channels // groups), device, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        """x (N, C_in, H, W) -> (N, C_out, (H-1) stride - 2 padding + dilation (k-1) + 1 + output_padding, ...)."""
+        """x (N, C_in, H, W) -> (N, C_out, H_out, W_out) with
+        H_out = (H - 1) stride - 2 padding + dilation (kH - 1) + output_padding + 1."""
         return F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding,
                                   self.output_padding, self.groups, self.dilation)
 

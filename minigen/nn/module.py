@@ -242,7 +242,8 @@ class Module:
             if dtype.kind != "f":
                 raise TypeError(f"Module.to: {dtype} is not a floating dtype nor a device name "
                                 "('cpu' or 'cuda')")
-            convert = lambda array: array.astype(dtype) if array.dtype.kind == "f" else array  # noqa: E731
+            convert = lambda array: (  # noqa: E731
+                array.astype(dtype) if array.dtype.kind == "f" else array)
         for tensor in self._tensors():
             tensor.data = convert(tensor.data)
             if tensor.grad is not None:
