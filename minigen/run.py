@@ -1,0 +1,634 @@
+"""The run harness: what `minigen train` does around a training loop.
+
+A loop (DDPM, GAN, or any subclass of `TrainingLoop`) knows its models and one training step;
+the harness does the rest: options, seeding, data and mini-batches, the output folder
+(checkpoint.h5, samples.png, loss.png, metrics.json, config.json, log.csv), the progress bar,
+exact resumption, and saving on Ctrl-C / SIGTERM. `train(loop_cls, options)` is the entry point;
+minigen.cli is a thin command line over it.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import importlib.util
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+import minigen
+from minigen import backend
+from minigen.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from minigen.data import KNOWN_DATASETS, Batcher, Dataset, load_dataset
+from minigen import viz
+
+# What a run folder holds.
+CHECKPOINT, SAMPLES, LOSS, METRICS, CONFIG, LOG = (
+    "checkpoint.h5", "samples.png", "loss.png", "metrics.json", "config.json", "log.csv")
+RUN_FILES = (CHECKPOINT, SAMPLES, LOSS, METRICS, CONFIG, LOG)
+
+PICTURE_COUNT = 64        # samples drawn for samples.png
+PICTURE_SEED = 12345      # pictures use their own seed, so every refresh shows the same noise
+FINAL_WINDOW = 50         # metrics.json reports scalars averaged over the last steps
+
+# Options a resumed run takes from the command line; every other option comes from the
+# checkpoint (the run keeps the settings it was trained with).
+RESUMABLE_OPTIONS = ("steps", "out", "device", "resume", "force", "data_dir",
+                     "checkpoint_every", "sample_every", "eval_samples")
+# What the harness adds to the options from the dataset and the loop.
+DATA_KEYS = ("loop", "data_kind", "data_shape", "num_classes")
+# Options that do not change the trained weights: ignored when deciding whether an output
+# folder holds the same run.
+NOT_IDENTITY = ("out", "resume", "force", "data_dir", "checkpoint_every", "sample_every",
+                "eval_samples") + DATA_KEYS
+
+
+class UserError(Exception):
+    """Bad input from the user (an option, a file, a folder): reported as one line, no traceback."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM arrived; the run saved a checkpoint at `step` and stopped."""
+
+    def __init__(self, signum: int, step: int, checkpoint: str, loop_name: str):
+        self.signum, self.step, self.checkpoint, self.loop_name = signum, step, checkpoint, loop_name
+        super().__init__(f"interrupted by {signal.Signals(signum).name} after step {step}; saved "
+                         f"{checkpoint} (continue with: minigen train {loop_name} --resume "
+                         f"{checkpoint})")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention for "killed by signal N"
+
+
+class TrainingLoop:
+    """The base class of every training loop; see loop_interface in the docs of each loop.
+
+    A subclass builds its models, optimizers and EMAs from `config` alone (so the same class
+    rebuilds a trained loop from a checkpoint), does one step in `train_step`, and draws samples
+    in `sample`. Randomness must come only from minigen's default generators (minigen.randn and
+    friends), which the harness seeds and checkpoints: that makes a resumed run equal a straight
+    one bit for bit. Raise ValueError for a bad option; the harness reports it as one line.
+    """
+
+    name: str = ""                   # the word in `minigen train NAME`
+    default_dataset: str = "digits"
+    default_steps: int = 1000        # defaults of the harness's common options, per loop
+    default_batch_size: int = 64
+    default_lr: float = 2e-4
+    default_checkpoint_every: int = 500
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        """Add the loop's own `minigen train NAME` options (with help, so defaults show)."""
+
+    @classmethod
+    def add_sample_arguments(cls, parser) -> None:
+        """Add the loop's options of `minigen sample` (they arrive as **options in sample)."""
+
+    def __init__(self, config: dict, device: str):
+        """config: every option plus loop, dataset, data_kind ("images" | "points"),
+        data_shape (one sample's shape, e.g. [1, 8, 8] or [2]) and num_classes (int or None)."""
+        self.config, self.device = config, device
+
+    def models(self) -> dict:
+        """name -> nn.Module, saved under the checkpoint's /models."""
+        raise NotImplementedError(f"{type(self).__name__} must define models()")
+
+    def optimizers(self) -> dict:
+        """name -> optimizer or LR scheduler (anything with state_dict / load_state_dict)."""
+        raise NotImplementedError(f"{type(self).__name__} must define optimizers()")
+
+    def emas(self) -> dict:
+        """name -> EMA (empty when the loop keeps none)."""
+        return {}
+
+    def train_step(self, batch, labels, step: int) -> dict:
+        """One iteration on `batch` (Tensor on the loop's device; labels Tensor or None).
+        Returns the scalars to log as Python floats, e.g. {"loss": 0.03, "lr": 2e-4}."""
+        raise NotImplementedError(f"{type(self).__name__} must define train_step()")
+
+    def sample(self, n: int, **options):
+        """n samples as a NumPy array: images in [-1, 1] (n, C, H, W), points (n, D)."""
+        raise NotImplementedError(f"{type(self).__name__} must define sample()")
+
+
+# ---------------------------------------------------------------------------------------
+# Options
+# ---------------------------------------------------------------------------------------
+def add_common_arguments(parser, loop_cls: type[TrainingLoop]) -> None:
+    """The harness's `train` options, with the loop's defaults."""
+    parser.add_argument("--dataset", default=loop_cls.default_dataset,
+                        help="digits, mnist, fashion-mnist, gauss1d, ring8, grid25, swissroll, "
+                             "or a .npy / .npz file, or a folder of PNG images")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="folder with the MNIST / Fashion-MNIST IDX files (default: the "
+                             "cache folder, downloading when online)")
+    parser.add_argument("--steps", type=int, default=loop_cls.default_steps,
+                        help="total number of training steps to reach (a resumed run "
+                             "continues up to it)")
+    parser.add_argument("--batch-size", type=int, default=loop_cls.default_batch_size,
+                        help="samples per training step")
+    parser.add_argument("--lr", type=float, default=loop_cls.default_lr, help="learning rate")
+    parser.add_argument("--device", choices=backend.DEVICES, default="cpu",
+                        help="where to train (cuda needs CuPy and an NVIDIA GPU)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds the weights, the noise and the batch order")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="output folder (default: runs/LOOP-DATASET, or the checkpoint's "
+                             "folder with --resume). A folder holding a run with other settings "
+                             "is refused unless --resume or --force; one holding a run with the "
+                             "same settings is trained again (same seed, same result)")
+    parser.add_argument("--resume", default=None, metavar="CKPT",
+                        help="continue the run saved in CKPT up to --steps, with its settings")
+    parser.add_argument("--force", action="store_true",
+                        help="overwrite the run that --out holds")
+    parser.add_argument("--checkpoint-every", type=int, default=loop_cls.default_checkpoint_every,
+                        metavar="K", help="save checkpoint.h5 and loss.png every K steps "
+                                          "(and at the end)")
+    parser.add_argument("--sample-every", type=int, default=None, metavar="K",
+                        help="refresh samples.png every K steps (default: at each checkpoint; "
+                             "0: only at the end)")
+    parser.add_argument("--eval-samples", type=int, default=500, metavar="N",
+                        help="samples drawn at the end for metrics.json's quality measures "
+                             "(0: none)")
+
+
+def _parser_defaults(add) -> dict:
+    """The defaults of the options that `add(parser)` defines."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add(parser)
+    return vars(parser.parse_args([]))
+
+
+def default_config(loop_cls: type[TrainingLoop], **overrides) -> dict:
+    """The options of `minigen train NAME` with no arguments, then `overrides`."""
+    options = _parser_defaults(lambda parser: (add_common_arguments(parser, loop_cls),
+                                               loop_cls.add_arguments(parser)))
+    unknown = sorted(set(overrides) - set(options))
+    if unknown:
+        raise ValueError(f"default_config: {loop_cls.__name__} has no option {unknown[0]!r}; "
+                         f"its options are {', '.join(sorted(options))}")
+    options.update(overrides)
+    return options
+
+
+def sample_defaults(loop_cls: type[TrainingLoop]) -> dict:
+    """The defaults of the loop's `minigen sample` options, as sample() receives them."""
+    return _parser_defaults(loop_cls.add_sample_arguments)
+
+
+def _check_options(options: dict) -> None:
+    rules = [("steps", 0, "the total number of steps to reach"),
+             ("batch_size", 1, "the number of samples per step"),
+             ("checkpoint_every", 1, "the number of steps between checkpoints"),
+             ("seed", 0, "a seed for the random generators"),
+             ("eval_samples", 0, "the number of samples for the quality measures")]
+    for key, low, what in rules:
+        value = options.get(key)
+        if value is not None and value < low:
+            raise UserError(f"--{key.replace('_', '-')} is {value}; pass {what}, {low} or more")
+    if options.get("sample_every") is not None and options["sample_every"] < 0:
+        raise UserError(f"--sample-every is {options['sample_every']}; pass 0 or more")
+    try:
+        backend.check_device(options["device"])
+    except (ValueError, RuntimeError) as error:
+        raise UserError(str(error)) from None
+
+
+def _json_equal(a, b) -> bool:
+    return json.loads(json.dumps(a)) == json.loads(json.dumps(b))
+
+
+def read_checkpoint_config(path: str) -> tuple[dict, int]:
+    """(config, step) of a checkpoint, without building anything; UserError if unreadable."""
+    try:
+        state = load_checkpoint(path, restore_rng=False)
+    except CheckpointError as error:
+        raise UserError(str(error)) from None
+    return state["config"], state["step"]
+
+
+def resumed_options(loop_cls: type[TrainingLoop], options: dict, explicit: set | None) -> dict:
+    """The options of a resumed run: the checkpoint's, except RESUMABLE_OPTIONS given now.
+
+    explicit: the options given on the command line (None: all of them). An explicit option
+    that contradicts the checkpoint is refused rather than silently ignored.
+    """
+    path = options["resume"]
+    saved, _ = read_checkpoint_config(path)
+    if saved.get("loop") != loop_cls.name:
+        raise UserError(f"{path} was written by the {saved.get('loop')!r} loop, not "
+                        f"{loop_cls.name!r}; resume it with `minigen train {saved.get('loop')} "
+                        f"--resume {path}`")
+    explicit = set(options) if explicit is None else set(explicit)
+    merged = dict(saved)
+    for key, value in options.items():
+        if key in RESUMABLE_OPTIONS:
+            if key in explicit or key in ("resume", "force") or key not in saved:
+                merged[key] = value
+        elif key in explicit and key in saved and not _json_equal(saved[key], value):
+            raise UserError(f"--{key.replace('_', '-')} {value} differs from the {saved[key]} "
+                            f"that {path} was trained with; a resumed run keeps its settings: "
+                            "drop the option, or start a new run with another --out")
+        elif key not in saved:  # an option that did not exist when the checkpoint was written
+            merged[key] = value
+    if "out" not in explicit:
+        merged["out"] = os.path.dirname(os.path.abspath(path))
+    return merged
+
+
+def _default_out(loop_cls: type[TrainingLoop], dataset: str) -> str:
+    name = Path(dataset).stem if dataset not in KNOWN_DATASETS else dataset
+    return os.path.join("runs", f"{loop_cls.name}-{name}")
+
+
+def _saved_run_config(out: Path) -> dict | None:
+    """The config of the run in `out` (config.json, else the checkpoint's), None if none."""
+    if (out / CONFIG).is_file():
+        try:
+            return json.loads((out / CONFIG).read_text())
+        except (OSError, ValueError):
+            return {"config.json": "unreadable"}
+    if (out / CHECKPOINT).exists():
+        try:
+            return read_checkpoint_config(str(out / CHECKPOINT))[0]
+        except UserError:
+            return {"checkpoint.h5": "unreadable"}
+    return None
+
+
+def prepare_out_dir(out: Path, config: dict, resume: bool, force: bool, say) -> None:
+    """Create `out`, or check what it holds: another run is refused unless resume or force."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; pass a folder for the run's outputs")
+    saved = _saved_run_config(out) if out.is_dir() else None
+    if saved is not None and not resume:
+        if force:
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+        else:
+            keys = sorted((set(saved) | set(config)) - set(NOT_IDENTITY))
+            differing = [key for key in keys if not _json_equal(saved.get(key), config.get(key))]
+            if differing:
+                shown = ", ".join(f"{key} {saved.get(key)!r} -> {config.get(key)!r}"
+                                  for key in differing[:3])
+                raise UserError(f"{out} holds another run ({shown}); pass --resume "
+                                f"{out / CHECKPOINT} to continue it, --force to overwrite it, "
+                                "or --out to choose another folder")
+            say(f"{out} holds a run with the same settings: training it again from step 0 "
+                f"(use --resume {out / CHECKPOINT} to continue it instead)")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def load_run_data(config: dict) -> Dataset:
+    """The dataset a run config names (dataset, data_dir, seed); UserError if it cannot load."""
+    name, data_dir = config["dataset"], config.get("data_dir")
+    if data_dir is not None and not os.path.isdir(data_dir):
+        raise UserError(f"--data-dir {data_dir} is not a folder; pass the folder that holds "
+                        "the dataset's files")
+    looks_like_path = os.sep in name or name.endswith((".npy", ".npz"))
+    if looks_like_path and not os.path.exists(name):
+        raise UserError(f"--dataset {name}: no such file or folder; pass a .npy / .npz file, a "
+                        "folder of PNG images, or a dataset name")
+    try:
+        return load_dataset(name, data_dir=data_dir, seed=config["seed"])
+    except (ValueError, OSError) as error:  # unknown names, missing files, bad contents
+        raise UserError(str(error)) from None
+
+
+# ---------------------------------------------------------------------------------------
+# Samples, pictures, the step log
+# ---------------------------------------------------------------------------------------
+def draw_samples(loop: TrainingLoop, n: int, options: dict, seed: int) -> np.ndarray:
+    """n samples from `loop`, with the generators seeded to `seed` and then put back as they
+    were, so pictures and measures taken during training never change the training itself."""
+    state = backend.get_rng_state()
+    minigen.manual_seed(seed)
+    try:
+        samples = loop.sample(n, **options)
+    finally:
+        backend.set_rng_state(state)
+    if isinstance(samples, minigen.Tensor):
+        samples = samples.detach().data
+    samples = backend.to_numpy(samples)
+    expected = (n, *loop.config["data_shape"])
+    if samples.shape != expected:
+        raise RuntimeError(f"{type(loop).__name__}.sample({n}) returned shape {samples.shape}; "
+                           f"the data has shape {expected}")
+    return samples
+
+
+def write_samples(samples: np.ndarray, path: str | os.PathLike,
+                  dataset: Dataset | None = None) -> None:
+    """.npy: the raw array; .png: an image grid, or points scattered over the data (first two
+    coordinates) when `dataset` holds points."""
+    path = os.fspath(path)
+    if path.endswith(".npy"):
+        np.save(path, samples)
+    elif samples.ndim == 2:
+        reference = dataset if dataset is not None and dataset.kind == "points" else None
+        viz.save_scatter(samples[:, :2], path,
+                         true_points=None if reference is None else reference.test[:, :2],
+                         centres=None if reference is None or reference.centres is None
+                         else reference.centres[:, :2],
+                         std=None if reference is None else reference.std)
+    else:
+        viz.save_image_grid(samples, path)
+
+
+class StepLog:
+    """log.csv: one row per step (step, the loop's scalars, cumulative seconds).
+
+    The rows are also kept in memory for loss.png and metrics.json. A resumed run keeps the
+    rows of the steps before it and drops any written after its checkpoint.
+    """
+
+    def __init__(self, path: Path, start_step: int):
+        self.path, self.rows, self.fields = path, [], None
+        if start_step > 0 and path.is_file():
+            with open(path, newline="") as handle:
+                reader = csv.DictReader(handle)
+                self.fields = reader.fieldnames
+                self.rows = [self._parse(row) for row in reader
+                             if row.get("step", "").isdigit() and int(row["step"]) < start_step]
+        self.handle = open(path, "w", newline="")
+        self.writer = None
+        if self.fields:
+            self._start_writer()
+            self.writer.writerows(self.rows)
+            self.handle.flush()
+
+    @staticmethod
+    def _parse(row: dict) -> dict:
+        parsed = {}
+        for key, value in row.items():
+            try:
+                parsed[key] = int(value) if key == "step" else float(value)
+            except (TypeError, ValueError):
+                parsed[key] = float("nan")
+        return parsed
+
+    def _start_writer(self) -> None:
+        self.writer = csv.DictWriter(self.handle, self.fields, extrasaction="ignore")
+        if self.handle.tell() == 0:
+            self.writer.writeheader()
+
+    def append(self, step: int, scalars: dict, seconds: float) -> None:
+        row = {"step": step, **{key: float(value) for key, value in scalars.items()},
+               "seconds": round(seconds, 3)}
+        if self.writer is None:
+            self.fields = list(row)
+            self._start_writer()
+        self.writer.writerow(row)
+        self.handle.flush()  # a killed run keeps its log up to the last step
+        self.rows.append(row)
+
+    def loss_keys(self) -> list[str]:
+        keys = [key for key in self.fields or [] if key not in ("step", "seconds")]
+        return [key for key in keys if "loss" in key] or [key for key in keys if key != "lr"]
+
+    def final(self, window: int = FINAL_WINDOW) -> dict:
+        """Each scalar averaged over the last `window` steps."""
+        last = self.rows[-window:]
+        keys = [key for key in self.fields or [] if key not in ("step", "seconds")]
+        means = {}
+        for key in keys:
+            values = [row[key] for row in last if math.isfinite(row.get(key, math.nan))]
+            means[key] = math.fsum(values) / len(values) if values else None
+        return means
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class _StopRequest:
+    signum: int | None = None
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """SIGINT and SIGTERM set a flag that the loop checks after each step; a second one stops
+    at once (the last checkpoint stays whole: checkpoints are replaced atomically)."""
+    request = _StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request  # signal handlers can only be installed from the main thread
+        return
+
+    def handler(signum, frame):
+        if request.signum is not None:
+            raise KeyboardInterrupt
+        request.signum = signum
+
+    previous = {signum: signal.signal(signum, handler)
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for signum, old_handler in previous.items():
+            signal.signal(signum, old_handler)
+
+
+def _build_loop(loop_cls: type[TrainingLoop], config: dict, device: str) -> TrainingLoop:
+    try:
+        return loop_cls(config, device)
+    except ValueError as error:  # a bad loop option, as the base class asks loops to report
+        raise UserError(f"{loop_cls.name}: {error}") from None
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def quality_measures(loop: TrainingLoop, dataset: Dataset, n: int, options: dict,
+                     seed: int) -> dict | None:
+    """minigen.metrics.evaluate on n samples, or None where minigen has no metrics module."""
+    if n <= 0 or importlib.util.find_spec("minigen.metrics") is None:
+        return None
+    from minigen import metrics
+    evaluate = getattr(metrics, "evaluate", None)
+    if evaluate is None:
+        return None
+    return evaluate(draw_samples(loop, n, options, seed), dataset)
+
+
+def train(loop_cls: type[TrainingLoop], options: dict, explicit: set | None = None,
+          progress: bool | None = None, say=_say) -> dict:
+    """Run `minigen train` in-process; returns the training summary written to metrics.json.
+
+    options: every train option (see default_config). explicit: the options the user gave
+    (for --resume; None: all). progress: show the tqdm bar (None: only on a terminal).
+    Raises UserError for bad input and TrainingInterrupted after saving on SIGINT / SIGTERM.
+    """
+    options = dict(options)
+    if options.get("resume"):
+        options = resumed_options(loop_cls, options, explicit)
+    _check_options(options)
+    config = dict(options, loop=loop_cls.name)
+    config["out"] = config.get("out") or _default_out(loop_cls, config["dataset"])
+    out = Path(config["out"])
+    prepare_out_dir(out, config, resume=bool(config.get("resume")),
+                    force=bool(config.get("force")), say=say)
+    dataset = load_run_data(config)
+    if config["batch_size"] > len(dataset.train):
+        raise UserError(f"--batch-size {config['batch_size']} is more than the "
+                        f"{len(dataset.train)} training samples of {dataset.name}; pass a "
+                        "smaller batch size")
+    config.update(data_kind=dataset.kind, data_shape=list(dataset.shape),
+                  num_classes=dataset.num_classes)
+    (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+
+    device = backend.check_device(config["device"])
+    minigen.manual_seed(config["seed"])
+    loop = _build_loop(loop_cls, config, device)
+    start_step, seconds_before = 0, 0.0
+    if config.get("resume"):
+        try:
+            state = load_checkpoint(config["resume"], models=loop.models(),
+                                    optimizers=loop.optimizers(), ema=loop.emas())
+        except CheckpointError as error:
+            raise UserError(str(error)) from None
+        start_step, seconds_before = state["step"], float(state["extra"].get("seconds", 0.0))
+        if start_step > config["steps"]:
+            raise UserError(f"{config['resume']} is at step {start_step}, beyond --steps "
+                            f"{config['steps']}; --steps is the total to reach, pass more")
+    return _Run(loop, config, dataset, out, start_step, seconds_before, progress, say).run()
+
+
+class _Run:
+    """One training run from `start_step` to config["steps"], writing into `out`."""
+
+    def __init__(self, loop: TrainingLoop, config: dict, dataset: Dataset, out: Path,
+                 start_step: int, seconds_before: float, progress: bool | None, say):
+        self.loop, self.config, self.dataset, self.out = loop, config, dataset, out
+        self.start_step, self.seconds_before, self.say = start_step, seconds_before, say
+        self.progress = progress
+        on_device = dataset.to(loop.device)
+        arrays = on_device.train if dataset.train_labels is None else (on_device.train,
+                                                                       on_device.train_labels)
+        self.batcher = Batcher(arrays, config["batch_size"], seed=config["seed"])
+        self.picture_options = sample_defaults(type(loop))
+        every = config.get("sample_every")
+        self.sample_every = config["checkpoint_every"] if every is None else every
+        self.log = StepLog(out / LOG, start_step)
+        self.started = time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.started
+
+    def images_per_second(self, step: int) -> float:
+        elapsed = time.perf_counter() - self.started
+        return self.config["batch_size"] * (step - self.start_step) / max(elapsed, 1e-9)
+
+    def batch(self, step: int):
+        batch = self.batcher.batch(step)
+        if isinstance(batch, tuple):
+            return minigen.Tensor(batch[0]), minigen.Tensor(batch[1])
+        return minigen.Tensor(batch), None
+
+    def save(self, step: int) -> None:
+        try:
+            save_checkpoint(self.out / CHECKPOINT, models=self.loop.models(),
+                            optimizers=self.loop.optimizers(), ema=self.loop.emas(), step=step,
+                            config=self.config, extra={"seconds": self.seconds()})
+        except CheckpointError as error:
+            raise UserError(str(error)) from None
+        if self.log.rows:
+            viz.save_loss_curves(self.log.rows, self.out / LOSS, keys=self.log.loss_keys(),
+                                 title=f"{self.config['loop']} on {self.config['dataset']}")
+
+    def pictures(self) -> None:
+        samples = draw_samples(self.loop, PICTURE_COUNT, self.picture_options, PICTURE_SEED)
+        write_samples(samples, self.out / SAMPLES, self.dataset)
+
+    def status(self, step: int, scalars: dict) -> str:
+        values = "  ".join(f"{key} {value:.4g}" for key, value in scalars.items())
+        return f"step {step}/{self.config['steps']}  {values}  {self.images_per_second(step):.0f} img/s"
+
+    def run(self) -> dict:
+        from tqdm.auto import tqdm
+
+        config, steps = self.config, self.config["steps"]
+        self.say(f"training {config['loop']} on {self.dataset!r} on {config['device']}, steps "
+                 f"{self.start_step} -> {steps}, into {self.out}")
+        disable = None if self.progress is None else not self.progress  # None: terminals only
+        try:
+            with _stop_on_signals() as stop, tqdm(total=steps, initial=self.start_step,
+                                                  disable=disable, unit="step", file=sys.stderr,
+                                                  dynamic_ncols=True) as bar:
+                for step in range(self.start_step, steps):
+                    batch, labels = self.batch(step)
+                    scalars = self.loop.train_step(batch, labels, step)
+                    done = step + 1
+                    self.log.append(step, scalars, self.seconds())
+                    bar.set_postfix({**{key: f"{value:.4g}" for key, value in scalars.items()},
+                                     "img/s": f"{self.images_per_second(done):.0f}"},
+                                    refresh=False)
+                    bar.update()
+                    if stop.signum is not None:
+                        self.save(done)
+                        raise TrainingInterrupted(stop.signum, done, str(self.out / CHECKPOINT),
+                                                  config["loop"])
+                    if done == steps:
+                        break
+                    if done % config["checkpoint_every"] == 0:
+                        self.save(done)
+                        if bar.disable:
+                            self.say(self.status(done, scalars))
+                    if self.sample_every and done % self.sample_every == 0:
+                        self.pictures()
+            self.save(steps)
+            self.pictures()
+            return self.finish()
+        finally:
+            self.log.close()
+
+    def finish(self) -> dict:
+        config, steps = self.config, self.config["steps"]
+        seconds = self.seconds()
+        summary = {"loop": config["loop"], "dataset": config["dataset"], "steps": steps,
+                   "seconds": round(seconds, 3),
+                   "images_per_second": round(config["batch_size"] * steps / max(seconds, 1e-9), 1),
+                   "final": self.log.final()}
+        measures = quality_measures(self.loop, self.dataset, config["eval_samples"],
+                                    self.picture_options, PICTURE_SEED + 1)
+        (self.out / METRICS).write_text(json.dumps({**(measures or {}), "training": summary},
+                                                   indent=2, default=_json_default) + "\n")
+        self.say(f"done: {steps} steps in {seconds:.1f} s ({summary['images_per_second']:.0f} "
+                 f"img/s); {self.out}: {', '.join(name for name in RUN_FILES if (self.out / name).exists())}")
+        return summary
+
+
+def load_trained(path: str, loop_cls: type[TrainingLoop], device: str = "cpu"
+                 ) -> tuple[TrainingLoop, dict, int]:
+    """(loop, config, step): the loop rebuilt from a checkpoint's config, weights and EMAs
+    loaded (not the optimizers), ready for sample()."""
+    config, step = read_checkpoint_config(path)
+    try:
+        device = backend.check_device(device)
+    except (ValueError, RuntimeError) as error:
+        raise UserError(str(error)) from None
+    loop = _build_loop(loop_cls, config, device)
+    try:
+        load_checkpoint(path, models=loop.models(), ema=loop.emas(), restore_rng=False)
+    except CheckpointError as error:
+        raise UserError(str(error)) from None
+    return loop, config, step

@@ -1,0 +1,270 @@
+"""The run harness, called in-process with the tiny loop: the files of a run folder, exact
+resumption, saving on a signal, the output-folder rules, and the option checks.
+
+The command line over it (and the signal sent to a real subprocess) is in test_cli.py.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import signal
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import minigen
+from minigen import backend, run
+from minigen.run import (TrainingInterrupted, UserError, default_config, draw_samples,
+                         resumed_options, sample_defaults, train)
+from tiny_loop import TinyLoop, cheap_plots, load_tiny, real_plots, tiny_config  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("cheap_plots")
+
+
+def read_log(folder) -> list[dict]:
+    with open(folder / "log.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def assert_same_state(first, second) -> None:
+    """Every weight and every optimizer state array of two checkpoints is bit-identical."""
+    loop_a, state_a = load_tiny(first)
+    loop_b, state_b = load_tiny(second)
+    assert state_a["step"] == state_b["step"]
+    weights_a, weights_b = loop_a.model.state_dict(), loop_b.model.state_dict()
+    assert list(weights_a) == list(weights_b)
+    for name in weights_a:
+        np.testing.assert_array_equal(weights_a[name].data, weights_b[name].data, err_msg=name)
+    adam_a, adam_b = loop_a.optimizer.state_dict(), loop_b.optimizer.state_dict()
+    assert sorted(adam_a["state"]) == sorted(adam_b["state"]) and adam_a["state"]
+    for index, values in adam_a["state"].items():
+        for key, value in values.items():
+            np.testing.assert_array_equal(np.asarray(value), np.asarray(adam_b["state"][index][key]),
+                                          err_msg=f"Adam state {index}/{key}")
+    assert state_a["rng_state"] == state_b["rng_state"]
+
+
+# --- the run folder ---------------------------------------------------------------------
+def test_a_run_writes_checkpoint_pictures_log_config_and_metrics(tmp_path, real_plots):
+    summary = train(TinyLoop, tiny_config(tmp_path / "run", steps=6), say=lambda _: None)
+    folder = tmp_path / "run"
+    assert sorted(path.name for path in folder.iterdir()) == sorted(run.RUN_FILES)
+    rows = read_log(folder)
+    assert [row["step"] for row in rows] == [str(step) for step in range(6)]
+    assert list(rows[0]) == ["step", "loss", "lr", "seconds"]
+    assert all(float(row["loss"]) > 0 for row in rows)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["loop"] == "tiny" and config["dataset"] == "ring8"
+    assert config["data_kind"] == "points" and config["data_shape"] == [2]
+    assert config["num_classes"] == 8 and config["steps"] == 6
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["training"] == summary
+    assert summary["steps"] == 6 and summary["seconds"] > 0
+    assert summary["images_per_second"] == pytest.approx(16 * 6 / summary["seconds"], rel=0.01)
+    assert summary["final"]["loss"] == pytest.approx(np.mean([float(r["loss"]) for r in rows]))
+    _, state = load_tiny(folder / "checkpoint.h5")
+    assert state["step"] == 6 and state["config"] == config
+    for picture in ("samples.png", "loss.png"):
+        with Image.open(folder / picture) as image:
+            assert image.size[0] > 100 and image.size[1] > 100
+
+
+def test_image_data_gives_a_grid_of_64_samples(tmp_path):
+    train(TinyLoop, tiny_config(tmp_path, dataset="digits", steps=2), say=lambda _: None)
+    with Image.open(tmp_path / "samples.png") as image:
+        # 8 x 8 digits enlarged 6 times, 8 per row, 1 pixel of padding
+        assert image.size == (8 * 49 + 1, 8 * 49 + 1)
+
+
+def test_checkpoints_are_saved_every_k_steps_and_at_the_end(tmp_path, monkeypatch):
+    saved_steps = []
+    original = run.save_checkpoint
+    monkeypatch.setattr(run, "save_checkpoint",
+                        lambda *args, **kwargs: (saved_steps.append(kwargs["step"]),
+                                                 original(*args, **kwargs)))
+    train(TinyLoop, tiny_config(tmp_path, steps=7, checkpoint_every=3), say=lambda _: None)
+    assert saved_steps == [3, 6, 7]
+
+
+def test_zero_steps_saves_the_initial_model(tmp_path):
+    train(TinyLoop, tiny_config(tmp_path, steps=0), say=lambda _: None)
+    _, state = load_tiny(tmp_path / "checkpoint.h5")
+    assert state["step"] == 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["training"]["final"] == {}
+
+
+def test_metrics_json_holds_the_quality_measures_when_minigen_has_them(tmp_path, monkeypatch):
+    import minigen.metrics
+    seen = {}
+
+    def evaluate(samples, dataset):
+        seen.update(shape=samples.shape, dataset=dataset.name)
+        return {"modes_covered": 3, "n": len(samples)}
+
+    monkeypatch.setattr(minigen.metrics, "evaluate", evaluate, raising=False)
+    train(TinyLoop, tiny_config(tmp_path, steps=2, eval_samples=40), say=lambda _: None)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert seen == {"shape": (40, 2), "dataset": "ring8"}
+    assert metrics["modes_covered"] == 3 and metrics["n"] == 40 and metrics["training"]["steps"] == 2
+
+
+def test_the_progress_bar_shows_the_losses_and_images_per_second(tmp_path, capsys):
+    train(TinyLoop, tiny_config(tmp_path, steps=3), progress=True, say=lambda _: None)
+    bar = capsys.readouterr().err
+    assert "3/3" in bar and "loss=" in bar and "img/s=" in bar
+
+
+def test_the_progress_bar_is_quiet_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    train(TinyLoop, tiny_config(tmp_path, steps=3), say=lambda _: None)  # capsys: not a tty
+    assert capsys.readouterr().err == ""
+
+
+# --- exact resumption -------------------------------------------------------------------
+@pytest.mark.parametrize("dataset", ["ring8", "digits"])
+def test_resume_equals_a_straight_run_bit_for_bit(tmp_path, dataset, real_plots):
+    # The straight run saves and draws pictures at steps 3, 6 and 9, which must not matter.
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(TinyLoop, tiny_config(straight, dataset=dataset, steps=10, checkpoint_every=3),
+          say=lambda _: None)
+    train(TinyLoop, tiny_config(split, dataset=dataset, steps=5), say=lambda _: None)
+    train(TinyLoop, tiny_config(split, dataset=dataset, steps=10,
+                                resume=str(split / "checkpoint.h5")), say=lambda _: None)
+    assert_same_state(straight / "checkpoint.h5", split / "checkpoint.h5")
+    losses = [[row["loss"] for row in read_log(folder)] for folder in (straight, split)]
+    assert losses[0] == losses[1] and len(losses[0]) == 10
+    pictures = [np.asarray(Image.open(folder / "samples.png")) for folder in (straight, split)]
+    np.testing.assert_array_equal(pictures[0], pictures[1])
+
+
+def test_pictures_during_training_do_not_change_the_training(tmp_path):
+    train(TinyLoop, tiny_config(tmp_path / "often", steps=6, sample_every=1), say=lambda _: None)
+    train(TinyLoop, tiny_config(tmp_path / "never", steps=6, sample_every=0), say=lambda _: None)
+    assert_same_state(tmp_path / "often" / "checkpoint.h5", tmp_path / "never" / "checkpoint.h5")
+
+
+def test_draw_samples_puts_the_random_state_back():
+    loop = TinyLoop(dict(tiny_config("unused"), data_kind="points", data_shape=[2]), "cpu")
+    minigen.manual_seed(7)
+    before = backend.get_rng_state()
+    first = draw_samples(loop, 5, sample_defaults(TinyLoop), seed=3)
+    assert backend.get_rng_state() == before
+    np.testing.assert_array_equal(first, draw_samples(loop, 5, {"temperature": 1.0}, seed=3))
+
+
+def test_a_resumed_log_keeps_the_rows_before_the_checkpoint_only(tmp_path):
+    folder = tmp_path / "run"
+    train(TinyLoop, tiny_config(folder, steps=4), say=lambda _: None)
+    straight_rows = read_log(folder)
+    train(TinyLoop, tiny_config(folder, steps=6, resume=str(folder / "checkpoint.h5")),
+          say=lambda _: None)
+    rows = read_log(folder)
+    assert [row["step"] for row in rows] == [str(step) for step in range(6)]
+    assert [row["loss"] for row in rows[:4]] == [row["loss"] for row in straight_rows]
+    # the clock continues from the checkpoint's
+    assert float(rows[4]["seconds"]) >= float(rows[3]["seconds"])
+
+
+# --- SIGINT / SIGTERM -------------------------------------------------------------------
+class SignallingLoop(TinyLoop):
+    """Sends itself a signal during step 2, as a user pressing Ctrl-C mid-step would."""
+    signum = signal.SIGINT
+
+    def train_step(self, batch, labels, step):
+        if step == 2:
+            signal.raise_signal(self.signum)
+        return super().train_step(batch, labels, step)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_finishes_the_step_saves_and_stops(tmp_path, monkeypatch, signum):
+    monkeypatch.setattr(SignallingLoop, "signum", signum)
+    with pytest.raises(TrainingInterrupted) as caught:
+        train(SignallingLoop, tiny_config(tmp_path, steps=50), say=lambda _: None)
+    assert caught.value.step == 3 and caught.value.exit_code == 128 + signum
+    assert "--resume" in str(caught.value)
+    _, state = load_tiny(tmp_path / "checkpoint.h5")
+    assert state["step"] == 3 and len(read_log(tmp_path)) == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+
+
+# --- the output folder ------------------------------------------------------------------
+def test_a_folder_holding_a_run_with_other_settings_is_refused(tmp_path):
+    train(TinyLoop, tiny_config(tmp_path, steps=2), say=lambda _: None)
+    with pytest.raises(UserError, match=r"holds another run \(steps 2 -> 3\).*--resume.*--force"):
+        train(TinyLoop, tiny_config(tmp_path, steps=3), say=lambda _: None)
+
+
+def test_a_folder_holding_a_run_with_the_same_settings_is_trained_again(tmp_path):
+    # The README's quick start must work twice: the same settings give the same result.
+    messages = []
+    train(TinyLoop, tiny_config(tmp_path, steps=3), say=lambda _: None)
+    train(TinyLoop, tiny_config(tmp_path, steps=3, checkpoint_every=1), say=messages.append)
+    assert "same settings: training it again from step 0" in messages[0]
+    assert len(read_log(tmp_path)) == 3
+
+
+def test_force_overwrites_a_run_with_other_settings(tmp_path):
+    train(TinyLoop, tiny_config(tmp_path, steps=3), say=lambda _: None)
+    train(TinyLoop, tiny_config(tmp_path, steps=2, force=True), say=lambda _: None)
+    assert len(read_log(tmp_path)) == 2
+
+
+def test_an_output_path_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        train(TinyLoop, tiny_config(tmp_path / "file"), say=lambda _: None)
+
+
+# --- options ----------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides, message", [
+    ({"steps": -1}, "--steps is -1"),
+    ({"batch_size": 0}, "--batch-size is 0"),
+    ({"checkpoint_every": 0}, "--checkpoint-every is 0"),
+    ({"seed": -2}, "--seed is -2"),
+    ({"batch_size": 100_000}, "more than the 20000 training samples"),
+    ({"dataset": "nonexistent"}, "unknown dataset 'nonexistent'"),
+    ({"dataset": "mnist", "data_dir": "/no/such/folder"}, "--data-dir /no/such/folder is not"),
+    ({"hidden": 0}, "tiny: --hidden is 0"),
+])
+def test_bad_options_are_user_errors(tmp_path, overrides, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        train(TinyLoop, tiny_config(tmp_path, **overrides), say=lambda _: None)
+
+
+def test_default_config_names_an_unknown_option():
+    with pytest.raises(ValueError, match="no option 'stpes'"):
+        default_config(TinyLoop, stpes=3)
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    train(TinyLoop, tiny_config(tmp_path / "run", steps=4, lr=0.02), say=lambda _: None)
+    return str(tmp_path / "run" / "checkpoint.h5")
+
+
+def test_a_resumed_run_keeps_the_checkpoints_settings_unless_told(checkpoint):
+    options = dict(default_config(TinyLoop), resume=checkpoint, steps=8)
+    merged = resumed_options(TinyLoop, options, explicit={"resume", "steps"})
+    assert merged["lr"] == 0.02 and merged["steps"] == 8       # lr kept, steps taken
+    assert merged["out"].endswith("run")                       # the checkpoint's folder
+
+
+def test_a_resumed_run_refuses_an_option_that_contradicts_the_checkpoint(checkpoint):
+    options = dict(default_config(TinyLoop), resume=checkpoint, lr=0.5)
+    with pytest.raises(UserError, match="--lr 0.5 differs from the 0.02"):
+        resumed_options(TinyLoop, options, explicit={"resume", "lr"})
+
+
+def test_resuming_beyond_steps_is_refused(checkpoint):
+    with pytest.raises(UserError, match="at step 4, beyond --steps 3"):
+        train(TinyLoop, dict(default_config(TinyLoop), resume=checkpoint, steps=3),
+              explicit={"resume", "steps"}, say=lambda _: None)
+
+
+def test_resuming_with_another_loop_is_refused(checkpoint):
+    class OtherLoop(TinyLoop):
+        name = "other"
+    with pytest.raises(UserError, match="written by the 'tiny' loop"):
+        train(OtherLoop, dict(default_config(OtherLoop), resume=checkpoint), explicit={"resume"},
+              say=lambda _: None)
