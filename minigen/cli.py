@@ -1,0 +1,351 @@
+"""The `minigen` command: train, sample, eval, inspect, demo.
+
+Each subcommand is a function that adds its parser and a function that runs it; the work
+itself lives in minigen.run. Training loops are found by name in LOOPS (imported only when
+the command line is built) and in the MINIGEN_LOOPS environment variable. Bad input ends with
+one line on stderr and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from minigen import __version__, backend
+from minigen.checkpoint import CheckpointError, inspect_checkpoint
+from minigen.run import (TrainingInterrupted, UserError, add_common_arguments, draw_samples,
+                         load_trained, quality_measures, read_checkpoint_config, sample_defaults,
+                         train, write_samples, load_run_data)
+
+# `minigen train NAME` -> the TrainingLoop subclass, as "module:Class".
+LOOPS = {"ddpm": "minigen.ddpm:DDPMLoop", "gan": "minigen.gan:GANLoop"}
+LOOPS_ENV = "MINIGEN_LOOPS"  # more loops: "name=module:Class,name2=module2:Class2"
+EXIT_USER_ERROR = 2
+NOT_OPTIONS = ("command", "loop", "handler", "argv")  # namespace entries that are no options
+DEMOS_DIR = Path(__file__).resolve().parent.parent / "demos"  # in the source repository
+EVAL_SAMPLES = 500
+
+
+# ---------------------------------------------------------------------------------------
+# The registry of loops
+# ---------------------------------------------------------------------------------------
+def registered_loops() -> dict[str, str]:
+    """name -> "module:Class": LOOPS and the ones MINIGEN_LOOPS adds."""
+    loops = dict(LOOPS)
+    for entry in filter(None, (part.strip() for part in os.environ.get(LOOPS_ENV, "").split(","))):
+        name, _, spec = entry.partition("=")
+        if not name or ":" not in spec:
+            raise UserError(f"{LOOPS_ENV} entry {entry!r} is not NAME=module:Class (for example "
+                            "mine=my_package.loop:MyLoop)")
+        loops[name.strip()] = spec.strip()
+    return loops
+
+
+def loop_class(name: str):
+    """Import and return the loop class registered as `name`."""
+    loops = registered_loops()
+    if name not in loops:
+        raise UserError(f"no training loop named {name!r}; known: {', '.join(sorted(loops))}")
+    module_name, _, class_name = loops[name].partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), class_name)
+    except Exception as error:  # a loop that cannot load must not break the other commands
+        raise UserError(f"the {name} loop ({loops[name]}) cannot be loaded: "
+                        f"{type(error).__name__}: {error}") from None
+
+
+# ---------------------------------------------------------------------------------------
+# Parsers: defaults shown in --help, one-line errors
+# ---------------------------------------------------------------------------------------
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows '(default: X)' except where there is nothing to show (None, False)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (a UserError) and that knows its
+    subcommand parsers (`children`), so the options a user typed can be told from defaults."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)  # --sample must not silently mean --sample-every
+        super().__init__(*args, **kwargs)
+        self.children: list[Parser] = []
+
+    def add_command(self, subparsers, name: str, handler, **kwargs) -> "Parser":
+        child = subparsers.add_parser(name, **kwargs)
+        child.set_defaults(handler=handler)
+        self.children.append(child)
+        return child
+
+    def walk(self):
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see '{self.prog} --help')")
+
+
+def _summary(docstring: str | None) -> str:
+    """The first sentence of a docstring, on one line."""
+    paragraph = " ".join(inspect.cleandoc(docstring or "").split("\n\n")[0].split())
+    return paragraph.split(". ")[0].rstrip(".")
+
+
+# ---------------------------------------------------------------------------------------
+# minigen train LOOP
+# ---------------------------------------------------------------------------------------
+def train_parser(root: Parser, subparsers) -> None:
+    parser = root.add_command(
+        subparsers, "train", None, help="train a model; writes checkpoint.h5, samples.png, "
+        "loss.png, metrics.json, config.json and log.csv into --out",
+        description="Train a model. `minigen train ddpm` with no options is the main job: DDPM "
+                    "on the embedded 8x8 digits.",
+        epilog=f"More loops can be registered with {LOOPS_ENV}=name=module:Class.")
+    loops = parser.add_subparsers(dest="loop", metavar="LOOP", required=True)
+    for name in registered_loops():
+        try:
+            loop_cls = loop_class(name)
+        except UserError as error:
+            broken = parser.add_command(loops, name, _unavailable(error),
+                                        help=f"(unavailable: {error})")
+            broken.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            continue
+        child = parser.add_command(loops, name, train_command, help=_summary(loop_cls.__doc__),
+                                   description=inspect.cleandoc(loop_cls.__doc__ or ""))
+        add_common_arguments(child.add_argument_group("run options (every loop has them)"),
+                             loop_cls)
+        loop_cls.add_arguments(child)
+
+
+def _unavailable(error: UserError):
+    def handler(args) -> int:
+        raise error
+    return handler
+
+
+def _options(args) -> dict:
+    return {key: value for key, value in vars(args).items() if key not in NOT_OPTIONS}
+
+
+def given_options(argv: list[str], args) -> set[str]:
+    """The options that `argv` sets, told apart from defaults by parsing it again with every
+    default replaced by a marker."""
+    not_given = object()
+    root = build_parser()
+    markers = {key: not_given for key in _options(args)}
+    for parser in root.walk():
+        parser.set_defaults(**markers)
+    again = root.parse_args(argv)
+    return {key for key in markers if getattr(again, key, not_given) is not not_given}
+
+
+def train_command(args) -> int:
+    given = given_options(args.argv, args)
+    train(loop_class(args.loop), _options(args), explicit=given)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# minigen sample / eval: a trained loop rebuilt from its checkpoint
+# ---------------------------------------------------------------------------------------
+def _add_sampling_arguments(parser: Parser, n_default: int, n_help: str) -> None:
+    parser.add_argument("checkpoint", metavar="CKPT", help="a checkpoint.h5 written by train")
+    parser.add_argument("--n", type=int, default=n_default, help=n_help)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the sampling noise")
+    parser.add_argument("--device", choices=backend.DEVICES, default="cpu",
+                        help="where to sample")
+    for name in registered_loops():
+        try:
+            loop_cls = loop_class(name)
+        except UserError:
+            continue  # `train` reports why; sampling a checkpoint of that loop will too
+        loop_cls.add_sample_arguments(parser.add_argument_group(f"options of {name} checkpoints"))
+
+
+def _trained_loop(args):
+    """(loop, config, step, sample options) for a sample/eval command line."""
+    config, _ = read_checkpoint_config(args.checkpoint)
+    name = config.get("loop")
+    if not name:
+        raise UserError(f"{args.checkpoint} records no training loop in its config; pass a "
+                        "checkpoint written by `minigen train`")
+    loop_cls = loop_class(name)
+    own = sample_defaults(loop_cls)
+    common = {"checkpoint", "n", "seed", "device", "out", "data_dir"}
+    foreign = sorted(given_options(args.argv, args) - common - set(own))
+    if foreign:
+        raise UserError(f"--{foreign[0].replace('_', '-')} is not an option of the {name} loop "
+                        f"that {args.checkpoint} holds (see '{args.command} --help')")
+    if args.n < 1:
+        raise UserError(f"--n is {args.n}; pass the number of samples to draw, 1 or more")
+    loop, config, step = load_trained(args.checkpoint, loop_cls, args.device)
+    return loop, config, step, {key: getattr(args, key) for key in own}
+
+
+def _draw(loop, n: int, options: dict, seed: int):
+    try:
+        return draw_samples(loop, n, options, seed)
+    except ValueError as error:  # a bad sampler option, reported by the loop
+        raise UserError(f"{loop.config['loop']} sampling: {error}") from None
+
+
+def sample_parser(root: Parser, subparsers) -> None:
+    parser = root.add_command(subparsers, "sample", sample_command,
+                              help="draw samples from a trained model into a .png or .npy file",
+                              description="Draw samples from a checkpoint. .png: an image grid, "
+                                          "or points scattered over the data; .npy: the raw "
+                                          "array (images in [-1, 1] NCHW, points (N, D)).")
+    _add_sampling_arguments(parser, 64, "number of samples")
+    parser.add_argument("--out", default="samples.png", metavar="FILE",
+                        help="where to write: .png or .npy")
+
+
+def sample_command(args) -> int:
+    if not args.out.endswith((".png", ".npy")):
+        raise UserError(f"--out {args.out}: pass a file name ending in .png (a picture) or .npy "
+                        "(the raw array)")
+    loop, config, _, options = _trained_loop(args)
+    samples = _draw(loop, args.n, options, args.seed)
+    dataset = None
+    if config.get("data_kind") == "points" and args.out.endswith(".png"):
+        try:  # the data drawn under the samples; the picture is still useful without it
+            dataset = load_run_data(config)
+        except UserError:
+            dataset = None
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_samples(samples, args.out, dataset)
+    print(f"wrote {len(samples)} samples {tuple(samples.shape[1:])} to {args.out}", file=sys.stderr)
+    return 0
+
+
+def eval_parser(root: Parser, subparsers) -> None:
+    parser = root.add_command(subparsers, "eval", eval_command,
+                              help="measure sample quality; prints one JSON object",
+                              description="Measure the quality of a checkpoint's samples against "
+                                          "the held-out data (feature FID with its real-vs-real "
+                                          "floor on images, mode coverage on mixtures).")
+    _add_sampling_arguments(parser, EVAL_SAMPLES, "number of samples to measure")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="folder with the dataset's files (default: the one used in training)")
+
+
+def eval_command(args) -> int:
+    loop, config, step, options = _trained_loop(args)
+    if args.data_dir is not None:
+        config = dict(config, data_dir=args.data_dir)
+    dataset = load_run_data(config)
+    try:
+        measures = quality_measures(loop, dataset, args.n, options, args.seed)
+    except ValueError as error:
+        raise UserError(f"{config['loop']} sampling: {error}") from None
+    if measures is None:
+        raise UserError("this installation of minigen has no minigen.metrics.evaluate, so it "
+                        "cannot measure quality; reinstall minigen")
+    result = {"checkpoint": args.checkpoint, "loop": config["loop"],
+              "dataset": config["dataset"], "step": step, **measures}
+    print(json.dumps(result, default=float))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# minigen inspect / demo
+# ---------------------------------------------------------------------------------------
+def inspect_parser(root: Parser, subparsers) -> None:
+    parser = root.add_command(subparsers, "inspect", inspect_command,
+                              help="list what a checkpoint holds",
+                              description="List a checkpoint: format, step, config, and every "
+                                          "array with its dtype, shape and size.")
+    parser.add_argument("checkpoint", metavar="CKPT", help="a .h5 file")
+
+
+def inspect_command(args) -> int:
+    try:
+        print(inspect_checkpoint(args.checkpoint))
+    except CheckpointError as error:
+        raise UserError(str(error)) from None
+    return 0
+
+
+def available_demos() -> list[str]:
+    return sorted(path.stem for path in DEMOS_DIR.glob("*.py") if not path.name.startswith("_"))
+
+
+def demo_parser(root: Parser, subparsers) -> None:
+    parser = root.add_command(subparsers, "demo", demo_command,
+                              help="run one of the demos (demos/NAME.py); lists them without NAME",
+                              description=f"Run demos/NAME.py from the source repository "
+                                          f"({DEMOS_DIR}); arguments after NAME go to the demo.")
+    parser.add_argument("name", metavar="NAME", nargs="?", help="the demo to run")
+    parser.add_argument("demo_args", metavar="ARGS", nargs=argparse.REMAINDER,
+                        help="arguments for the demo (see minigen demo NAME --help)")
+
+
+def demo_command(args) -> int:
+    if not DEMOS_DIR.is_dir():
+        raise UserError(f"the demos folder is not there ({DEMOS_DIR}); the demos come with the "
+                        "source repository: clone it and install minigen from it with pip -e")
+    demos = available_demos()
+    if args.name is None:
+        print("\n".join(demos) if demos else f"(no demos in {DEMOS_DIR})")
+        return 0
+    if args.name not in demos:
+        raise UserError(f"no demo named {args.name!r}; available: {', '.join(demos) or 'none'}")
+    return subprocess.call([sys.executable, str(DEMOS_DIR / f"{args.name}.py"), *args.demo_args])
+
+
+# ---------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------
+# Each subcommand: the function that adds its parser. More are added here.
+COMMANDS = [train_parser, sample_parser, eval_parser, inspect_parser, demo_parser]
+
+
+def build_parser() -> Parser:
+    root = Parser(prog="minigen", description="minigen: GANs and DDPM from scratch on "
+                                              "NumPy / CuPy. Run a subcommand with --help for "
+                                              "its options.")
+    root.add_argument("--version", action="version", version=f"minigen {__version__}")
+    subparsers = root.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add_parser in COMMANDS:
+        add_parser(root, subparsers)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0, 2 for bad input, 128 + N on signal N)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as done:  # --help and --version
+            return int(done.code or 0) if not isinstance(done.code, str) else EXIT_USER_ERROR
+        args.argv = argv
+        return args.handler(args)
+    except UserError as error:
+        print(f"minigen: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except TrainingInterrupted as interrupted:
+        print(f"minigen: {interrupted}", file=sys.stderr)
+        return interrupted.exit_code
+    except KeyboardInterrupt:
+        print("minigen: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `minigen inspect CKPT | head`: the reader left, nothing to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that Python's exit flush does not fail again
+        return 141  # 128 + SIGPIPE, as a shell reports it
+
+
+if __name__ == "__main__":
+    sys.exit(main())
