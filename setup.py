@@ -1,5 +1,5 @@
 """minigen: a from-scratch generative-modelling engine (GANs and DDPM) on NumPy / CuPy."""
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="minigen",
@@ -8,8 +8,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["minigen", "minigen.ops", "minigen.nn", "minigen.models",
-              "minigen.kernels", "minigen.kernels.cuda"],
+    packages=find_packages(include=["minigen", "minigen.*"]) + ["minigen.kernels", "minigen.kernels.cuda"],
     # kernels/ sits at the top of the repository but installs as minigen.kernels, so no
     # generic top-level `kernels` package lands in site-packages.
     package_dir={"minigen.kernels": "kernels", "minigen.kernels.cuda": "kernels/cuda"},
