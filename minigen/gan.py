@@ -1,0 +1,241 @@
+"""The adversarial loop (Goodfellow et al., 2014): its losses and GANLoop, the `gan` loop of
+`minigen train`.
+
+The losses are functions of D's raw outputs (logits): `discriminator_loss(real, fake, loss)`
+and `generator_loss(fake, loss)`, both minimised, for the minimax, non-saturating, hinge and
+WGAN-GP objectives; `gradient_penalty` is WGAN-GP's loss on the gradient of D, differentiated
+again by backward. GANLoop (minigen.run.TrainingLoop) alternates k D steps and one G step, with
+the MLPs of minigen.models.mlp for points and the DCGAN of minigen.models.dcgan for images.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import minigen
+import minigen.functional as F
+from minigen import backend
+from minigen.models.dcgan import DCGANDiscriminator, DCGANGenerator, dcgan_init
+from minigen.models.mlp import MLPDiscriminator, MLPGenerator
+from minigen.optim import Adam
+from minigen.run import TrainingLoop
+from minigen.tensor import Tensor
+
+LOSSES = ("nonsaturating", "minimax", "hinge", "wgan-gp")
+PROBABILISTIC_LOSSES = ("nonsaturating", "minimax")  # D(x) = sigmoid(logit) is a probability
+DEFAULT_LR = 2e-4    # Adam's step size in DCGAN (Radford et al., 2016), for G and D alike
+SAMPLE_CHUNK = 1000  # samples drawn per forward pass of G
+
+
+# --- losses -----------------------------------------------------------------------------------
+def check_loss(name: str) -> str:
+    if name not in LOSSES:
+        raise ValueError(f"unknown GAN loss {name!r}; choose one of {', '.join(LOSSES)}")
+    return name
+
+
+def discriminator_loss(real_logits: Tensor, fake_logits: Tensor, loss: str) -> Tensor:
+    """The discriminator's loss on logits of a real batch (N, 1) and a fake batch (M, 1).
+
+    minimax / nonsaturating: -log D(x) - log(1 - D(G(z))), the cross-entropy of Goodfellow et
+    al. (2014), Eq. 1 (the two losses differ only for G). hinge: relu(1 - D(x)) + relu(1 +
+    D(G(z))) (Lim and Ye, 2017). wgan-gp: D(G(z)) - D(x), the critic's estimate of the
+    Wasserstein distance with the sign flipped (Gulrajani et al., 2017, Algorithm 1; the
+    penalty is added separately).
+    """
+    check_loss(loss)
+    if loss in PROBABILISTIC_LOSSES:
+        # softplus(-l) = -log sigmoid(l) and softplus(l) = -log(1 - sigmoid(l)), both finite
+        # for any logit, which log(sigmoid(l)) is not.
+        return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+    if loss == "hinge":
+        return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+    return fake_logits.mean() - real_logits.mean()
+
+
+def generator_loss(fake_logits: Tensor, loss: str) -> Tensor:
+    """The generator's loss on the logits of D on a fake batch (M, 1).
+
+    minimax: log(1 - D(G(z))), the term of Eq. 1 that G minimises; its gradient vanishes where
+    D confidently rejects the fakes (D(G(z)) -> 0), which is early in training.
+    nonsaturating: -log D(G(z)), the fix proposed in the same paper: same fixed point, strong
+    gradient exactly where the minimax one vanishes. hinge and wgan-gp: -D(G(z)).
+    """
+    check_loss(loss)
+    if loss == "minimax":
+        return -F.softplus(fake_logits).mean()
+    if loss == "nonsaturating":
+        return F.softplus(-fake_logits).mean()
+    return -fake_logits.mean()
+
+
+def gradient_penalty(discriminator, real: Tensor, fake: Tensor) -> Tensor:
+    """E[(||grad_x D(x_hat)||_2 - 1)^2] at x_hat = eps x + (1 - eps) G(z), eps ~ U[0, 1] per
+    sample (WGAN-GP, Gulrajani et al., 2017, Eq. 3), without its weight lambda.
+
+    real, fake: (N, ...) batches of the same shape (fake detached from G). The gradient is
+    taken with create_graph=True, so backward on the penalty reaches D's weights through it.
+    """
+    if real.shape != fake.shape:
+        raise ValueError(f"gradient_penalty: real batch {real.shape} and fake batch "
+                         f"{fake.shape} must have the same shape")
+    eps = minigen.rand(real.shape[0], *([1] * (real.ndim - 1)), dtype=real.dtype,
+                       device=real.device)
+    x_hat = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_()
+    scores = discriminator(x_hat)
+    (grad_x,) = minigen.grad(scores.sum(), x_hat, create_graph=True)
+    # A tiny epsilon keeps the norm differentiable where the gradient is exactly zero.
+    norms = ((grad_x * grad_x).reshape(grad_x.shape[0], -1).sum(1) + 1e-12).sqrt()
+    return ((norms - 1) ** 2).mean()
+
+
+# --- the loop -------------------------------------------------------------------------------
+def gradient_norm(parameters) -> float:
+    """The L2 norm of all gradients of `parameters` taken together (0.0 when none has one)."""
+    total = 0.0
+    for param in parameters:
+        if param.grad is not None:
+            grad = param.grad.data
+            total += float((grad * grad).sum())
+    return total ** 0.5
+
+
+class GANLoop(TrainingLoop):
+    """The adversarial loop: k discriminator steps on real data against G(z).detach(), then
+    one generator step through the (now updated) discriminator (Goodfellow et al., 2014,
+    Algorithm 1, with the losses above).
+
+    Points get the MLP G and D, images the DCGAN pair. G maps z ~ N(0, I) to samples; D gives
+    one logit per sample. Adam with the DCGAN settings (lr 2e-4, betas (0.5, 0.999)) drives both.
+    """
+
+    name = "gan"
+    default_dataset = "digits"
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        parser.add_argument("--loss", choices=LOSSES, default="nonsaturating",
+                            help="adversarial objective")
+        parser.add_argument("--d-steps", type=int, default=1,
+                            help="discriminator steps per generator step (k of Algorithm 1)")
+        parser.add_argument("--latent-dim", type=int, default=None,
+                            help="size of z (default: 100 for images, 8 for points)")
+        parser.add_argument("--width", type=int, default=None,
+                            help="DCGAN channels of the widest-resolution layer (default 64) "
+                                 "or MLP hidden units (default 128)")
+        parser.add_argument("--gp-weight", type=float, default=10.0,
+                            help="lambda of the WGAN-GP gradient penalty")
+        parser.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 (DCGAN: 0.5)")
+        parser.add_argument("--beta2", type=float, default=0.999, help="Adam beta2")
+
+    @classmethod
+    def add_sample_arguments(cls, parser) -> None:
+        """GAN sampling needs no option beyond the harness's --n and --out."""
+
+    def __init__(self, config: dict, device: str):
+        self.config, self.device = config, device
+        self.loss = check_loss(config.get("loss", "nonsaturating"))
+        self.d_steps = int(config.get("d_steps", 1))
+        if self.d_steps < 1:
+            raise ValueError(f"--d-steps must be at least 1, got {self.d_steps}")
+        self.gp_weight = float(config.get("gp_weight", 10.0))
+        shape = tuple(config["data_shape"])
+        if config.get("data_kind") == "points":
+            self.latent_dim = int(config.get("latent_dim") or 8)
+            width = int(config.get("width") or 128)
+            self.generator = MLPGenerator(self.latent_dim, shape[0], hidden=width)
+            self.discriminator = MLPDiscriminator(shape[0], hidden=width)
+        else:
+            channels, height, width_px = shape
+            if height != width_px:
+                raise ValueError(f"DCGAN needs square images, got {height}x{width_px}")
+            self.latent_dim = int(config.get("latent_dim") or 100)
+            width = int(config.get("width") or 64)
+            norm = "none" if self.loss == "wgan-gp" else "batch"
+            self.generator = dcgan_init(DCGANGenerator(self.latent_dim, channels, height, width))
+            self.discriminator = dcgan_init(DCGANDiscriminator(channels, height, width, norm))
+        self.generator.to(device)
+        self.discriminator.to(device)
+        lr = float(config.get("lr") or DEFAULT_LR)
+        betas = (float(config.get("beta1", 0.5)), float(config.get("beta2", 0.999)))
+        self.g_optimizer = Adam(self.generator.parameters(), lr=lr, betas=betas)
+        self.d_optimizer = Adam(self.discriminator.parameters(), lr=lr, betas=betas)
+
+    def models(self) -> dict:
+        return {"generator": self.generator, "discriminator": self.discriminator}
+
+    def optimizers(self) -> dict:
+        return {"generator": self.g_optimizer, "discriminator": self.d_optimizer}
+
+    def emas(self) -> dict:
+        return {}
+
+    def noise(self, n: int) -> Tensor:
+        """z ~ N(0, I), (n, latent_dim), from minigen's default generator (so resume is exact)."""
+        return minigen.randn(n, self.latent_dim, device=self.device)
+
+    def _read_out(self, logits: Tensor) -> float:
+        """Mean D(x): a probability for the sigmoid losses, the raw score for the others."""
+        if self.loss in PROBABILISTIC_LOSSES:
+            logits = F.sigmoid(logits)
+        return float(logits.mean().item())
+
+    def discriminator_step(self, real: Tensor, fake: Tensor) -> dict:
+        """One update of D on a real batch and a fake batch; G is cut off by the detach."""
+        fake = fake.detach()
+        self.d_optimizer.zero_grad()
+        real_logits, fake_logits = self.discriminator(real), self.discriminator(fake)
+        loss = discriminator_loss(real_logits, fake_logits, self.loss)
+        if self.loss == "wgan-gp":
+            loss = loss + self.gp_weight * gradient_penalty(self.discriminator, real, fake)
+        loss.backward()
+        stats = {"loss_d": float(loss.item()), "d_real": self._read_out(real_logits.detach()),
+                 "d_fake": self._read_out(fake_logits.detach()),
+                 "grad_norm_d": gradient_norm(self.discriminator.parameters())}
+        self.d_optimizer.step()
+        return stats
+
+    def generator_step(self, fake: Tensor) -> dict:
+        """One update of G through D on `fake` = G(z) (with its graph); D's weights stay put."""
+        self.g_optimizer.zero_grad()
+        # D's weights need no gradient here: freezing them skips that work, and its optimizer
+        # is not stepped, so the G step cannot move D.
+        self.discriminator.requires_grad_(False)
+        try:
+            loss = generator_loss(self.discriminator(fake), self.loss)
+            loss.backward()
+        finally:
+            self.discriminator.requires_grad_(True)
+        stats = {"loss_g": float(loss.item()),
+                 "grad_norm_g": gradient_norm(self.generator.parameters())}
+        self.g_optimizer.step()
+        return stats
+
+    def train_step(self, batch: Tensor, labels, step: int) -> dict:
+        """k D steps (each on `batch` against fresh fakes), then one G step that reuses the
+        last fakes, as PyTorch's DCGAN example does, so G runs forward once per D step."""
+        n = batch.shape[0]
+        for k in range(self.d_steps):
+            if k < self.d_steps - 1:
+                with minigen.no_grad():
+                    fake = self.generator(self.noise(n))
+            else:
+                fake = self.generator(self.noise(n))
+            d_stats = self.discriminator_step(batch, fake)
+        return {**d_stats, **self.generator_step(fake)}
+
+    def sample(self, n: int, **options):
+        """n samples as a NumPy array: images (n, C, H, W) in [-1, 1] or points (n, D).
+
+        G runs in eval mode (BatchNorm with its running statistics), so sampling neither
+        depends on the batch it is drawn in nor changes the model."""
+        was_training = self.generator.training
+        self.generator.eval()
+        chunks = []
+        try:
+            with minigen.no_grad():
+                for start in range(0, n, SAMPLE_CHUNK):
+                    count = min(SAMPLE_CHUNK, n - start)
+                    chunks.append(backend.to_numpy(self.generator(self.noise(count)).data))
+        finally:
+            self.generator.train(was_training)
+        return np.concatenate(chunks) if chunks else np.zeros((0,), np.float32)
