@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from minigen import backend
+from minigen.models.classifier import classify, load_classifier, predict_in_batches
 
 HIGH_QUALITY_STD = 3.0   # a sample within 3 std of a mode centre is high quality (VEEGAN)
 MODE_MIN_SHARE = 0.008   # a mode is covered when it holds at least 0.8% of the samples
@@ -85,3 +86,100 @@ def gaussian_fit(features) -> tuple[np.ndarray, np.ndarray]:
 def fid_from_features(features1, features2) -> float:
     """Frechet distance between the Gaussian fits of two feature sets (N1, D) and (N2, D)."""
     return frechet_distance(*gaussian_fit(features1), *gaussian_fit(features2))
+
+
+# --- feature FID on images -------------------------------------------------------------
+def _features(images, classifier) -> np.ndarray:
+    return predict_in_batches(classifier, images, method="features")
+
+
+def feature_fid(samples, real, classifier) -> float:
+    """FID between images `samples` (N, C, H, W) and `real` (M, C, H, W), both in [-1, 1], in
+    the penultimate feature space of `classifier` (minigen.models.classifier)."""
+    return fid_from_features(_features(samples, classifier), _features(real, classifier))
+
+
+def fid_floor(dataset, n: int, classifier=None) -> float:
+    """The FID of n real training images against the held-out split: what a perfect generator
+    of n samples would score, since the FID of a finite sample is biased upwards (more so with
+    few samples). Compare a model's FID with the floor at the same n. The n training images are
+    a fixed random choice (seed 0), so the floor is the same number on every run."""
+    if classifier is None:
+        classifier, _ = load_classifier(dataset)
+    if not 2 <= n <= len(dataset.train):
+        raise ValueError(f"fid_floor: n = {n}, but the training split of {dataset.name} has "
+                         f"{len(dataset.train)} images; pass 2 <= n <= {len(dataset.train)}")
+    chosen = np.sort(np.random.default_rng(0).permutation(len(dataset.train))[:n])
+    xp = backend.array_module(dataset.train)
+    return feature_fid(dataset.train[xp.asarray(chosen)], dataset.test, classifier)
+
+
+def class_histogram(samples, dataset, classifier=None) -> list[int]:
+    """How many of `samples` the classifier puts in each class (length num_classes): a
+    generator that has collapsed onto a few modes leaves classes (nearly) empty."""
+    predicted = classify(samples, dataset, classifier)
+    return [int(count) for count in np.bincount(predicted, minlength=dataset.num_classes)]
+
+
+# --- everything that fits a dataset -------------------------------------------------------
+def _nearest_distance(points: np.ndarray, reference: np.ndarray) -> float:
+    """Mean over `points` of the Euclidean distance to the nearest point of `reference`."""
+    nearest = []
+    for start in range(0, len(points), 1000):  # bounded memory: 1000 x len(reference)
+        block = points[start:start + 1000, None, :] - reference[None, :, :]
+        nearest.append(np.sqrt((block ** 2).sum(axis=2).min(axis=1)))
+    return float(np.concatenate(nearest).mean())
+
+
+def _point_measures(samples: np.ndarray, dataset) -> dict:
+    test = np.asarray(backend.to_numpy(dataset.test), dtype=np.float64)
+    train = np.asarray(backend.to_numpy(dataset.train), dtype=np.float64)
+    chosen = np.random.default_rng(0).permutation(len(train))[:len(samples)]
+    result = {"distance_to_data": _nearest_distance(samples, test),
+              "distance_to_data_floor": _nearest_distance(train[chosen], test)}
+    if dataset.centres is not None:
+        result.update(mode_coverage(samples, dataset.centres, dataset.std))
+    if samples.shape[1] == 1:  # the 1D Gaussian: compare the first two moments
+        result.update({"mean": float(samples.mean()), "std": float(samples.std()),
+                       "data_mean": float(test.mean()), "data_std": float(test.std())})
+    return result
+
+
+def _image_measures(samples: np.ndarray, dataset) -> dict:
+    if dataset.train_labels is None or not dataset.num_classes:
+        # No labels, no classifier: no feature space to measure in.
+        return {"note": f"{dataset.name} has no labels, so there is no classifier and no "
+                        "feature FID"}
+    classifier, held_out = load_classifier(dataset)
+    n = min(len(samples), len(dataset.train))
+    histogram = class_histogram(samples, dataset, classifier)
+    return {"fid": feature_fid(samples[:n], dataset.test, classifier),
+            "fid_floor": fid_floor(dataset, n, classifier),
+            "class_histogram": histogram,
+            "classes_covered": int(sum(count >= MODE_MIN_SHARE * len(samples)
+                                       for count in histogram)),
+            "classifier_accuracy": held_out}
+
+
+def evaluate(samples, dataset, n: int | None = None) -> dict:
+    """The quality measures that fit `dataset`, as a JSON-able dict of plain Python values.
+
+    samples: images (N, C, H, W) in [-1, 1] or points (N, D), the first n of them used (all by
+    default). Images: fid (against the whole held-out split) and fid_floor (n training images
+    against the same split: compare the two at equal n), class_histogram, classes_covered,
+    classifier_accuracy. Points: distance_to_data and its floor; on mixtures modes_covered,
+    num_modes, high_quality_fraction, samples_per_mode; on 1D data the mean and std.
+    """
+    samples = backend.to_numpy(samples)
+    samples = samples if n is None else samples[:n]
+    if tuple(samples.shape[1:]) != dataset.shape:
+        raise ValueError(f"evaluate: samples of shape {tuple(samples.shape[1:])} but "
+                         f"{dataset.name} holds {dataset.kind} of shape {dataset.shape}; pass "
+                         "samples of a model trained on this dataset")
+    if len(samples) < 2:
+        raise ValueError(f"evaluate: {len(samples)} sample(s); pass at least 2")
+    if dataset.kind == "images":
+        measures = _image_measures(samples.astype(np.float32), dataset)
+    else:
+        measures = _point_measures(samples.astype(np.float64), dataset)
+    return {"n": int(len(samples)), **measures}

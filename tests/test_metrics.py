@@ -1,0 +1,201 @@
+"""Specifications of the quality measures: the Frechet distance, VEEGAN's mode coverage, the
+classifier that gives the FID its feature space (trained once per session into a temporary
+cache), the feature FID and its floor, and what `evaluate` reports for each kind of data."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+import minigen
+from minigen import metrics
+from minigen.data import load_dataset
+from minigen.models import classifier as classifier_module
+
+
+def random_covariance(rng: np.random.Generator, dim: int) -> np.ndarray:
+    factor = rng.standard_normal((dim, dim + 3))
+    return factor @ factor.T / dim
+
+
+# --- Frechet distance ------------------------------------------------------------------
+@pytest.mark.parametrize("dim", [1, 5, 64])
+def test_frechet_distance_of_a_gaussian_with_itself_is_zero(dim):
+    rng = np.random.default_rng(dim)
+    mean, covariance = rng.standard_normal(dim), random_covariance(rng, dim)
+    assert abs(metrics.frechet_distance(mean, covariance, mean, covariance)) < 1e-8 * dim
+
+
+@pytest.mark.parametrize("dim, seed", [(2, 0), (8, 1), (32, 2)])
+def test_frechet_distance_agrees_with_scipy_sqrtm(dim, seed):
+    rng = np.random.default_rng(seed)
+    mean1, mean2 = rng.standard_normal(dim), rng.standard_normal(dim)
+    cov1, cov2 = random_covariance(rng, dim), random_covariance(rng, dim)
+    cross = scipy.linalg.sqrtm(cov1 @ cov2).real  # the textbook form, not symmetric
+    expected = ((mean1 - mean2) ** 2).sum() + np.trace(cov1 + cov2 - 2 * cross)
+    assert metrics.frechet_distance(mean1, cov1, mean2, cov2) == pytest.approx(expected, rel=1e-8)
+
+
+def test_frechet_distance_of_diagonal_gaussians_has_the_closed_form():
+    # Commuting covariances: tr(S1 + S2 - 2 sqrt(S1 S2)) = sum (sqrt(a) - sqrt(b))^2.
+    variances1, variances2 = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 9.0])
+    shift = np.array([3.0, 0.0, -4.0])
+    expected = 25.0 + ((np.sqrt(variances1) - np.sqrt(variances2)) ** 2).sum()
+    distance = metrics.frechet_distance(np.zeros(3), np.diag(variances1), shift,
+                                        np.diag(variances2))
+    assert distance == pytest.approx(expected, rel=1e-12)
+
+
+def test_frechet_distance_names_mismatched_shapes():
+    with pytest.raises(ValueError, match="must be \\(D,\\) and \\(D, D\\)"):
+        metrics.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+# --- mode coverage ---------------------------------------------------------------------
+@pytest.mark.parametrize("name, modes", [("ring8", 8), ("grid25", 25)])
+def test_mode_coverage_of_real_data_covers_every_mode(name, modes):
+    dataset = load_dataset(name)
+    result = metrics.mode_coverage(dataset.test, dataset.centres, dataset.std)
+    assert result["modes_covered"] == result["num_modes"] == modes
+    # Within 3 std in 2D holds 1 - exp(-4.5) = 98.9% of a Gaussian.
+    assert result["high_quality_fraction"] == pytest.approx(1 - np.exp(-4.5), abs=0.01)
+
+
+@pytest.mark.parametrize("name", ["ring8", "grid25"])
+def test_mode_coverage_sees_a_collapse_onto_two_modes(name):
+    dataset = load_dataset(name)
+    collapsed = dataset.test[dataset.test_labels < 2]
+    result = metrics.mode_coverage(collapsed, dataset.centres, dataset.std)
+    assert result["modes_covered"] == 2
+    assert result["high_quality_fraction"] > 0.97
+
+
+def test_mode_coverage_counts_off_mode_noise_as_low_quality():
+    dataset = load_dataset("ring8")
+    noise = np.random.default_rng(0).uniform(-3, 3, size=(2500, 2))
+    result = metrics.mode_coverage(noise, dataset.centres, dataset.std)
+    # 8 discs of radius 0.06 cover 0.25% of the 6 x 6 box.
+    assert result["high_quality_fraction"] < 0.01
+    assert result["modes_covered"] == 0
+
+
+@pytest.mark.parametrize("samples_on_last_mode, covered", [(19, 7), (20, 8)])
+def test_a_mode_counts_as_covered_from_point_8_percent_of_the_samples(samples_on_last_mode,
+                                                                      covered):
+    dataset = load_dataset("ring8")
+    counts = [(2500 - samples_on_last_mode) // 7] * 7
+    counts[0] += 2500 - samples_on_last_mode - sum(counts)
+    modes = np.repeat(np.arange(8), counts + [samples_on_last_mode])
+    points = dataset.centres[modes]  # exactly on the centres: all high quality
+    result = metrics.mode_coverage(points, dataset.centres, dataset.std)
+    assert result["modes_covered"] == covered
+    assert result["samples_per_mode"][7] == samples_on_last_mode
+
+
+# --- the classifier and the feature FID ------------------------------------------------
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, digits):
+    """(classifier, accuracy, cache folder): trained once for this file into a fresh cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        cache = tmp_path_factory.mktemp("cache")
+        patch.setenv("MINIGEN_CACHE", str(cache))
+        model, accuracy = metrics.load_classifier(digits)
+        yield model, accuracy, cache
+
+
+def test_classifier_reaches_97_percent_on_held_out_digits(trained, digits):
+    model, accuracy, _ = trained
+    assert accuracy >= 0.97
+    assert classifier_module.accuracy(model, digits.test, digits.test_labels) == accuracy
+
+
+def test_classifier_is_cached_and_loads_with_the_same_predictions(trained, digits):
+    model, accuracy, cache = trained
+    files = list((cache / "classifiers").glob("digits-*.h5"))
+    assert len(files) == 1
+    reloaded, reloaded_accuracy = metrics.load_classifier(digits)
+    assert reloaded is not model and reloaded_accuracy == accuracy
+    np.testing.assert_array_equal(metrics.classify(digits.test, digits, reloaded),
+                                  metrics.classify(digits.test, digits, model))
+
+
+def test_classifier_training_leaves_the_default_generator_where_it_was(digits):
+    small = load_dataset("digits", n=64)  # a different training set: a fresh, quick training
+    minigen.manual_seed(7)
+    expected = minigen.randn(3).numpy()
+    minigen.manual_seed(7)
+    classifier_module.train_classifier(small, say=lambda message: None)
+    np.testing.assert_array_equal(minigen.randn(3).numpy(), expected)
+
+
+def test_a_classifier_needs_labelled_images():
+    with pytest.raises(ValueError, match="needs labelled images"):
+        metrics.load_classifier(load_dataset("ring8"))
+
+
+def test_feature_fid_of_a_set_against_itself_is_zero(trained, digits):
+    assert metrics.feature_fid(digits.test, digits.test, trained[0]) < 1e-6
+
+
+def test_feature_fid_grows_as_noise_is_added(trained, digits):
+    rng = np.random.default_rng(0)
+    real = digits.train[:len(digits.test)]
+    fids = []
+    for noise_std in (0.0, 0.5, 1.0, 2.0):
+        noisy = real + noise_std * rng.standard_normal(real.shape).astype(np.float32)
+        fids.append(metrics.feature_fid(np.clip(noisy, -1, 1), digits.test, trained[0]))
+    assert fids == sorted(fids) and fids[-1] > 3 * fids[0]
+
+
+def test_fid_floor_is_far_below_the_fid_of_noise(trained, digits):
+    noise = np.random.default_rng(0).uniform(-1, 1, size=(300, 1, 8, 8)).astype(np.float32)
+    floor = metrics.fid_floor(digits, 300, trained[0])
+    assert 0 < floor < metrics.feature_fid(noise, digits.test, trained[0]) / 5
+
+
+def test_class_histogram_shows_the_classes_a_collapsed_generator_misses(trained, digits):
+    collapsed = digits.test[digits.test_labels < 3]
+    histogram = metrics.class_histogram(collapsed, digits, trained[0])
+    assert len(histogram) == 10 and sum(histogram) == len(collapsed)
+    assert sum(histogram[3:]) <= 0.05 * len(collapsed)
+
+
+# --- evaluate ---------------------------------------------------------------------------
+def test_evaluate_on_images_reports_fid_floor_and_classes(trained, digits):
+    result = metrics.evaluate(digits.train[:200], digits)
+    assert set(result) == {"n", "fid", "fid_floor", "class_histogram", "classes_covered",
+                           "classifier_accuracy"}
+    assert result["n"] == 200 and result["classes_covered"] == 10
+    assert result["classifier_accuracy"] == trained[1]
+    json.dumps(result)  # plain Python values only
+
+
+@pytest.mark.parametrize("name, extra", [("ring8", {"modes_covered", "high_quality_fraction"}),
+                                         ("grid25", {"modes_covered", "num_modes"}),
+                                         ("gauss1d", {"mean", "std", "data_mean", "data_std"}),
+                                         ("swissroll", set())])
+def test_evaluate_on_points_reports_the_measures_of_the_data(name, extra):
+    dataset = load_dataset(name)
+    result = metrics.evaluate(dataset.train[:2500], dataset)
+    assert {"n", "distance_to_data", "distance_to_data_floor"} | extra <= set(result)
+    assert result["n"] == 2500
+    if "modes_covered" in result:
+        assert result["modes_covered"] == result["num_modes"]
+    json.dumps(result)
+
+
+def test_evaluate_uses_only_the_first_n_samples():
+    dataset = load_dataset("ring8")
+    assert metrics.evaluate(dataset.train, dataset, n=100)["n"] == 100
+
+
+def test_evaluate_names_samples_of_the_wrong_shape():
+    with pytest.raises(ValueError, match="samples of shape \\(3,\\) but ring8 holds points"):
+        metrics.evaluate(np.zeros((10, 3)), load_dataset("ring8"))
