@@ -1,18 +1,26 @@
 """The CPU kernels: Numba loops for data movement, NumPy's BLAS (OpenBLAS) for the GEMMs.
 
-Convolution is im2col + GEMM. im2col copies every kernel window of a chunk of samples into
-the columns of a (C_in*kH*kW, samples*H_out*W_out) matrix, so that the convolution becomes one
-matrix product with the (C_out, C_in*kH*kW) weight; col2im is its adjoint (scatter-add back).
-The batch is processed in chunks whose columns fit in cache (COLUMNS_BUDGET_BYTES).
-Pooling and upsampling are direct Numba loops, parallel over the (n, c) planes.
+Convolution is im2col + GEMM (gemm_conv.py) with the parallel Numba im2col / col2im below,
+the batch taken in chunks whose columns fit in cache (COLUMNS_BUDGET_BYTES). Pooling and
+upsampling are direct Numba loops, parallel over the (n, c) planes. All Numba functions are
+compiled on first use and cached next to this file (cache=True).
 """
 from __future__ import annotations
+
+import os
 
 import numba
 import numpy as np
 
-from .geometry import (Pair, check_conv2d, check_conv2d_grad_output, check_pool2d,
-                       check_same_dtype, check_upsample_grad)
+from . import gemm_conv
+from .geometry import Pair, as_pairs, check_pool2d, check_upsample, check_upsample_grad
+
+# Numba's "workqueue" threads sleep between parallel loops. Its OpenMP layer (the default
+# here) spins instead, and on two cores the spinning fights OpenBLAS's GEMM threads: one
+# conv2d forward+backward (N=32, C=64, 16x16) took 10x the CPU time and 50x the wall time.
+# An explicit NUMBA_THREADING_LAYER still wins.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
 
 # Columns of a chunk of samples take at most this many bytes (at least one sample per chunk).
 COLUMNS_BUDGET_BYTES = 4 * 2**20
@@ -23,28 +31,51 @@ _jit = dict(nogil=True, cache=True)
 # ---------------------------------------------------------------------------------------
 # im2col / col2im
 # ---------------------------------------------------------------------------------------
+@numba.njit(**_jit)
+def _valid_range(offset, stride, out_size, in_size):
+    """The outputs o in [lo, hi) whose input position o * stride + offset lies in [0, in_size);
+    the rest read padding. Splitting on it keeps bounds checks out of the inner loops."""
+    lo = max(0, (stride - 1 - offset) // stride)
+    hi = min(out_size, (in_size - 1 - offset) // stride + 1)
+    return lo, max(lo, hi)
+
+
 @numba.njit(parallel=True, **_jit)
 def _im2col(x, n_start, cols, kernel, stride, padding, dilation, out_hw):
     """cols[(c*kH + i)*kW + j, b*Ho*Wo + oh*Wo + ow] = x[n_start + b, c, oh*s - p + i*d, ...],
-    zero where the window reaches into the padding. x: (N, C, H, W); cols: (C*kH*kW, B*Ho*Wo)."""
+    zero where the window reaches into the padding. x: (N, C, H, W); cols: (C*kH*kW, B*Ho*Wo).
+    Parallel over the rows of cols, each written front to back. The loops index 2-d and 4-d
+    arrays with plain range variables (no slices), which LLVM vectorizes best."""
     _, channels, height, width = x.shape
     k_h, k_w = kernel
     out_h, out_w = out_hw
-    batch = cols.shape[1] // (out_h * out_w)
+    stride_h, stride_w = stride
+    pixels = out_h * out_w
+    batch = cols.shape[1] // pixels
     for row in numba.prange(channels * k_h * k_w):
         c, i, j = row // (k_h * k_w), (row // k_w) % k_h, row % k_w
+        h_offset = i * dilation[0] - padding[0]
+        w_offset = j * dilation[1] - padding[1]
+        oh_lo, oh_hi = _valid_range(h_offset, stride_h, out_h, height)
+        ow_lo, ow_hi = _valid_range(w_offset, stride_w, out_w, width)
         for b in range(batch):
-            plane = x[n_start + b, c]
-            base = b * out_h * out_w
-            for oh in range(out_h):
-                ih = oh * stride[0] - padding[0] + i * dilation[0]
-                line = base + oh * out_w
-                if ih < 0 or ih >= height:
-                    cols[row, line:line + out_w] = 0
-                    continue
-                for ow in range(out_w):
-                    iw = ow * stride[1] - padding[1] + j * dilation[1]
-                    cols[row, line + ow] = plane[ih, iw] if 0 <= iw < width else 0
+            n, base = n_start + b, b * pixels
+            for column in range(base, base + oh_lo * out_w):
+                cols[row, column] = 0
+            for column in range(base + oh_hi * out_w, base + pixels):
+                cols[row, column] = 0
+            for oh in range(oh_lo, oh_hi):
+                line, ih = base + oh * out_w, oh * stride_h + h_offset
+                for ow in range(ow_lo):
+                    cols[row, line + ow] = 0
+                if stride_w == 1:  # the common case: a contiguous copy
+                    for ow in range(ow_lo, ow_hi):
+                        cols[row, line + ow] = x[n, c, ih, ow + w_offset]
+                else:
+                    for ow in range(ow_lo, ow_hi):
+                        cols[row, line + ow] = x[n, c, ih, ow * stride_w + w_offset]
+                for ow in range(ow_hi, out_w):
+                    cols[row, line + ow] = 0
     return cols
 
 
@@ -56,70 +87,36 @@ def _col2im(cols, grad_x, n_start, kernel, stride, padding, dilation, out_hw):
     _, channels, height, width = grad_x.shape
     k_h, k_w = kernel
     out_h, out_w = out_hw
-    batch = cols.shape[1] // (out_h * out_w)
+    stride_h, stride_w = stride
+    pixels = out_h * out_w
+    batch = cols.shape[1] // pixels
     for plane_index in numba.prange(batch * channels):
         b, c = plane_index // channels, plane_index % channels
-        plane = grad_x[n_start + b, c]
+        n, base = n_start + b, b * pixels
         for i in range(k_h):
+            h_offset = i * dilation[0] - padding[0]
+            oh_lo, oh_hi = _valid_range(h_offset, stride_h, out_h, height)
             for j in range(k_w):
+                w_offset = j * dilation[1] - padding[1]
+                ow_lo, ow_hi = _valid_range(w_offset, stride_w, out_w, width)
                 row = (c * k_h + i) * k_w + j
-                for oh in range(out_h):
-                    ih = oh * stride[0] - padding[0] + i * dilation[0]
-                    if ih < 0 or ih >= height:
-                        continue
-                    line = b * out_h * out_w + oh * out_w
-                    for ow in range(out_w):
-                        iw = ow * stride[1] - padding[1] + j * dilation[1]
-                        if 0 <= iw < width:
-                            plane[ih, iw] += cols[row, line + ow]
+                for oh in range(oh_lo, oh_hi):
+                    line, ih = base + oh * out_w, oh * stride_h + h_offset
+                    if stride_w == 1:
+                        for ow in range(ow_lo, ow_hi):
+                            grad_x[n, c, ih, ow + w_offset] += cols[row, line + ow]
+                    else:
+                        for ow in range(ow_lo, ow_hi):
+                            grad_x[n, c, ih, ow * stride_w + w_offset] += cols[row, line + ow]
     return grad_x
 
 
 # ---------------------------------------------------------------------------------------
-# Convolution: im2col + GEMM, chunk by chunk of samples
+# Convolution: im2col + GEMM (gemm_conv.py), chunk by chunk of samples
 # ---------------------------------------------------------------------------------------
-class _ConvPlan:
-    """The shapes of one conv2d and the chunking of its batch, shared by the three passes."""
-
-    def __init__(self, input_shape, weight_shape, stride, padding, dilation, groups,
-                 out_hw, dtype):
-        self.batch = input_shape[0]
-        self.out_channels, channels_per_group, k_h, k_w = weight_shape
-        self.groups = groups
-        self.rows = channels_per_group * groups * k_h * k_w  # rows of the column matrix
-        self.out_hw = tuple(out_hw)
-        self.pixels = out_hw[0] * out_hw[1]
-        self.dtype = np.dtype(dtype)
-        self.geometry = ((k_h, k_w), tuple(stride), tuple(padding), tuple(dilation),
-                         self.out_hw)
-        sample_bytes = self.rows * self.pixels * self.dtype.itemsize
-        self.chunk = max(1, min(self.batch, COLUMNS_BUDGET_BYTES // sample_bytes))
-        self._columns = np.empty(self.rows * self.chunk * self.pixels, self.dtype)
-
-    def chunks(self):
-        """(first sample, number of samples) of each chunk."""
-        for start in range(0, self.batch, self.chunk):
-            yield start, min(self.chunk, self.batch - start)
-
-    def columns(self, count: int) -> np.ndarray:
-        """The (rows, count * pixels) column buffer for a chunk of `count` samples."""
-        return self._columns[:self.rows * count * self.pixels].reshape(self.rows, -1)
-
-    def by_group(self, matrix: np.ndarray) -> np.ndarray:
-        """View a (channels, columns) matrix as (groups, channels / groups, columns)."""
-        return matrix.reshape(self.groups, matrix.shape[0] // self.groups, matrix.shape[1])
-
-    def output_columns(self, grad_output: np.ndarray, start: int, count: int) -> np.ndarray:
-        """grad_output[start:start+count] as a (C_out, count * pixels) matrix; a copy only
-        when the chunk holds more than one sample."""
-        block = grad_output[start:start + count].reshape(count, self.out_channels, self.pixels)
-        if count == 1:
-            return block[0]
-        return np.ascontiguousarray(block.transpose(1, 0, 2)).reshape(self.out_channels, -1)
-
-
-def _as_pairs(*pairs) -> tuple:
-    return tuple((int(pair[0]), int(pair[1])) for pair in pairs)
+def _backend() -> gemm_conv.Im2col:
+    # Built per call so that COLUMNS_BUDGET_BYTES can be changed at run time (the tests do).
+    return gemm_conv.Im2col(np, _im2col, _col2im, COLUMNS_BUDGET_BYTES)
 
 
 def conv2d_forward(x: np.ndarray, weight: np.ndarray, stride: Pair, padding: Pair,
@@ -128,20 +125,7 @@ def conv2d_forward(x: np.ndarray, weight: np.ndarray, stride: Pair, padding: Pai
 
     x: (N, C_in, H, W), weight: (C_out, C_in/groups, kH, kW) -> (N, C_out, H_out, W_out).
     """
-    check_same_dtype("conv2d", x, weight)
-    stride, padding, dilation = _as_pairs(stride, padding, dilation)
-    out_hw = check_conv2d(x.shape, weight.shape, stride, padding, dilation, groups)
-    x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
-    plan = _ConvPlan(x.shape, weight.shape, stride, padding, dilation, groups, out_hw, x.dtype)
-    weight_matrix = plan.by_group(weight.reshape(plan.out_channels, -1))
-    y = np.empty((plan.batch, plan.out_channels, *out_hw), dtype=x.dtype)
-    for start, count in plan.chunks():
-        cols = _im2col(x, start, plan.columns(count), *plan.geometry)
-        product = np.matmul(weight_matrix, plan.by_group(cols))
-        # (C_out, count, pixels) -> (count, C_out, pixels): NCHW order.
-        y[start:start + count] = product.reshape(plan.out_channels, count,
-                                                 *out_hw).transpose(1, 0, 2, 3)
-    return y
+    return gemm_conv.conv2d_forward(_backend(), x, weight, stride, padding, dilation, groups)
 
 
 def conv2d_backward_input(grad_output: np.ndarray, weight: np.ndarray, input_shape,
@@ -152,22 +136,8 @@ def conv2d_backward_input(grad_output: np.ndarray, weight: np.ndarray, input_sha
     grad_output: (N, C_out, H_out, W_out), weight: (C_out, C_in/groups, kH, kW)
     -> grad_x: input_shape (N, C_in, H, W).
     """
-    check_same_dtype("conv2d_backward_input", grad_output, weight)
-    stride, padding, dilation = _as_pairs(stride, padding, dilation)
-    input_shape = tuple(int(size) for size in input_shape)
-    out_hw = check_conv2d_grad_output(grad_output.shape, input_shape, weight.shape, stride,
-                                      padding, dilation, groups)
-    grad_output, weight = np.ascontiguousarray(grad_output), np.ascontiguousarray(weight)
-    plan = _ConvPlan(input_shape, weight.shape, stride, padding, dilation, groups, out_hw,
-                     grad_output.dtype)
-    weight_matrix_t = plan.by_group(weight.reshape(plan.out_channels, -1)).transpose(0, 2, 1)
-    grad_x = np.zeros(input_shape, dtype=grad_output.dtype)
-    for start, count in plan.chunks():
-        grad_cols = plan.columns(count)
-        np.matmul(weight_matrix_t, plan.by_group(plan.output_columns(grad_output, start, count)),
-                  out=plan.by_group(grad_cols))
-        _col2im(grad_cols, grad_x, start, *plan.geometry)
-    return grad_x
+    return gemm_conv.conv2d_backward_input(_backend(), grad_output, weight, input_shape,
+                                           stride, padding, dilation, groups)
 
 
 def conv2d_backward_weight(grad_output: np.ndarray, x: np.ndarray, weight_shape,
@@ -177,19 +147,8 @@ def conv2d_backward_weight(grad_output: np.ndarray, x: np.ndarray, weight_shape,
 
     grad_output: (N, C_out, H_out, W_out), x: (N, C_in, H, W) -> (C_out, C_in/groups, kH, kW).
     """
-    check_same_dtype("conv2d_backward_weight", grad_output, x)
-    stride, padding, dilation = _as_pairs(stride, padding, dilation)
-    weight_shape = tuple(int(size) for size in weight_shape)
-    out_hw = check_conv2d_grad_output(grad_output.shape, x.shape, weight_shape, stride,
-                                      padding, dilation, groups)
-    grad_output, x = np.ascontiguousarray(grad_output), np.ascontiguousarray(x)
-    plan = _ConvPlan(x.shape, weight_shape, stride, padding, dilation, groups, out_hw, x.dtype)
-    grad_weight = np.zeros((groups, plan.out_channels // groups, plan.rows // groups), x.dtype)
-    for start, count in plan.chunks():
-        cols = _im2col(x, start, plan.columns(count), *plan.geometry)
-        grad_weight += np.matmul(plan.by_group(plan.output_columns(grad_output, start, count)),
-                                 plan.by_group(cols).transpose(0, 2, 1))
-    return grad_weight.reshape(weight_shape)
+    return gemm_conv.conv2d_backward_weight(_backend(), grad_output, x, weight_shape, stride,
+                                            padding, dilation, groups)
 
 
 # ---------------------------------------------------------------------------------------
@@ -297,7 +256,7 @@ def max_pool2d_forward(x: np.ndarray, kernel_size: Pair, stride: Pair,
                        padding: Pair) -> tuple[np.ndarray, np.ndarray]:
     """Max pooling with -inf padding. x: (N, C, H, W) -> y, indices: (N, C, H_out, W_out);
     indices (int64) are flat positions h * W + w inside each (n, c) plane, as in PyTorch."""
-    kernel_size, stride, padding = _as_pairs(kernel_size, stride, padding)
+    kernel_size, stride, padding = as_pairs(kernel_size, stride, padding)
     out_hw = check_pool2d(x.shape, kernel_size, stride, padding)
     y = np.empty((*x.shape[:2], *out_hw), dtype=x.dtype)
     indices = np.empty(y.shape, dtype=np.int64)
@@ -318,7 +277,7 @@ def max_pool2d_backward(grad_output: np.ndarray, indices: np.ndarray,
 def avg_pool2d_forward(x: np.ndarray, kernel_size: Pair, stride: Pair,
                        padding: Pair) -> np.ndarray:
     """Average pooling, count_include_pad=True. x: (N, C, H, W) -> (N, C, H_out, W_out)."""
-    kernel_size, stride, padding = _as_pairs(kernel_size, stride, padding)
+    kernel_size, stride, padding = as_pairs(kernel_size, stride, padding)
     out_hw = check_pool2d(x.shape, kernel_size, stride, padding)
     y = np.empty((*x.shape[:2], *out_hw), dtype=x.dtype)
     _avg_pool(_planes(x), _planes(y), kernel_size, stride, padding)
@@ -328,7 +287,7 @@ def avg_pool2d_forward(x: np.ndarray, kernel_size: Pair, stride: Pair,
 def avg_pool2d_backward(grad_output: np.ndarray, input_shape, kernel_size: Pair,
                         stride: Pair, padding: Pair) -> np.ndarray:
     """Gradient of avg_pool2d_forward: (N, C, H_out, W_out) -> input_shape (N, C, H, W)."""
-    kernel_size, stride, padding = _as_pairs(kernel_size, stride, padding)
+    kernel_size, stride, padding = as_pairs(kernel_size, stride, padding)
     check_pool2d(input_shape, kernel_size, stride, padding)
     grad_x = np.zeros(tuple(input_shape), dtype=grad_output.dtype)
     _avg_pool_backward(_planes(grad_output), _planes(grad_x), kernel_size, stride, padding)
@@ -337,7 +296,8 @@ def avg_pool2d_backward(grad_output: np.ndarray, input_shape, kernel_size: Pair,
 
 def upsample_nearest2d_forward(x: np.ndarray, scale: Pair) -> np.ndarray:
     """Nearest-neighbour upsampling by integer factors: (N, C, H, W) -> (N, C, sH*H, sW*W)."""
-    (scale,) = _as_pairs(scale)
+    (scale,) = as_pairs(scale)
+    check_upsample(x.shape, scale)
     n, c, h, w = x.shape
     y = np.empty((n, c, h * scale[0], w * scale[1]), dtype=x.dtype)
     _upsample_nearest(_planes(x), _planes(y), scale)
@@ -346,7 +306,7 @@ def upsample_nearest2d_forward(x: np.ndarray, scale: Pair) -> np.ndarray:
 
 def upsample_nearest2d_backward(grad_output: np.ndarray, scale: Pair) -> np.ndarray:
     """Gradient of upsample_nearest2d_forward: (N, C, sH*H, sW*W) -> (N, C, H, W)."""
-    (scale,) = _as_pairs(scale)
+    (scale,) = as_pairs(scale)
     check_upsample_grad(grad_output.shape, scale)
     n, c, h_out, w_out = grad_output.shape
     grad_x = np.zeros((n, c, h_out // scale[0], w_out // scale[1]), dtype=grad_output.dtype)

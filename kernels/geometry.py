@@ -8,6 +8,11 @@ from __future__ import annotations
 Pair = tuple[int, int]
 
 
+def as_pairs(*pairs) -> tuple:
+    """Each argument as a pair of Python ints (so Numba compiles one signature for all)."""
+    return tuple((int(pair[0]), int(pair[1])) for pair in pairs)
+
+
 def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
     """Length of a conv or pool output along one axis: floor((L + 2p - d(k-1) - 1) / s) + 1."""
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
@@ -76,9 +81,17 @@ def check_pool2d(input_shape, kernel_size: Pair, stride: Pair, padding: Pair) ->
     return output_hw(input_shape[2:], kernel_size, stride, padding)
 
 
+def check_upsample(input_shape, scale: Pair) -> None:
+    """Nearest upsampling wants a 4-d NCHW input and a pair of positive integer factors."""
+    _check_positive("scale", scale, 1)
+    if len(input_shape) != 4:
+        raise ValueError(f"upsample_nearest2d wants a 4-d NCHW input, got shape "
+                         f"{tuple(input_shape)}")
+
+
 def check_upsample_grad(grad_output_shape, scale: Pair) -> None:
     """An upsampled gradient's height and width must be whole multiples of the scale."""
-    _check_positive("scale", scale, 1)
+    check_upsample(grad_output_shape, scale)
     if grad_output_shape[2] % scale[0] or grad_output_shape[3] % scale[1]:
         raise ValueError(f"upsample_nearest2d backward: grad_output shape "
                          f"{tuple(grad_output_shape)} is not a whole multiple of scale {scale}")

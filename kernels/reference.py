@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from .geometry import (Pair, check_conv2d, check_conv2d_grad_output, check_pool2d,
-                       check_same_dtype, check_upsample_grad)
+                       check_same_dtype, check_upsample,
+                       check_upsample_grad)
 
 
 def _window(padded: np.ndarray, offset: Pair, stride: Pair, out_hw: Pair) -> np.ndarray:
@@ -172,6 +173,7 @@ def upsample_nearest2d_forward(x: np.ndarray, scale: Pair) -> np.ndarray:
 
     x: (N, C, H, W) -> (N, C, H * scale[0], W * scale[1]).
     """
+    check_upsample(x.shape, scale)
     return x.repeat(scale[0], axis=2).repeat(scale[1], axis=3)
 
 

@@ -32,10 +32,11 @@ def random_array(rng: np.random.Generator, shape, dtype=np.float64) -> np.ndarra
     return rng.standard_normal(shape).astype(dtype)
 
 
-def non_contiguous(array: np.ndarray) -> np.ndarray:
-    """A view equal to `array` that is neither C- nor F-contiguous (every other element
-    along the last axis of a twice-as-wide array)."""
-    wide = np.zeros((*array.shape[:-1], 2 * array.shape[-1]), dtype=array.dtype)
+def non_contiguous(array):
+    """A view equal to `array` (NumPy or CuPy) that is neither C- nor F-contiguous (every
+    other element along the last axis of a twice-as-wide array)."""
+    xp = minigen.backend.array_module(array)
+    wide = xp.zeros((*array.shape[:-1], 2 * array.shape[-1]), dtype=array.dtype)
     wide[..., ::2] = array
     view = wide[..., ::2]
     assert not view.flags.c_contiguous and not view.flags.f_contiguous

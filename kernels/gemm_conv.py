@@ -1,0 +1,154 @@
+"""Convolution as im2col + GEMM, written once for the CPU and the CUDA backends.
+
+im2col copies every kernel window of a chunk of samples into the columns of a
+(C_in*kH*kW, samples*H_out*W_out) matrix, so that conv2d becomes one matrix product with the
+(C_out, C_in*kH*kW) weight; col2im is its adjoint (a scatter-add back into the image). A backend
+supplies its array module (NumPy or CuPy, whose matmul is the BLAS / cuBLAS GEMM) and its two
+copy kernels; the batch is split into chunks whose columns stay under a byte budget.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Callable
+
+from .geometry import (Pair, as_pairs, check_conv2d, check_conv2d_grad_output,
+                       check_same_dtype)
+
+
+@dataclass(frozen=True)
+class Im2col:
+    """A backend's pieces: `im2col(x, n_start, cols, kernel, stride, padding, dilation, out_hw)`
+    fills cols (rows, B*H_out*W_out) from samples n_start.. of x; `col2im(cols, grad_x, n_start,
+    ...same geometry)` adds cols back into those samples of grad_x."""
+    xp: ModuleType
+    im2col: Callable
+    col2im: Callable
+    budget_bytes: int
+
+
+class _ConvPlan:
+    """The shapes of one conv2d and the chunking of its batch, shared by the three passes."""
+
+    def __init__(self, backend: Im2col, input_shape, weight_shape, stride, padding, dilation,
+                 groups, out_hw, dtype):
+        self.xp = backend.xp
+        self.batch = input_shape[0]
+        self.out_channels, channels_per_group, k_h, k_w = weight_shape
+        self.groups = groups
+        self.rows = channels_per_group * groups * k_h * k_w  # rows of the column matrix
+        self.pixels = out_hw[0] * out_hw[1]
+        self.geometry = ((k_h, k_w), stride, padding, dilation, tuple(out_hw))
+        sample_bytes = self.rows * self.pixels * dtype.itemsize
+        self.chunk = max(1, min(self.batch, backend.budget_bytes // sample_bytes))
+        self._columns = self.xp.empty(self.rows * self.chunk * self.pixels, dtype)
+
+    def chunks(self):
+        """(first sample, number of samples) of each chunk."""
+        for start in range(0, self.batch, self.chunk):
+            yield start, min(self.chunk, self.batch - start)
+
+    def columns(self, count: int):
+        """The (rows, count * pixels) column buffer for a chunk of `count` samples."""
+        return self._columns[:self.rows * count * self.pixels].reshape(self.rows, -1)
+
+    def by_group(self, matrix):
+        """View a (channels, columns) matrix as (groups, channels / groups, columns)."""
+        return matrix.reshape(self.groups, matrix.shape[0] // self.groups, matrix.shape[1])
+
+    def output_columns(self, grad_output, start: int, count: int):
+        """grad_output[start:start+count] as a (C_out, count * pixels) matrix; a copy only
+        when the chunk holds more than one sample."""
+        block = grad_output[start:start + count].reshape(count, self.out_channels, self.pixels)
+        if count == 1:
+            return block[0]
+        return self.xp.ascontiguousarray(block.transpose(1, 0, 2)).reshape(self.out_channels, -1)
+
+
+def _transposed_kernel(xp, weight, groups: int):
+    """(C_out, C_in/g, kH, kW) -> (C_in, C_out/g, kH, kW), flipped in space: the weight of the
+    convolution that maps grad_output to grad_x when the stride is 1."""
+    c_out, c_group, k_h, k_w = weight.shape
+    by_group = weight.reshape(groups, c_out // groups, c_group, k_h, k_w)
+    flipped = by_group[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+    return xp.ascontiguousarray(flipped).reshape(c_group * groups, c_out // groups, k_h, k_w)
+
+
+def conv2d_forward(backend: Im2col, x, weight, stride: Pair, padding: Pair, dilation: Pair,
+                   groups: int):
+    """Cross-correlation as PyTorch's conv2d, without bias.
+
+    x: (N, C_in, H, W), weight: (C_out, C_in/groups, kH, kW) -> (N, C_out, H_out, W_out).
+    """
+    check_same_dtype("conv2d", x, weight)
+    stride, padding, dilation = as_pairs(stride, padding, dilation)
+    out_hw = check_conv2d(x.shape, weight.shape, stride, padding, dilation, groups)
+    xp = backend.xp
+    x, weight = xp.ascontiguousarray(x), xp.ascontiguousarray(weight)
+    plan = _ConvPlan(backend, x.shape, weight.shape, stride, padding, dilation, groups, out_hw,
+                     x.dtype)
+    weight_matrix = plan.by_group(weight.reshape(plan.out_channels, -1))
+    y = xp.empty((plan.batch, plan.out_channels, *out_hw), dtype=x.dtype)
+    for start, count in plan.chunks():
+        cols = backend.im2col(x, start, plan.columns(count), *plan.geometry)
+        product = xp.matmul(weight_matrix, plan.by_group(cols))
+        # (C_out, count, pixels) -> (count, C_out, pixels): NCHW order.
+        y[start:start + count] = product.reshape(plan.out_channels, count,
+                                                 *out_hw).transpose(1, 0, 2, 3)
+    return y
+
+
+def conv2d_backward_input(backend: Im2col, grad_output, weight, input_shape, stride: Pair,
+                          padding: Pair, dilation: Pair, groups: int):
+    """Gradient of conv2d with respect to its input; also conv_transpose2d's forward.
+
+    grad_output: (N, C_out, H_out, W_out), weight: (C_out, C_in/groups, kH, kW)
+    -> grad_x: input_shape (N, C_in, H, W).
+    """
+    check_same_dtype("conv2d_backward_input", grad_output, weight)
+    stride, padding, dilation = as_pairs(stride, padding, dilation)
+    input_shape = tuple(int(size) for size in input_shape)
+    out_hw = check_conv2d_grad_output(grad_output.shape, input_shape, weight.shape, stride,
+                                      padding, dilation, groups)
+    xp = backend.xp
+    grad_output, weight = xp.ascontiguousarray(grad_output), xp.ascontiguousarray(weight)
+    full_padding = tuple(d * (k - 1) - p for k, p, d in zip(weight.shape[2:], padding, dilation))
+    if stride == (1, 1) and min(full_padding) >= 0:
+        # With stride 1 the gradient is itself a convolution: grad_output padded by
+        # d*(k-1) - p, against the kernel flipped in space with C_in and C_out swapped per
+        # group. Its im2col is cheaper than col2im's scattered read-modify-write.
+        return conv2d_forward(backend, grad_output, _transposed_kernel(xp, weight, groups),
+                              stride, full_padding, dilation, groups)
+    plan = _ConvPlan(backend, input_shape, weight.shape, stride, padding, dilation, groups,
+                     out_hw, grad_output.dtype)
+    weight_matrix_t = plan.by_group(weight.reshape(plan.out_channels, -1)).transpose(0, 2, 1)
+    grad_x = xp.zeros(input_shape, dtype=grad_output.dtype)
+    for start, count in plan.chunks():
+        grad_cols = plan.columns(count)
+        xp.matmul(weight_matrix_t, plan.by_group(plan.output_columns(grad_output, start, count)),
+                  out=plan.by_group(grad_cols))
+        backend.col2im(grad_cols, grad_x, start, *plan.geometry)
+    return grad_x
+
+
+def conv2d_backward_weight(backend: Im2col, grad_output, x, weight_shape, stride: Pair,
+                           padding: Pair, dilation: Pair, groups: int):
+    """Gradient of conv2d with respect to its weight.
+
+    grad_output: (N, C_out, H_out, W_out), x: (N, C_in, H, W) -> (C_out, C_in/groups, kH, kW).
+    """
+    check_same_dtype("conv2d_backward_weight", grad_output, x)
+    stride, padding, dilation = as_pairs(stride, padding, dilation)
+    weight_shape = tuple(int(size) for size in weight_shape)
+    out_hw = check_conv2d_grad_output(grad_output.shape, x.shape, weight_shape, stride,
+                                      padding, dilation, groups)
+    xp = backend.xp
+    grad_output, x = xp.ascontiguousarray(grad_output), xp.ascontiguousarray(x)
+    plan = _ConvPlan(backend, x.shape, weight_shape, stride, padding, dilation, groups, out_hw,
+                     x.dtype)
+    grad_weight = xp.zeros((groups, plan.out_channels // groups, plan.rows // groups), x.dtype)
+    for start, count in plan.chunks():
+        cols = backend.im2col(x, start, plan.columns(count), *plan.geometry)
+        grad_weight += xp.matmul(plan.by_group(plan.output_columns(grad_output, start, count)),
+                                 plan.by_group(cols).transpose(0, 2, 1))
+    return grad_weight.reshape(weight_shape)
