@@ -1,0 +1,186 @@
+"""The CUDA kernels: CUDA C (the .cu files beside this one) compiled through CuPy, cuBLAS GEMMs.
+
+Convolution is im2col + GEMM (kernels/gemm_conv.py) with im2col.cu's copy kernels and
+cupy.matmul (cuBLAS); pooling (pool.cu) and upsampling (upsample.cu) run one thread per
+element. Each .cu file is compiled on first use (CuPy caches the binary on disk). This module
+imports CuPy, so the dispatch in kernels/__init__.py imports it only when it meets a CuPy array.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import cupy
+import numpy as np
+
+from .. import gemm_conv
+from ..geometry import Pair, as_pairs, check_pool2d, check_upsample, check_upsample_grad
+
+THREADS_PER_BLOCK = 256
+# The kernels loop with a grid stride, so capping the grid loses nothing; this cap is several
+# full waves of blocks on any current GPU.
+MAX_BLOCKS = 8192
+# Columns of a chunk of samples take at most this many bytes of GPU memory.
+COLUMNS_BUDGET_BYTES = 256 * 2**20
+
+_C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+_KERNELS = {
+    "im2col.cu": ("im2col", "col2im"),
+    "pool.cu": ("max_pool_forward", "max_pool_backward", "avg_pool_forward",
+                "avg_pool_backward"),
+    "upsample.cu": ("upsample_nearest_forward", "upsample_nearest_backward"),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _module(filename: str) -> cupy.RawModule:
+    """One .cu file compiled with every kernel instantiated for float and double."""
+    source = (Path(__file__).parent / filename).read_text()
+    names = [f"{kernel}<{c_type}>" for kernel in _KERNELS[filename]
+             for c_type in _C_TYPES.values()]
+    return cupy.RawModule(code=source, options=("--std=c++14",), name_expressions=names)
+
+
+def _launch(filename: str, kernel: str, dtype, total: int, *args) -> None:
+    """Run `kernel<T>` from `filename` over `total` elements; ints are passed as long long."""
+    c_type = _C_TYPES.get(np.dtype(dtype))
+    if c_type is None:
+        raise TypeError(f"CUDA kernel {kernel}: dtype {np.dtype(dtype)} is not supported; use "
+                        f"float32 or float64")
+    if total == 0:
+        return
+    function = _module(filename).get_function(f"{kernel}<{c_type}>")
+    blocks = min(MAX_BLOCKS, -(-total // THREADS_PER_BLOCK))
+    function((blocks,), (THREADS_PER_BLOCK,),
+             tuple(np.int64(arg) if isinstance(arg, (int, np.integer)) else arg for arg in args))
+
+
+# ---------------------------------------------------------------------------------------
+# Convolution: im2col + GEMM (gemm_conv.py)
+# ---------------------------------------------------------------------------------------
+def _im2col(x, n_start, cols, kernel, stride, padding, dilation, out_hw):
+    """Fill cols (C*kH*kW, B*H_out*W_out) from samples n_start.. of x (contiguous NCHW)."""
+    _, channels, height, width = x.shape
+    batch = cols.shape[1] // (out_hw[0] * out_hw[1])
+    _launch("im2col.cu", "im2col", x.dtype, cols.size, x, cols, n_start, channels, height,
+            width, *kernel, *stride, *padding, *dilation, *out_hw, batch)
+    return cols
+
+
+def _col2im(cols, grad_x, n_start, kernel, stride, padding, dilation, out_hw):
+    """Add cols (C*kH*kW, B*H_out*W_out) back into samples n_start.. of grad_x."""
+    _, channels, height, width = grad_x.shape
+    batch = cols.shape[1] // (out_hw[0] * out_hw[1])
+    _launch("im2col.cu", "col2im", grad_x.dtype, batch * channels * height * width, cols,
+            grad_x, n_start, channels, height, width, *kernel, *stride, *padding, *dilation,
+            *out_hw, batch)
+    return grad_x
+
+
+def _backend() -> gemm_conv.Im2col:
+    return gemm_conv.Im2col(cupy, _im2col, _col2im, COLUMNS_BUDGET_BYTES)
+
+
+def conv2d_forward(x, weight, stride: Pair, padding: Pair, dilation: Pair, groups: int):
+    """Cross-correlation as PyTorch's conv2d, without bias.
+
+    x: (N, C_in, H, W), weight: (C_out, C_in/groups, kH, kW) -> (N, C_out, H_out, W_out).
+    """
+    return gemm_conv.conv2d_forward(_backend(), x, weight, stride, padding, dilation, groups)
+
+
+def conv2d_backward_input(grad_output, weight, input_shape, stride: Pair, padding: Pair,
+                          dilation: Pair, groups: int):
+    """Gradient of conv2d with respect to its input; also conv_transpose2d's forward.
+
+    grad_output: (N, C_out, H_out, W_out) -> grad_x: input_shape (N, C_in, H, W).
+    """
+    return gemm_conv.conv2d_backward_input(_backend(), grad_output, weight, input_shape,
+                                           stride, padding, dilation, groups)
+
+
+def conv2d_backward_weight(grad_output, x, weight_shape, stride: Pair, padding: Pair,
+                           dilation: Pair, groups: int):
+    """Gradient of conv2d with respect to its weight.
+
+    grad_output: (N, C_out, H_out, W_out), x: (N, C_in, H, W) -> (C_out, C_in/groups, kH, kW).
+    """
+    return gemm_conv.conv2d_backward_weight(_backend(), grad_output, x, weight_shape, stride,
+                                            padding, dilation, groups)
+
+
+# ---------------------------------------------------------------------------------------
+# Pooling and upsampling
+# ---------------------------------------------------------------------------------------
+def max_pool2d_forward(x, kernel_size: Pair, stride: Pair, padding: Pair):
+    """Max pooling with -inf padding. x: (N, C, H, W) -> y, indices: (N, C, H_out, W_out);
+    indices (int64) are flat positions h * W + w inside each (n, c) plane, as in PyTorch."""
+    kernel_size, stride, padding = as_pairs(kernel_size, stride, padding)
+    out_hw = check_pool2d(x.shape, kernel_size, stride, padding)
+    x = cupy.ascontiguousarray(x)
+    n, c, h, w = x.shape
+    y = cupy.empty((n, c, *out_hw), dtype=x.dtype)
+    indices = cupy.empty(y.shape, dtype=cupy.int64)
+    _launch("pool.cu", "max_pool_forward", x.dtype, y.size, x, y, indices, n * c, h, w,
+            *out_hw, *kernel_size, *stride, *padding)
+    return y, indices
+
+
+def max_pool2d_backward(grad_output, indices, input_shape):
+    """Scatter-add grad_output (N, C, H_out, W_out) to the recorded maxima -> input_shape."""
+    n, c, h, w = input_shape
+    grad_output = cupy.ascontiguousarray(grad_output)
+    indices = cupy.ascontiguousarray(indices, dtype=cupy.int64)
+    grad_x = cupy.zeros(tuple(input_shape), dtype=grad_output.dtype)
+    _launch("pool.cu", "max_pool_backward", grad_output.dtype, grad_output.size, grad_output,
+            indices, grad_x, n * c, h * w, grad_output.shape[2] * grad_output.shape[3])
+    return grad_x
+
+
+def avg_pool2d_forward(x, kernel_size: Pair, stride: Pair, padding: Pair):
+    """Average pooling, count_include_pad=True. x: (N, C, H, W) -> (N, C, H_out, W_out)."""
+    kernel_size, stride, padding = as_pairs(kernel_size, stride, padding)
+    out_hw = check_pool2d(x.shape, kernel_size, stride, padding)
+    x = cupy.ascontiguousarray(x)
+    n, c, h, w = x.shape
+    y = cupy.empty((n, c, *out_hw), dtype=x.dtype)
+    _launch("pool.cu", "avg_pool_forward", x.dtype, y.size, x, y, n * c, h, w, *out_hw,
+            *kernel_size, *stride, *padding)
+    return y
+
+
+def avg_pool2d_backward(grad_output, input_shape, kernel_size: Pair, stride: Pair,
+                        padding: Pair):
+    """Gradient of avg_pool2d_forward: (N, C, H_out, W_out) -> input_shape (N, C, H, W)."""
+    kernel_size, stride, padding = as_pairs(kernel_size, stride, padding)
+    out_hw = check_pool2d(input_shape, kernel_size, stride, padding)
+    grad_output = cupy.ascontiguousarray(grad_output)
+    n, c, h, w = input_shape
+    grad_x = cupy.empty(tuple(input_shape), dtype=grad_output.dtype)
+    _launch("pool.cu", "avg_pool_backward", grad_output.dtype, grad_x.size, grad_output, grad_x,
+            n * c, h, w, *out_hw, *kernel_size, *stride, *padding)
+    return grad_x
+
+
+def upsample_nearest2d_forward(x, scale: Pair):
+    """Nearest-neighbour upsampling by integer factors: (N, C, H, W) -> (N, C, sH*H, sW*W)."""
+    (scale,) = as_pairs(scale)
+    check_upsample(x.shape, scale)
+    x = cupy.ascontiguousarray(x)
+    n, c, h, w = x.shape
+    y = cupy.empty((n, c, h * scale[0], w * scale[1]), dtype=x.dtype)
+    _launch("upsample.cu", "upsample_nearest_forward", x.dtype, y.size, x, y, n * c, h, w,
+            *scale)
+    return y
+
+
+def upsample_nearest2d_backward(grad_output, scale: Pair):
+    """Gradient of upsample_nearest2d_forward: (N, C, sH*H, sW*W) -> (N, C, H, W)."""
+    (scale,) = as_pairs(scale)
+    check_upsample_grad(grad_output.shape, scale)
+    grad_output = cupy.ascontiguousarray(grad_output)
+    n, c, h_out, w_out = grad_output.shape
+    grad_x = cupy.empty((n, c, h_out // scale[0], w_out // scale[1]), dtype=grad_output.dtype)
+    _launch("upsample.cu", "upsample_nearest_backward", grad_output.dtype, grad_x.size,
+            grad_output, grad_x, n * c, h_out // scale[0], w_out // scale[1], *scale)
+    return grad_x

@@ -1,0 +1,142 @@
+"""Kernel tests on the GPU: the CUDA backend against the NumPy oracle on the same cases as the
+CPU tests (tests/helpers.py), in float32 and float64, with contiguous and non-contiguous inputs.
+Skipped, with the reason, where CuPy or a CUDA GPU is missing.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from minigen import backend, kernels
+from minigen.kernels import reference
+from helpers import (CONV_CASES, POOL_CASES, UPSAMPLE_CASES, assert_close, non_contiguous,
+                     random_array)
+
+_missing = backend.cuda_status()
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(_missing is not None, reason=str(_missing))]
+
+DTYPES = [np.float32, np.float64]
+conv_cases = pytest.mark.parametrize("case", CONV_CASES, ids=lambda case: case.name)
+pool_cases = pytest.mark.parametrize("case", POOL_CASES, ids=lambda case: case.name)
+dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=lambda dtype: np.dtype(dtype).name)
+layouts = pytest.mark.parametrize("layout", ["contiguous", "non_contiguous"])
+
+
+@pytest.fixture(scope="module")
+def cuda():
+    import cupy
+    from minigen.kernels import cuda
+    assert kernels.for_array(cupy.zeros(1)) is cuda
+    return cuda
+
+
+def on_gpu(*arrays, layout="contiguous"):
+    """CuPy copies of NumPy arrays; strided views of them when layout is non_contiguous."""
+    import cupy
+    copies = [cupy.asarray(array) for array in arrays]
+    return copies if layout == "contiguous" else [non_contiguous(copy) for copy in copies]
+
+
+def on_cpu(array):
+    return backend.to_numpy(array)
+
+
+@conv_cases
+@dtypes
+@layouts
+def test_cuda_conv2d_matches_reference(case, dtype, layout, cuda):
+    rng = np.random.default_rng(20)
+    x, weight, grad_output = (random_array(rng, shape, dtype) for shape in
+                              (case.input_shape, case.weight_shape, case.output_shape))
+    x_gpu, weight_gpu, grad_gpu = on_gpu(x, weight, grad_output, layout=layout)
+    args = case.args
+    y = cuda.conv2d_forward(x_gpu, weight_gpu, *args)
+    assert y.dtype == dtype
+    assert_close(on_cpu(y), reference.conv2d_forward(x, weight, *args), dtype)
+    assert_close(on_cpu(cuda.conv2d_backward_input(grad_gpu, weight_gpu, x.shape, *args)),
+                 reference.conv2d_backward_input(grad_output, weight, x.shape, *args), dtype)
+    assert_close(on_cpu(cuda.conv2d_backward_weight(grad_gpu, x_gpu, weight.shape, *args)),
+                 reference.conv2d_backward_weight(grad_output, x, weight.shape, *args), dtype)
+
+
+@pytest.mark.parametrize("case", [CONV_CASES[0], CONV_CASES[1], CONV_CASES[8]],
+                         ids=lambda case: case.name)
+def test_cuda_conv2d_splits_the_batch_into_chunks_when_columns_exceed_budget(case, cuda,
+                                                                           monkeypatch):
+    monkeypatch.setattr(cuda, "COLUMNS_BUDGET_BYTES", 1)
+    rng = np.random.default_rng(21)
+    x, weight, grad_output = (random_array(rng, shape) for shape in
+                              (case.input_shape, case.weight_shape, case.output_shape))
+    x_gpu, weight_gpu, grad_gpu = on_gpu(x, weight, grad_output)
+    args = case.args
+    assert_close(on_cpu(cuda.conv2d_forward(x_gpu, weight_gpu, *args)),
+                 reference.conv2d_forward(x, weight, *args))
+    assert_close(on_cpu(cuda.conv2d_backward_input(grad_gpu, weight_gpu, x.shape, *args)),
+                 reference.conv2d_backward_input(grad_output, weight, x.shape, *args))
+    assert_close(on_cpu(cuda.conv2d_backward_weight(grad_gpu, x_gpu, weight.shape, *args)),
+                 reference.conv2d_backward_weight(grad_output, x, weight.shape, *args))
+
+
+def test_cuda_conv2d_backward_input_with_output_padding_matches_reference(cuda):
+    # Stride 2 takes the col2im path; output_padding 1 asks for one extra row and column.
+    rng = np.random.default_rng(22)
+    grad_output, weight = random_array(rng, (2, 4, 4, 4)), random_array(rng, (4, 3, 3, 3))
+    args, shape = ((2, 2), (1, 1), (1, 1), 1), (2, 3, 8, 8)
+    grad_gpu, weight_gpu = on_gpu(grad_output, weight)
+    assert_close(on_cpu(cuda.conv2d_backward_input(grad_gpu, weight_gpu, shape, *args)),
+                 reference.conv2d_backward_input(grad_output, weight, shape, *args))
+
+
+@pool_cases
+@dtypes
+@layouts
+def test_cuda_max_pool2d_matches_reference(case, dtype, layout, cuda):
+    rng = np.random.default_rng(23)
+    x, grad_output = (random_array(rng, shape, dtype) for shape in
+                      (case.input_shape, case.output_shape))
+    x_gpu, grad_gpu = on_gpu(x, grad_output, layout=layout)
+    y, indices = cuda.max_pool2d_forward(x_gpu, *case.args)
+    expected_y, expected_indices = reference.max_pool2d_forward(x, *case.args)
+    assert_close(on_cpu(y), expected_y, dtype)
+    assert indices.dtype == np.int64
+    np.testing.assert_array_equal(on_cpu(indices), expected_indices)
+    assert_close(on_cpu(cuda.max_pool2d_backward(grad_gpu, indices, x.shape)),
+                 reference.max_pool2d_backward(grad_output, expected_indices, x.shape), dtype)
+
+
+def test_cuda_max_pool2d_ties_and_nans_follow_reference(cuda):
+    x = np.zeros((1, 2, 6, 6), np.float32)
+    x[0, 1, 2, 3] = np.nan
+    (x_gpu,) = on_gpu(x)
+    y, indices = cuda.max_pool2d_forward(x_gpu, (3, 3), (2, 2), (1, 1))
+    expected_y, expected_indices = reference.max_pool2d_forward(x, (3, 3), (2, 2), (1, 1))
+    np.testing.assert_array_equal(on_cpu(y), expected_y)
+    np.testing.assert_array_equal(on_cpu(indices), expected_indices)
+
+
+@pool_cases
+@dtypes
+@layouts
+def test_cuda_avg_pool2d_matches_reference(case, dtype, layout, cuda):
+    rng = np.random.default_rng(24)
+    x, grad_output = (random_array(rng, shape, dtype) for shape in
+                      (case.input_shape, case.output_shape))
+    x_gpu, grad_gpu = on_gpu(x, grad_output, layout=layout)
+    assert_close(on_cpu(cuda.avg_pool2d_forward(x_gpu, *case.args)),
+                 reference.avg_pool2d_forward(x, *case.args), dtype)
+    assert_close(on_cpu(cuda.avg_pool2d_backward(grad_gpu, x.shape, *case.args)),
+                 reference.avg_pool2d_backward(grad_output, x.shape, *case.args), dtype)
+
+
+@pytest.mark.parametrize("shape, scale", UPSAMPLE_CASES)
+@dtypes
+@layouts
+def test_cuda_upsample_nearest2d_matches_reference(shape, scale, dtype, layout, cuda):
+    rng = np.random.default_rng(25)
+    x = random_array(rng, shape, dtype)
+    grad_output = random_array(rng, (*shape[:2], shape[2] * scale[0], shape[3] * scale[1]), dtype)
+    x_gpu, grad_gpu = on_gpu(x, grad_output, layout=layout)
+    assert_close(on_cpu(cuda.upsample_nearest2d_forward(x_gpu, scale)),
+                 reference.upsample_nearest2d_forward(x, scale), dtype)
+    assert_close(on_cpu(cuda.upsample_nearest2d_backward(grad_gpu, scale)),
+                 reference.upsample_nearest2d_backward(grad_output, scale), dtype)
