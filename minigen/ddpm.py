@@ -1,0 +1,177 @@
+"""The DDPM training loop for `minigen train ddpm` (and `minigen sample` of its checkpoints).
+
+One step is DDPM's Algorithm 1: a batch, a random timestep per image, noise, and one AdamW step
+on the squared error of the noise prediction; an EMA of the weights follows the model and is
+what sampling uses. Images go through the U-Net, toy points through the MLP denoiser. The
+math lives in minigen.diffusion; the harness (minigen.run) does data, checkpoints and pictures.
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from minigen import backend, diffusion, viz
+from minigen.models.denoiser_mlp import MLPDenoiser
+from minigen.models.unet import UNet
+from minigen.nn.utils import clip_grad_norm_
+from minigen.optim import EMA, AdamW, LinearWarmup
+from minigen.run import TrainingLoop
+
+SAMPLERS = ("ddpm", "ddim")
+SAMPLE_CHUNK = 256          # images denoised together when sampling
+TRAJECTORY_ROWS = 8         # samples shown in a trajectory strip
+TRAJECTORY_COLUMNS = 11     # states shown per sample, from pure noise to the image
+
+
+def _channel_mults(text: str) -> tuple[int, ...]:
+    try:
+        mults = tuple(int(part) for part in str(text).split(","))
+    except ValueError:
+        mults = ()
+    if not mults or min(mults) < 1:
+        raise ValueError(f"--channel-mults {text!r}: pass positive integers separated by "
+                         "commas, e.g. 1,2 (two levels) or 1,2,2")
+    return mults
+
+
+class DDPMLoop(TrainingLoop):
+    """Denoising diffusion (Ho et al. 2020) with eps-, x0- or v-prediction."""
+
+    name = "ddpm"
+    default_dataset = "digits"
+    default_steps = 3000
+    default_batch_size = 128
+    default_lr = 2e-3
+    default_checkpoint_every = 1000
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        parser.add_argument("--schedule", choices=diffusion.SCHEDULES, default="cosine",
+                            help="noise schedule: linear (DDPM) or cosine (improved DDPM)")
+        parser.add_argument("--timesteps", type=int, default=1000, help="diffusion steps T")
+        parser.add_argument("--prediction", choices=diffusion.PREDICTIONS, default="eps",
+                            help="what the network predicts: the noise, x0, or v")
+        parser.add_argument("--base-channels", type=int, default=32,
+                            help="U-Net channels at full resolution")
+        parser.add_argument("--channel-mults", default="1,2",
+                            help="U-Net channel multiplier per resolution level")
+        parser.add_argument("--num-res-blocks", type=int, default=1,
+                            help="U-Net residual blocks per level")
+        parser.add_argument("--dropout", type=float, default=0.0, help="U-Net dropout")
+        parser.add_argument("--hidden", type=int, default=128,
+                            help="width of the MLP denoiser (toy points)")
+        parser.add_argument("--depth", type=int, default=3,
+                            help="hidden layers of the MLP denoiser (toy points)")
+        parser.add_argument("--warmup-steps", type=int, default=100,
+                            help="steps of linear learning-rate warmup (constant after)")
+        parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+        parser.add_argument("--grad-clip", type=float, default=1.0,
+                            help="clip the gradient norm to this (0: no clipping)")
+        parser.add_argument("--ema-decay", type=float, default=0.995,
+                            help="decay of the EMA of the weights used for sampling")
+        parser.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=True,
+                            help="ramp the EMA decay up as (1 + n) / (10 + n) early on")
+
+    @classmethod
+    def add_sample_arguments(cls, parser) -> None:
+        parser.add_argument("--sampler", choices=SAMPLERS, default="ddim",
+                            help="ddpm: ancestral, all T steps; ddim: --sampling-steps steps")
+        parser.add_argument("--sampling-steps", type=int, default=50,
+                            help="DDIM steps (ignored by the ddpm sampler)")
+        parser.add_argument("--eta", type=float, default=0.0,
+                            help="DDIM noise: 0 deterministic, 1 ancestral-like")
+        parser.add_argument("--variance", choices=("beta", "beta_tilde"), default="beta",
+                            help="ancestral sampler's sigma_t^2")
+        parser.add_argument("--trajectory", default=None, metavar="PNG",
+                            help="also write a strip from pure noise to the samples")
+
+    def __init__(self, config: dict, device: str):
+        super().__init__(config, device)
+        self.schedule = diffusion.NoiseSchedule(config["schedule"], config["timesteps"])
+        self.prediction = config["prediction"]
+        self.data_shape = tuple(config["data_shape"])
+        self.images = config["data_kind"] == "images"
+        if self.images:
+            self.model = UNet(self.data_shape[0], config["base_channels"],
+                              _channel_mults(config["channel_mults"]), config["num_res_blocks"],
+                              dropout=config["dropout"])
+            levels = len(_channel_mults(config["channel_mults"]))
+            if any(size % 2 ** (levels - 1) for size in self.data_shape[1:]):
+                raise ValueError(f"images of shape {self.data_shape} cannot be halved "
+                                 f"{levels - 1} times; pass fewer --channel-mults")
+        else:
+            self.model = MLPDenoiser(int(np.prod(self.data_shape)), config["hidden"], config["depth"])
+        self.model.to(device)
+        self.optimizer = AdamW(self.model.parameters(), lr=config["lr"],
+                               weight_decay=config["weight_decay"])
+        # Constant after the warmup: a schedule over --steps would change when a resumed run
+        # raises --steps, and resuming must equal training straight through.
+        self.lr_schedule = LinearWarmup(self.optimizer, max(config["warmup_steps"], 1))
+        self.ema = EMA(self.model, decay=config["ema_decay"], warmup=config["ema_warmup"])
+
+    def models(self) -> dict:
+        return {"denoiser": self.model}
+
+    def optimizers(self) -> dict:
+        return {"adamw": self.optimizer, "lr_schedule": self.lr_schedule}
+
+    def emas(self) -> dict:
+        return {"denoiser": self.ema}
+
+    def train_step(self, batch, labels, step: int) -> dict:
+        self.model.train()
+        lr = self.optimizer.param_groups[0]["lr"]
+        loss = diffusion.diffusion_loss(self.model, self.schedule, batch, self.prediction)
+        self.optimizer.zero_grad()
+        loss.backward()
+        scalars = {"loss": float(loss.item()), "lr": lr}
+        if self.config["grad_clip"] > 0:
+            scalars["grad_norm"] = float(clip_grad_norm_(self.model.parameters(),
+                                                         self.config["grad_clip"]).item())
+        self.optimizer.step()
+        self.lr_schedule.step()
+        self.ema.update()
+        return scalars
+
+    def sample(self, n: int, sampler: str = "ddim", sampling_steps: int = 50, eta: float = 0.0,
+               variance: str = "beta", trajectory: str | None = None) -> np.ndarray:
+        """n samples from the EMA weights: images in [-1, 1] (n, C, H, W) or points (n, D)."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
+        if trajectory is not None and not self.images:
+            raise ValueError("--trajectory draws a strip of images; this model makes points")
+        chunks = []
+        self.model.eval()
+        try:
+            with self.ema.average_parameters(self.model):
+                for start in range(0, n, SAMPLE_CHUNK):
+                    count = min(SAMPLE_CHUNK, n - start)
+                    want_path = trajectory is not None and start == 0
+                    result = self._sample_chunk(count, sampler, sampling_steps, eta, variance,
+                                                want_path)
+                    if want_path:
+                        result, path = result
+                        self._write_trajectory(path, trajectory)
+                    chunks.append(backend.to_numpy(result.data))
+        finally:
+            self.model.train()
+        return np.concatenate(chunks).reshape(n, *self.data_shape)
+
+    def _sample_chunk(self, count: int, sampler: str, sampling_steps: int, eta: float,
+                      variance: str, return_trajectory: bool):
+        common = dict(device=self.device, prediction=self.prediction, clip_x0=self.images,
+                      return_trajectory=return_trajectory, trajectory_length=TRAJECTORY_COLUMNS)
+        shape = (count, *self.data_shape)
+        if sampler == "ddpm":
+            return diffusion.ddpm_sample(self.model, self.schedule, shape, variance=variance, **common)
+        return diffusion.ddim_sample(self.model, self.schedule, shape, steps=sampling_steps,
+                                     eta=eta, **common)
+
+    @staticmethod
+    def _write_trajectory(path: list, file: str) -> None:
+        """Rows: samples; columns: states from pure noise (left) to the sample (right)."""
+        states = np.stack([state[:TRAJECTORY_ROWS] for _, state in path], axis=1)  # (R, S, C, H, W)
+        rows, columns = states.shape[:2]
+        viz.save_image_grid(np.clip(states.reshape(rows * columns, *states.shape[2:]), -1, 1),
+                            file, nrow=columns)
