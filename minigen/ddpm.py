@@ -11,6 +11,7 @@ import argparse
 
 import numpy as np
 
+import minigen
 from minigen import backend, diffusion, viz
 from minigen.models.denoiser_mlp import MLPDenoiser
 from minigen.models.unet import UNet
@@ -72,6 +73,12 @@ class DDPMLoop(TrainingLoop):
                             help="decay of the EMA of the weights used for sampling")
         parser.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=True,
                             help="ramp the EMA decay up as (1 + n) / (10 + n) early on")
+        parser.add_argument("--conditional", action="store_true",
+                            help="learn p(x | class) too, for classifier-free guidance: a class "
+                                 "embedding joins the time embedding (needs a labelled dataset)")
+        parser.add_argument("--label-dropout", type=float, default=0.1,
+                            help="with --conditional: the share of labels replaced by the null "
+                                 "class, which teaches the same network p(x)")
 
     @classmethod
     def add_sample_arguments(cls, parser) -> None:
@@ -92,16 +99,18 @@ class DDPMLoop(TrainingLoop):
         self.prediction = config["prediction"]
         self.data_shape = tuple(config["data_shape"])
         self.images = config["data_kind"] == "images"
+        self.num_classes = self._classes(config)
         if self.images:
             self.model = UNet(self.data_shape[0], config["base_channels"],
                               _channel_mults(config["channel_mults"]), config["num_res_blocks"],
-                              dropout=config["dropout"])
+                              dropout=config["dropout"], num_classes=self.num_classes)
             levels = len(_channel_mults(config["channel_mults"]))
             if any(size % 2 ** (levels - 1) for size in self.data_shape[1:]):
                 raise ValueError(f"images of shape {self.data_shape} cannot be halved "
                                  f"{levels - 1} times; pass fewer --channel-mults")
         else:
-            self.model = MLPDenoiser(int(np.prod(self.data_shape)), config["hidden"], config["depth"])
+            self.model = MLPDenoiser(int(np.prod(self.data_shape)), config["hidden"], config["depth"],
+                                     num_classes=self.num_classes)
         self.model.to(device)
         self.optimizer = AdamW(self.model.parameters(), lr=config["lr"],
                                weight_decay=config["weight_decay"])
@@ -109,6 +118,20 @@ class DDPMLoop(TrainingLoop):
         # raises --steps, and resuming must equal training straight through.
         self.lr_schedule = LinearWarmup(self.optimizer, max(config["warmup_steps"], 1))
         self.ema = EMA(self.model, decay=config["ema_decay"], warmup=config["ema_warmup"])
+
+    @staticmethod
+    def _classes(config: dict) -> int | None:
+        """The number of classes a conditional model learns (None: unconditional)."""
+        if not config.get("conditional"):  # checkpoints from before the option: unconditional
+            return None
+        if not config.get("num_classes"):
+            raise ValueError(f"--conditional needs class labels, and {config['dataset']} has "
+                             "none; use a labelled dataset (digits, mnist, fashion-mnist, a "
+                             "labelled .npz or a folder of class subfolders) or drop --conditional")
+        if not 0.0 <= config["label_dropout"] < 1.0:
+            raise ValueError(f"--label-dropout is {config['label_dropout']}; pass a share in "
+                             "[0, 1), e.g. 0.1")
+        return int(config["num_classes"])
 
     def models(self) -> dict:
         return {"denoiser": self.model}
@@ -122,7 +145,17 @@ class DDPMLoop(TrainingLoop):
     def train_step(self, batch, labels, step: int) -> dict:
         self.model.train()
         lr = self.optimizer.param_groups[0]["lr"]
-        loss = diffusion.diffusion_loss(self.model, self.schedule, batch, self.prediction)
+        denoiser = self.model
+        if self.num_classes is not None:
+            # Classifier-free guidance training: each label becomes the null class with
+            # probability label_dropout, so one network learns p(x | c) and p(x).
+            null = minigen.full(labels.shape, self.num_classes, dtype=labels.dtype,
+                                device=labels.device)
+            dropped = minigen.rand(labels.shape[0], device=labels.device) \
+                < self.config["label_dropout"]
+            labels = minigen.where(dropped, null, labels)
+            denoiser = lambda x_t, t: self.model(x_t, t, labels)  # noqa: E731
+        loss = diffusion.diffusion_loss(denoiser, self.schedule, batch, self.prediction)
         self.optimizer.zero_grad()
         loss.backward()
         scalars = {"loss": float(loss.item()), "lr": lr}
