@@ -117,9 +117,8 @@ def train_parser(root: Parser, subparsers) -> None:
         try:
             loop_cls = loop_class(name)
         except UserError as error:
-            broken = parser.add_command(loops, name, _unavailable(error),
-                                        help=f"(unavailable: {error})")
-            broken.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            parser.add_command(loops, name, _unavailable(error), help=f"(unavailable: {error})",
+                               description=str(error))
             continue
         child = parser.add_command(loops, name, train_command, help=_summary(loop_cls.__doc__),
                                    description=inspect.cleandoc(loop_cls.__doc__ or ""))
@@ -129,8 +128,10 @@ def train_parser(root: Parser, subparsers) -> None:
 
 
 def _unavailable(error: UserError):
+    """The handler of a loop that cannot load: whatever options follow, say why."""
     def handler(args) -> int:
         raise error
+    handler.takes_any_arguments = True
     return handler
 
 
@@ -326,10 +327,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (0, 2 for bad input, 128 + N on signal N)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        parser = build_parser()
         try:
-            args = build_parser().parse_args(argv)
+            args, unknown = parser.parse_known_args(argv)
         except SystemExit as done:  # --help and --version
             return int(done.code or 0) if not isinstance(done.code, str) else EXIT_USER_ERROR
+        if unknown and not getattr(args.handler, "takes_any_arguments", False):
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         args.argv = argv
         return args.handler(args)
     except UserError as error:

@@ -265,12 +265,15 @@ def _saved_run_config(out: Path) -> dict | None:
     return None
 
 
-def prepare_out_dir(out: Path, config: dict, resume: bool, force: bool, say) -> None:
-    """Create `out`, or check what it holds: another run is refused unless resume or force."""
+def prepare_out_dir(out: Path, config: dict, say) -> None:
+    """Create `out`, or check what it holds: a run with other settings is refused unless
+    --force, or unless this run resumes from the checkpoint inside `out`."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; pass a folder for the run's outputs")
+    resume, force = config.get("resume"), config.get("force")
+    continues_here = bool(resume) and os.path.dirname(os.path.abspath(resume)) == str(out.resolve())
     saved = _saved_run_config(out) if out.is_dir() else None
-    if saved is not None and not resume:
+    if saved is not None and not continues_here:
         if force:
             for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
@@ -485,13 +488,12 @@ def train(loop_cls: type[TrainingLoop], options: dict, explicit: set | None = No
     config = dict(options, loop=loop_cls.name)
     config["out"] = config.get("out") or _default_out(loop_cls, config["dataset"])
     out = Path(config["out"])
-    prepare_out_dir(out, config, resume=bool(config.get("resume")),
-                    force=bool(config.get("force")), say=say)
     dataset = load_run_data(config)
     if config["batch_size"] > len(dataset.train):
         raise UserError(f"--batch-size {config['batch_size']} is more than the "
                         f"{len(dataset.train)} training samples of {dataset.name}; pass a "
                         "smaller batch size")
+    prepare_out_dir(out, config, say)
     config.update(data_kind=dataset.kind, data_shape=list(dataset.shape),
                   num_classes=dataset.num_classes)
     (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
@@ -567,7 +569,9 @@ class _Run:
         from tqdm.auto import tqdm
 
         config, steps = self.config, self.config["steps"]
-        self.say(f"training {config['loop']} on {self.dataset!r} on {config['device']}, steps "
+        data = self.dataset
+        self.say(f"training {config['loop']} on {data.name} ({len(data.train)} {data.kind}, "
+                 f"{'x'.join(map(str, data.shape))}) on {config['device']}: steps "
                  f"{self.start_step} -> {steps}, into {self.out}")
         disable = None if self.progress is None else not self.progress  # None: terminals only
         try:

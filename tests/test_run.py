@@ -268,3 +268,17 @@ def test_resuming_with_another_loop_is_refused(checkpoint):
     with pytest.raises(UserError, match="written by the 'tiny' loop"):
         train(OtherLoop, dict(default_config(OtherLoop), resume=checkpoint), explicit={"resume"},
               say=lambda _: None)
+
+
+def test_resuming_into_another_folder_that_holds_another_run_is_refused(checkpoint, tmp_path):
+    train(TinyLoop, tiny_config(tmp_path / "other", steps=2), say=lambda _: None)
+    with pytest.raises(UserError, match="holds another run"):
+        train(TinyLoop, dict(default_config(TinyLoop), resume=checkpoint, steps=6,
+                             out=str(tmp_path / "other")),
+              explicit={"resume", "steps", "out"}, say=lambda _: None)
+
+
+def test_a_bad_dataset_leaves_no_output_folder_behind(tmp_path):
+    with pytest.raises(UserError):
+        train(TinyLoop, tiny_config(tmp_path / "new", dataset="nonexistent"), say=lambda _: None)
+    assert not (tmp_path / "new").exists()
