@@ -52,6 +52,8 @@ def _im2col(x, n_start, cols, kernel, stride, padding, dilation, out_hw):
     stride_h, stride_w = stride
     pixels = out_h * out_w
     batch = cols.shape[1] // pixels
+    same_width = stride_h == 1 and stride_w == 1 and out_w == width
+    x_planes = x.reshape(x.shape[0], channels, height * width)
     for row in numba.prange(channels * k_h * k_w):
         c, i, j = row // (k_h * k_w), (row // k_w) % k_h, row % k_w
         h_offset = i * dilation[0] - padding[0]
@@ -60,6 +62,23 @@ def _im2col(x, n_start, cols, kernel, stride, padding, dilation, out_hw):
         ow_lo, ow_hi = _valid_range(w_offset, stride_w, out_w, width)
         for b in range(batch):
             n, base = n_start + b, b * pixels
+            if same_width:
+                # Stride 1 and output rows as wide as input rows ("same" padding): the valid
+                # band is one shifted run of the flat plane, copied at memcpy speed; then the
+                # few entries that wrapped into a neighbouring row are set to the zero padding.
+                shift = h_offset * width + w_offset
+                for column in range(oh_lo * width + ow_lo, (oh_hi - 1) * width + ow_hi):
+                    cols[row, base + column] = x_planes[n, c, column + shift]
+                for column in range(base, base + oh_lo * out_w):
+                    cols[row, column] = 0
+                for column in range(base + oh_hi * out_w, base + pixels):
+                    cols[row, column] = 0
+                for oh in range(oh_lo, oh_hi):
+                    for ow in range(ow_lo):
+                        cols[row, base + oh * out_w + ow] = 0
+                    for ow in range(ow_hi, out_w):
+                        cols[row, base + oh * out_w + ow] = 0
+                continue
             for column in range(base, base + oh_lo * out_w):
                 cols[row, column] = 0
             for column in range(base + oh_hi * out_w, base + pixels):

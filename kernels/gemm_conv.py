@@ -74,6 +74,21 @@ def _transposed_kernel(xp, weight, groups: int):
     return xp.ascontiguousarray(flipped).reshape(c_group * groups, c_out // groups, k_h, k_w)
 
 
+def _is_pointwise(weight_shape, stride: Pair, padding: Pair) -> bool:
+    """A 1x1 kernel with stride 1 and no padding: the convolution is a plain matrix product."""
+    return tuple(weight_shape[2:]) == (1, 1) and stride == (1, 1) and padding == (0, 0)
+
+
+def _pointwise_views(weight, images, groups: int):
+    """For a 1x1 convolution: the weight as (groups, C_out/g, C_in/g) and NCHW images as
+    (N, groups, C/g, H*W), so that matmul broadcasts over samples and pairs up the groups."""
+    n, channels = images.shape[:2]
+    image_groups = images.reshape(n, groups, channels // groups, -1)
+    if weight is None:
+        return None, image_groups
+    return weight.reshape(groups, weight.shape[0] // groups, -1), image_groups
+
+
 def conv2d_forward(backend: Im2col, x, weight, stride: Pair, padding: Pair, dilation: Pair,
                    groups: int):
     """Cross-correlation as PyTorch's conv2d, without bias.
@@ -85,6 +100,10 @@ def conv2d_forward(backend: Im2col, x, weight, stride: Pair, padding: Pair, dila
     out_hw = check_conv2d(x.shape, weight.shape, stride, padding, dilation, groups)
     xp = backend.xp
     x, weight = xp.ascontiguousarray(x), xp.ascontiguousarray(weight)
+    if _is_pointwise(weight.shape, stride, padding):
+        # Each sample's (C_in, H*W) image is already its column matrix: one batched GEMM.
+        weight_groups, x_groups = _pointwise_views(weight, x, groups)
+        return xp.matmul(weight_groups, x_groups).reshape(x.shape[0], -1, *out_hw)
     plan = _ConvPlan(backend, x.shape, weight.shape, stride, padding, dilation, groups, out_hw,
                      x.dtype)
     weight_matrix = plan.by_group(weight.reshape(plan.out_channels, -1))
@@ -113,6 +132,9 @@ def conv2d_backward_input(backend: Im2col, grad_output, weight, input_shape, str
     xp = backend.xp
     grad_output, weight = xp.ascontiguousarray(grad_output), xp.ascontiguousarray(weight)
     full_padding = tuple(d * (k - 1) - p for k, p, d in zip(weight.shape[2:], padding, dilation))
+    if _is_pointwise(weight.shape, stride, padding):
+        weight_groups, grad_groups = _pointwise_views(weight, grad_output, groups)
+        return xp.matmul(weight_groups.transpose(0, 2, 1), grad_groups).reshape(input_shape)
     if stride == (1, 1) and min(full_padding) >= 0:
         # With stride 1 the gradient is itself a convolution: grad_output padded by
         # d*(k-1) - p, against the kernel flipped in space with C_in and C_out swapped per
@@ -144,6 +166,12 @@ def conv2d_backward_weight(backend: Im2col, grad_output, x, weight_shape, stride
                                       padding, dilation, groups)
     xp = backend.xp
     grad_output, x = xp.ascontiguousarray(grad_output), xp.ascontiguousarray(x)
+    if _is_pointwise(weight_shape, stride, padding):
+        # sum over samples of grad_output[n] (C_out, H*W) @ x[n]^T, group by group.
+        _, x_groups = _pointwise_views(None, x, groups)
+        _, grad_groups = _pointwise_views(None, grad_output, groups)
+        per_sample = xp.matmul(grad_groups, x_groups.transpose(0, 1, 3, 2))
+        return per_sample.sum(axis=0).reshape(weight_shape)
     plan = _ConvPlan(backend, x.shape, weight_shape, stride, padding, dilation, groups, out_hw,
                      x.dtype)
     grad_weight = xp.zeros((groups, plan.out_channels // groups, plan.rows // groups), x.dtype)

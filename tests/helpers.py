@@ -88,6 +88,7 @@ CONV_CASES = [
     ConvCase("stride_2_padding_1", 2, 4, 6, 9, 8, stride=2, padding=1),
     ConvCase("kernel_1x1", 3, 5, 4, 6, 5, kernel_size=1),
     ConvCase("kernel_1x1_stride_2", 2, 4, 3, 7, 6, kernel_size=1, stride=2),
+    ConvCase("kernel_1x1_groups_2", 2, 4, 6, 5, 3, kernel_size=1, groups=2),
     ConvCase("kernel_5x5_padding_2", 2, 3, 4, 11, 10, kernel_size=5, padding=2),
     ConvCase("dilation_2", 2, 3, 4, 10, 9, padding=2, dilation=2),
     ConvCase("batch_1", 1, 4, 4, 8, 8, padding=1),
