@@ -126,6 +126,19 @@ class Tensor:
     def item(self):
         return self.data.item()
 
+    # Without __bool__, Python would fall back on __len__: `if tensor([0.0]) > 1:` would be true.
+    def __bool__(self) -> bool:
+        if self.data.size != 1:
+            raise RuntimeError(f"the truth value of a tensor of shape {self.shape} is ambiguous; "
+                               "reduce it to one element first (with .max() or .min())")
+        return bool(self.data.item())
+
+    def __float__(self) -> float:
+        return float(self.item())
+
+    def __int__(self) -> int:
+        return int(self.item())
+
     def tolist(self):
         return backend.to_numpy(self.data).tolist()
 

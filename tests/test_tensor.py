@@ -122,6 +122,18 @@ def test_comparisons_give_boolean_tensors_without_gradient():
     assert positive.tolist() == [True, False]
 
 
+def test_truth_value_of_a_one_element_tensor_is_its_value():
+    assert not (minigen.tensor([0.0]) > 1)
+    assert minigen.tensor(2.0) > 1
+    assert float(minigen.tensor([1.5])) == 1.5 and int(minigen.tensor(3)) == 3
+
+
+def test_truth_value_of_a_larger_tensor_is_refused():
+    with pytest.raises(RuntimeError, match=r"ambiguous.*\.max\(\)"):
+        bool(minigen.tensor([1.0, 2.0]) > 0)
+    assert (minigen.tensor([1.0, 2.0]) > 0).min()
+
+
 # ---- the graph's lifetime ------------------------------------------------------------------------
 def test_graph_is_freed_after_backward():
     x = leaf([1.0, 2.0])
