@@ -18,9 +18,9 @@ from pathlib import Path
 
 from minigen import __version__, backend
 from minigen.checkpoint import CheckpointError, inspect_checkpoint
-from minigen.run import (TrainingInterrupted, UserError, add_common_arguments, draw_samples,
-                         load_trained, quality_measures, read_checkpoint_config, sample_defaults,
-                         train, write_samples, load_run_data)
+from minigen.run import (EVAL_SAMPLES, TrainingInterrupted, UserError, add_common_arguments,
+                         draw_samples, load_run_data, load_trained, quality_measures,
+                         read_checkpoint_config, sample_defaults, train, write_samples)
 
 # `minigen train NAME` -> the TrainingLoop subclass, as "module:Class".
 LOOPS = {"ddpm": "minigen.ddpm:DDPMLoop", "gan": "minigen.gan:GANLoop"}
@@ -28,7 +28,6 @@ LOOPS_ENV = "MINIGEN_LOOPS"  # more loops: "name=module:Class,name2=module2:Clas
 EXIT_USER_ERROR = 2
 NOT_OPTIONS = ("command", "loop", "handler", "argv")  # namespace entries that are no options
 DEMOS_DIR = Path(__file__).resolve().parent.parent / "demos"  # in the source repository
-EVAL_SAMPLES = 500
 
 
 # ---------------------------------------------------------------------------------------
@@ -160,7 +159,7 @@ def train_command(args) -> int:
 # ---------------------------------------------------------------------------------------
 # minigen sample / eval: a trained loop rebuilt from its checkpoint
 # ---------------------------------------------------------------------------------------
-def _add_sampling_arguments(parser: Parser, n_default: int, n_help: str) -> None:
+def add_sampling_arguments(parser: Parser, n_default: int, n_help: str) -> None:
     parser.add_argument("checkpoint", metavar="CKPT", help="a checkpoint.h5 written by train")
     parser.add_argument("--n", type=int, default=n_default, help=n_help)
     parser.add_argument("--seed", type=int, default=0, help="seeds the sampling noise")
@@ -174,8 +173,21 @@ def _add_sampling_arguments(parser: Parser, n_default: int, n_help: str) -> None
         loop_cls.add_sample_arguments(parser.add_argument_group(f"options of {name} checkpoints"))
 
 
-def _trained_loop(args):
-    """(loop, config, step, sample options) for a sample/eval command line."""
+def _other_loops_sample_options(name: str) -> set[str]:
+    options = set()
+    for other in registered_loops():
+        if other != name:
+            try:
+                options |= set(sample_defaults(loop_class(other)))
+            except UserError:
+                pass
+    return options
+
+
+def trained_loop(args):
+    """(loop, config, step, sample options) for a command on a checkpoint whose parser has
+    add_sampling_arguments (sample, eval): the loop rebuilt and its weights loaded. An option
+    of another loop's sampler is refused rather than ignored."""
     config, _ = read_checkpoint_config(args.checkpoint)
     name = config.get("loop")
     if not name:
@@ -183,8 +195,8 @@ def _trained_loop(args):
                         "checkpoint written by `minigen train`")
     loop_cls = loop_class(name)
     own = sample_defaults(loop_cls)
-    common = {"checkpoint", "n", "seed", "device", "out", "data_dir"}
-    foreign = sorted(given_options(args.argv, args) - common - set(own))
+    others = _other_loops_sample_options(name) - set(own)
+    foreign = sorted(given_options(args.argv, args) & others)
     if foreign:
         raise UserError(f"--{foreign[0].replace('_', '-')} is not an option of the {name} loop "
                         f"that {args.checkpoint} holds (see '{args.command} --help')")
@@ -207,7 +219,7 @@ def sample_parser(root: Parser, subparsers) -> None:
                               description="Draw samples from a checkpoint. .png: an image grid, "
                                           "or points scattered over the data; .npy: the raw "
                                           "array (images in [-1, 1] NCHW, points (N, D)).")
-    _add_sampling_arguments(parser, 64, "number of samples")
+    add_sampling_arguments(parser, 64, "number of samples")
     parser.add_argument("--out", default="samples.png", metavar="FILE",
                         help="where to write: .png or .npy")
 
@@ -216,7 +228,7 @@ def sample_command(args) -> int:
     if not args.out.endswith((".png", ".npy")):
         raise UserError(f"--out {args.out}: pass a file name ending in .png (a picture) or .npy "
                         "(the raw array)")
-    loop, config, _, options = _trained_loop(args)
+    loop, config, _, options = trained_loop(args)
     samples = _draw(loop, args.n, options, args.seed)
     dataset = None
     if config.get("data_kind") == "points" and args.out.endswith(".png"):
@@ -236,13 +248,13 @@ def eval_parser(root: Parser, subparsers) -> None:
                               description="Measure the quality of a checkpoint's samples against "
                                           "the held-out data (feature FID with its real-vs-real "
                                           "floor on images, mode coverage on mixtures).")
-    _add_sampling_arguments(parser, EVAL_SAMPLES, "number of samples to measure")
+    add_sampling_arguments(parser, EVAL_SAMPLES, "number of samples to measure")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="folder with the dataset's files (default: the one used in training)")
 
 
 def eval_command(args) -> int:
-    loop, config, step, options = _trained_loop(args)
+    loop, config, step, options = trained_loop(args)
     if args.data_dir is not None:
         config = dict(config, data_dir=args.data_dir)
     dataset = load_run_data(config)

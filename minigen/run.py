@@ -37,6 +37,7 @@ RUN_FILES = (CHECKPOINT, SAMPLES, LOSS, METRICS, CONFIG, LOG)
 PICTURE_COUNT = 64        # samples drawn for samples.png
 PICTURE_SEED = 12345      # pictures use their own seed, so every refresh shows the same noise
 FINAL_WINDOW = 50         # metrics.json reports scalars averaged over the last steps
+EVAL_SAMPLES = 500        # samples drawn for the quality measures (train's end, `minigen eval`)
 
 # Options a resumed run takes from the command line; every other option comes from the
 # checkpoint (the run keeps the settings it was trained with).
@@ -58,7 +59,7 @@ class TrainingInterrupted(Exception):
     """SIGINT or SIGTERM arrived; the run saved a checkpoint at `step` and stopped."""
 
     def __init__(self, signum: int, step: int, checkpoint: str, loop_name: str):
-        self.signum, self.step, self.checkpoint, self.loop_name = signum, step, checkpoint, loop_name
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
         super().__init__(f"interrupted by {signal.Signals(signum).name} after step {step}; saved "
                          f"{checkpoint} (continue with: minigen train {loop_name} --resume "
                          f"{checkpoint})")
@@ -156,7 +157,7 @@ def add_common_arguments(parser, loop_cls: type[TrainingLoop]) -> None:
     parser.add_argument("--sample-every", type=int, default=None, metavar="K",
                         help="refresh samples.png every K steps (default: at each checkpoint; "
                              "0: only at the end)")
-    parser.add_argument("--eval-samples", type=int, default=500, metavar="N",
+    parser.add_argument("--eval-samples", type=int, default=EVAL_SAMPLES, metavar="N",
                         help="samples drawn at the end for metrics.json's quality measures "
                              "(0: none)")
 
@@ -563,7 +564,8 @@ class _Run:
 
     def status(self, step: int, scalars: dict) -> str:
         values = "  ".join(f"{key} {value:.4g}" for key, value in scalars.items())
-        return f"step {step}/{self.config['steps']}  {values}  {self.images_per_second(step):.0f} img/s"
+        return (f"step {step}/{self.config['steps']}  {values}  "
+                f"{self.images_per_second(step):.0f} img/s")
 
     def run(self) -> dict:
         from tqdm.auto import tqdm
@@ -617,7 +619,8 @@ class _Run:
         (self.out / METRICS).write_text(json.dumps({**(measures or {}), "training": summary},
                                                    indent=2, default=_json_default) + "\n")
         self.say(f"done: {steps} steps in {seconds:.1f} s ({summary['images_per_second']:.0f} "
-                 f"img/s); {self.out}: {', '.join(name for name in RUN_FILES if (self.out / name).exists())}")
+                 f"img/s); {self.out}: "
+                 f"{', '.join(name for name in RUN_FILES if (self.out / name).exists())}")
         return summary
 
 

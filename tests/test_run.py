@@ -40,7 +40,8 @@ def assert_same_state(first, second) -> None:
     assert sorted(adam_a["state"]) == sorted(adam_b["state"]) and adam_a["state"]
     for index, values in adam_a["state"].items():
         for key, value in values.items():
-            np.testing.assert_array_equal(np.asarray(value), np.asarray(adam_b["state"][index][key]),
+            np.testing.assert_array_equal(np.asarray(value),
+                                          np.asarray(adam_b["state"][index][key]),
                                           err_msg=f"Adam state {index}/{key}")
     assert state_a["rng_state"] == state_b["rng_state"]
 
@@ -106,7 +107,8 @@ def test_metrics_json_holds_the_quality_measures_when_minigen_has_them(tmp_path,
     train(TinyLoop, tiny_config(tmp_path, steps=2, eval_samples=40), say=lambda _: None)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert seen == {"shape": (40, 2), "dataset": "ring8"}
-    assert metrics["modes_covered"] == 3 and metrics["n"] == 40 and metrics["training"]["steps"] == 2
+    assert metrics["modes_covered"] == 3 and metrics["n"] == 40
+    assert metrics["training"]["steps"] == 2
 
 
 def test_the_progress_bar_shows_the_losses_and_images_per_second(tmp_path, capsys):
