@@ -1,0 +1,127 @@
+"""Time one DCGAN training step (a D step on real and fake, then a G step) in minigen and in a
+PyTorch twin of the same architecture, with the ratio minigen / PyTorch measured in one run.
+
+The minigen side is GANLoop.train_step itself; the twin is built with torch.nn from the same
+layer list, loads minigen's weights by state-dict name (so the forward passes are checked to
+agree first), and runs the same step: the non-saturating loss, Adam (0.5, 0.999), D frozen
+during the G step.
+
+    python benchmarks/bench_gan.py                       # the digits DCGAN: 8x8, width 32, batch 64
+    python benchmarks/bench_gan.py --image-size 32 --width 64 --steps 10
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+import minigen
+from minigen import nn
+from minigen.gan import GANLoop
+from minigen.run import default_config
+
+
+def torch_twin(module: nn.Module, torch):
+    """The same layers in torch.nn, under the same state-dict names, with the same weights."""
+    layers = []
+    for layer in module.net:
+        kind = type(layer).__name__
+        if kind in ("Conv2d", "ConvTranspose2d"):
+            layers.append(getattr(torch.nn, kind)(layer.in_channels, layer.out_channels,
+                                                  layer.kernel_size, layer.stride, layer.padding,
+                                                  bias=layer.bias is not None))
+        elif kind == "BatchNorm2d":
+            layers.append(torch.nn.BatchNorm2d(layer.num_features))
+        elif kind == "LeakyReLU":
+            layers.append(torch.nn.LeakyReLU(layer.negative_slope))
+        else:
+            layers.append(getattr(torch.nn, kind)())
+    twin = torch.nn.Module()
+    twin.net = torch.nn.Sequential(*layers)
+    twin.load_state_dict({key: torch.tensor(value.numpy())
+                          for key, value in module.state_dict().items()})
+    return twin
+
+
+def torch_step(generator, discriminator, g_optimizer, d_optimizer, real, latent_dim, torch):
+    """The step of GANLoop.train_step with d_steps=1, in PyTorch."""
+    softplus = torch.nn.functional.softplus
+    n = real.shape[0]
+    fake = generator.net(torch.randn(n, latent_dim, 1, 1))
+    d_optimizer.zero_grad(set_to_none=True)
+    real_logits = discriminator.net(real).reshape(n, 1)
+    fake_logits = discriminator.net(fake.detach()).reshape(n, 1)
+    (softplus(-real_logits).mean() + softplus(fake_logits).mean()).backward()
+    d_optimizer.step()
+    g_optimizer.zero_grad(set_to_none=True)
+    discriminator.requires_grad_(False)
+    softplus(-discriminator.net(fake).reshape(n, 1)).mean().backward()
+    discriminator.requires_grad_(True)
+    g_optimizer.step()
+
+
+def timed(step, count: int) -> list[float]:
+    """Seconds per call of `count` calls after two warm-up calls (compiles, caches)."""
+    step(), step()
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--image-size", type=int, default=8)
+    parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--width", type=int, default=None, help="DCGAN width (GANLoop default)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per side")
+    parser.add_argument("--threads", type=int, default=2, help="PyTorch's intra-op threads")
+    args = parser.parse_args()
+    import torch
+    torch.set_num_threads(args.threads)
+
+    minigen.manual_seed(0)
+    config = default_config(GANLoop, width=args.width, batch_size=args.batch_size)
+    config.update(data_kind="images", data_shape=[args.channels, args.image_size, args.image_size])
+    loop = GANLoop(config, "cpu")
+    generator, discriminator = (torch_twin(m, torch) for m in (loop.generator, loop.discriminator))
+    betas = (config["beta1"], config["beta2"])
+    g_optimizer = torch.optim.Adam(generator.parameters(), lr=config["lr"], betas=betas)
+    d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config["lr"], betas=betas)
+
+    # The twins agree before anything is timed.
+    z = loop.noise(4)
+    loop.generator.eval(), generator.eval()
+    with minigen.no_grad(), torch.no_grad():
+        ours = loop.generator(z).numpy()
+        theirs = generator.net(torch.tensor(z.numpy()).reshape(4, -1, 1, 1)).numpy()
+    loop.generator.train(), generator.train()
+    difference = float(np.abs(ours - theirs).max())
+    assert difference < 1e-4, f"the PyTorch twin's generator differs by {difference}"
+
+    rng = np.random.default_rng(0)
+    real = rng.uniform(-1, 1, (args.batch_size, args.channels, args.image_size,
+                               args.image_size)).astype(np.float32)
+    real_ours, real_theirs = minigen.tensor(real), torch.tensor(real)
+    ours = timed(lambda: loop.train_step(real_ours, None, 0), args.steps)
+    theirs = timed(lambda: torch_step(generator, discriminator, g_optimizer, d_optimizer,
+                                      real_theirs, loop.latent_dim, torch), args.steps)
+    parameters = sum(p.numel() for m in loop.models().values() for p in m.parameters())
+    print(f"DCGAN training step, {args.channels}x{args.image_size}x{args.image_size} images, "
+          f"width {loop.width}, "
+          f"batch {args.batch_size}, {parameters:,} parameters; PyTorch {torch.__version__} with "
+          f"{args.threads} threads; {args.steps} steps each (median / best)")
+    print(f"  minigen  {1e3 * statistics.median(ours):8.1f} ms / {1e3 * min(ours):8.1f} ms")
+    print(f"  pytorch  {1e3 * statistics.median(theirs):8.1f} ms / {1e3 * min(theirs):8.1f} ms")
+    print(f"  ratio minigen / pytorch: {statistics.median(ours) / statistics.median(theirs):.2f} "
+          f"(median), {min(ours) / min(theirs):.2f} (best)")
+
+
+if __name__ == "__main__":
+    main()
