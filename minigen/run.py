@@ -70,13 +70,15 @@ class TrainingInterrupted(Exception):
 
 
 class TrainingLoop:
-    """The base class of every training loop; see loop_interface in the docs of each loop.
+    """The base class of every training loop (DDPMLoop, GANLoop): what the harness calls.
 
     A subclass builds its models, optimizers and EMAs from `config` alone (so the same class
     rebuilds a trained loop from a checkpoint), does one step in `train_step`, and draws samples
     in `sample`. Randomness must come only from minigen's default generators (minigen.randn and
     friends), which the harness seeds and checkpoints: that makes a resumed run equal a straight
     one bit for bit. Raise ValueError for a bad option; the harness reports it as one line.
+    sample() may switch models to eval mode (or to EMA weights) but must leave them as it found
+    them, since training continues after each picture.
     """
 
     name: str = ""                   # the word in `minigen train NAME`
@@ -225,7 +227,10 @@ def resumed_options(loop_cls: type[TrainingLoop], options: dict, explicit: set |
     """
     path = options["resume"]
     saved, _ = read_checkpoint_config(path)
-    if saved.get("loop") != loop_cls.name:
+    if not saved.get("loop"):
+        raise UserError(f"{path} records no training loop in its config, so it cannot be "
+                        "resumed; pass a checkpoint written by `minigen train`")
+    if saved["loop"] != loop_cls.name:
         raise UserError(f"{path} was written by the {saved.get('loop')!r} loop, not "
                         f"{loop_cls.name!r}; resume it with `minigen train {saved.get('loop')} "
                         f"--resume {path}`")

@@ -284,3 +284,10 @@ def test_a_bad_dataset_leaves_no_output_folder_behind(tmp_path):
     with pytest.raises(UserError):
         train(TinyLoop, tiny_config(tmp_path / "new", dataset="nonexistent"), say=lambda _: None)
     assert not (tmp_path / "new").exists()
+
+
+def test_resuming_a_checkpoint_that_records_no_loop_is_refused(tmp_path):
+    minigen.save_checkpoint(tmp_path / "bare.h5", step=3, config={})
+    with pytest.raises(UserError, match="records no training loop"):
+        train(TinyLoop, dict(default_config(TinyLoop), resume=str(tmp_path / "bare.h5")),
+              explicit={"resume"}, say=lambda _: None)
