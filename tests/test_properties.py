@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from scipy.special import logsumexp as scipy_logsumexp
 
 import minigen
 import minigen.functional as F
@@ -137,12 +136,12 @@ def test_reductions_over_any_dims_match_numpy_and_pass_gradcheck(name, case, see
 
 @examples
 @given(case=shape_dims_keepdim(allow_all=False), seed=st.integers(0, 2**16))
-def test_logsumexp_over_any_dims_matches_scipy_and_passes_gradcheck(case, seed):
+def test_logsumexp_over_any_dims_matches_numpy_and_passes_gradcheck(case, seed):
     shape, dim, keepdim = case
     x = leaf(np.random.default_rng(seed).standard_normal(shape) * 3)
     out = F.logsumexp(x, dim, keepdim=keepdim)
-    np.testing.assert_allclose(out.detach().numpy(),
-                               scipy_logsumexp(x.data, numpy_axis(dim), keepdims=keepdim))
+    expected = np.log(np.sum(np.exp(x.data), numpy_axis(dim), keepdims=keepdim))  # small values
+    np.testing.assert_allclose(out.detach().numpy(), expected)
     assert minigen.gradcheck(lambda x: F.logsumexp(x, dim, keepdim=keepdim), [x])
 
 
