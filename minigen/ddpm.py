@@ -8,11 +8,12 @@ math lives in minigen.diffusion; the harness (minigen.run) does data, checkpoint
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 import numpy as np
 
 import minigen
-from minigen import backend, diffusion, viz
+from minigen import backend, diffusion, editing, viz
 from minigen.models.denoiser_mlp import MLPDenoiser
 from minigen.models.unet import UNet
 from minigen.nn.utils import clip_grad_norm_
@@ -23,6 +24,7 @@ SAMPLERS = ("ddpm", "ddim")
 SAMPLE_CHUNK = 256          # images denoised together when sampling
 TRAJECTORY_ROWS = 8         # samples shown in a trajectory strip
 TRAJECTORY_COLUMNS = 11     # states shown per sample, from pure noise to the image
+DEFAULT_GUIDANCE = 3.0      # classifier-free guidance scale when a class is asked for
 
 
 def _channel_mults(text: str) -> tuple[int, ...]:
@@ -92,6 +94,12 @@ class DDPMLoop(TrainingLoop):
                             help="ancestral sampler's sigma_t^2")
         parser.add_argument("--trajectory", default=None, metavar="PNG",
                             help="also write a strip from pure noise to the samples")
+        parser.add_argument("--class", dest="class_label", type=int, default=None, metavar="C",
+                            help="draw class C (a model trained with --conditional)")
+        parser.add_argument("--guidance", type=float, default=None, metavar="W",
+                            help="classifier-free guidance scale with --class: 0 ignores the "
+                                 "class, 1 is the conditional model, more follows it more "
+                                 f"strictly (default with --class: {DEFAULT_GUIDANCE:g})")
 
     def __init__(self, config: dict, device: str):
         super().__init__(config, device)
@@ -167,38 +175,55 @@ class DDPMLoop(TrainingLoop):
         self.ema.update()
         return scalars
 
+    @contextlib.contextmanager
+    def guided(self, class_label=None, guidance: float | None = None):
+        """The EMA network as a denoiser(x_t, t) for the samplers and editors (minigen.editing),
+        guided toward class_label with scale guidance (default DEFAULT_GUIDANCE); a plain
+        unconditional denoiser when class_label is None. Training weights are back on exit."""
+        if class_label is None and guidance is not None:
+            raise ValueError("--guidance weighs the prediction for --class against the "
+                             "unconditional one; pass --class C with it")
+        if class_label is not None:
+            # a clear error now, not inside the first denoising step
+            editing.class_labels(class_label, int(np.size(class_label)), self.num_classes)
+        guidance = DEFAULT_GUIDANCE if guidance is None else guidance
+        self.model.eval()
+        try:
+            with self.ema.average_parameters(self.model):
+                yield editing.guided_denoiser(self.model, class_label, guidance)
+        finally:
+            self.model.train()
+
     def sample(self, n: int, sampler: str = "ddim", sampling_steps: int = 50, eta: float = 0.0,
-               variance: str = "beta", trajectory: str | None = None) -> np.ndarray:
-        """n samples from the EMA weights: images in [-1, 1] (n, C, H, W) or points (n, D)."""
+               variance: str = "beta", trajectory: str | None = None,
+               class_label: int | None = None, guidance: float | None = None) -> np.ndarray:
+        """n samples from the EMA weights: images in [-1, 1] (n, C, H, W) or points (n, D);
+        of class `class_label` with classifier-free guidance `guidance` if given."""
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
         if trajectory is not None and not self.images:
             raise ValueError("--trajectory draws a strip of images; this model makes points")
         chunks = []
-        self.model.eval()
-        try:
-            with self.ema.average_parameters(self.model):
-                for start in range(0, n, SAMPLE_CHUNK):
-                    count = min(SAMPLE_CHUNK, n - start)
-                    want_path = trajectory is not None and start == 0
-                    result = self._sample_chunk(count, sampler, sampling_steps, eta, variance,
-                                                want_path)
-                    if want_path:
-                        result, path = result
-                        self._write_trajectory(path, trajectory)
-                    chunks.append(backend.to_numpy(result.data))
-        finally:
-            self.model.train()
+        with self.guided(class_label, guidance) as denoiser:
+            for start in range(0, n, SAMPLE_CHUNK):
+                count = min(SAMPLE_CHUNK, n - start)
+                want_path = trajectory is not None and start == 0
+                result = self._sample_chunk(denoiser, count, sampler, sampling_steps, eta,
+                                            variance, want_path)
+                if want_path:
+                    result, path = result
+                    self._write_trajectory(path, trajectory)
+                chunks.append(backend.to_numpy(result.data))
         return np.concatenate(chunks).reshape(n, *self.data_shape)
 
-    def _sample_chunk(self, count: int, sampler: str, sampling_steps: int, eta: float,
+    def _sample_chunk(self, denoiser, count: int, sampler: str, sampling_steps: int, eta: float,
                       variance: str, return_trajectory: bool):
         common = dict(device=self.device, prediction=self.prediction, clip_x0=self.images,
                       return_trajectory=return_trajectory, trajectory_length=TRAJECTORY_COLUMNS)
         shape = (count, *self.data_shape)
         if sampler == "ddpm":
-            return diffusion.ddpm_sample(self.model, self.schedule, shape, variance=variance, **common)
-        return diffusion.ddim_sample(self.model, self.schedule, shape, steps=sampling_steps,
+            return diffusion.ddpm_sample(denoiser, self.schedule, shape, variance=variance, **common)
+        return diffusion.ddim_sample(denoiser, self.schedule, shape, steps=sampling_steps,
                                      eta=eta, **common)
 
     @staticmethod
