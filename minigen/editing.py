@@ -38,7 +38,7 @@ def class_labels(labels, count: int, num_classes: int | None, device: str = "cpu
     length count is taken as it is. Checks that the model is conditional and the classes exist."""
     if num_classes is None:
         raise ValueError("this model is unconditional (trained without --conditional), so it "
-                         "cannot be asked for a class; drop the class, or train a conditional "
+                         "cannot be asked for a class; drop --class, or train a conditional "
                          "model with `minigen train ddpm --conditional`")
     if isinstance(labels, Tensor):
         labels = labels.data

@@ -10,9 +10,13 @@ import numpy as np
 import pytest
 
 import minigen
-from minigen import diffusion, editing
+from minigen import cli, diffusion, editing, run
+from minigen.ddpm import DDPMLoop
 from minigen.diffusion import NoiseSchedule
 from minigen.models.unet import UNet
+from tiny_loop import cheap_plots  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("cheap_plots")
 
 CLASS_MEANS, CLASS_STD = np.array([[-0.5, -0.5], [0.5, 0.5]]), 0.1
 
@@ -255,3 +259,60 @@ def test_mask_png_regenerates_white_pixels_and_images_read_into_minus_one_to_one
     assert image.shape == (1, 8, 8) and image.min() == -1 and image.max() == 1
     with pytest.raises(ValueError, match="top, bottom"):
         editing.read_mask("diagonal", 8, 8)
+
+
+# ---- the conditional DDPM loop ---------------------------------------------------------------
+TINY_CONDITIONAL = dict(base_channels=8, channel_mults="1", timesteps=50, batch_size=8,
+                        eval_samples=0, warmup_steps=1, sample_every=0, conditional=True)
+
+
+def conditional_loop(num_classes=10, **overrides) -> DDPMLoop:
+    config = run.default_config(DDPMLoop, **{**TINY_CONDITIONAL, **overrides})
+    config.update(loop="ddpm", dataset="digits", data_kind="images", data_shape=[1, 8, 8],
+                  num_classes=num_classes)
+    minigen.manual_seed(0)
+    return DDPMLoop(config, "cpu")
+
+
+@pytest.mark.parametrize("label_dropout", [0.0, 0.5])
+def test_training_drops_labels_to_the_null_class_at_the_label_dropout_rate(label_dropout):
+    loop = conditional_loop(label_dropout=label_dropout)
+    seen, forward = [], loop.model.forward
+    loop.model.forward = lambda x, t, labels=None: seen.append(labels.numpy()) or forward(x, t, labels)
+    labels = np.arange(200) % 10
+    loop.train_step(minigen.zeros(200, 1, 8, 8), minigen.tensor(labels), step=0)
+    null = seen[0] == 10
+    assert null.mean() == pytest.approx(label_dropout, abs=0.1)
+    np.testing.assert_array_equal(seen[0][~null], labels[~null])
+
+
+def test_conditional_needs_labels_and_guidance_needs_a_class():
+    with pytest.raises(ValueError, match="--conditional needs class labels"):
+        conditional_loop(num_classes=None)
+    with pytest.raises(ValueError, match="pass --class C"):
+        conditional_loop().sample(2, guidance=3.0)
+
+
+def saved_checkpoint(loop: DDPMLoop, folder) -> str:
+    """The loop saved as `minigen train` saves it (models, EMAs, its config), without training."""
+    path = str(folder / "checkpoint.h5")
+    minigen.save_checkpoint(path, models=loop.models(), optimizers=loop.optimizers(),
+                            ema=loop.emas(), step=0, config=loop.config)
+    return path
+
+
+def test_a_conditional_checkpoint_says_so_and_samples_the_asked_class(tmp_path):
+    loop, config, _ = run.load_trained(saved_checkpoint(conditional_loop(), tmp_path), DDPMLoop)
+    assert config["conditional"] is True and loop.model.num_classes == 10
+    minigen.manual_seed(0)
+    samples = loop.sample(3, sampling_steps=4, class_label=7, guidance=3.0)
+    assert samples.shape == (3, 1, 8, 8) and np.abs(samples).max() <= 1
+
+
+def test_asking_an_unconditional_checkpoint_for_a_class_is_one_line_naming_the_fix(tmp_path,
+                                                                                  capsys):
+    path = saved_checkpoint(conditional_loop(conditional=False), tmp_path)
+    code = cli.main(["sample", path, "--class", "3", "--out", str(tmp_path / "s.png")])
+    error = capsys.readouterr().err
+    assert code == 2 and "unconditional" in error and "--conditional" in error
+    assert "Traceback" not in error and not (tmp_path / "s.png").exists()
