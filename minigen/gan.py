@@ -23,6 +23,7 @@ from minigen.tensor import Tensor
 LOSSES = ("nonsaturating", "minimax", "hinge", "wgan-gp")
 PROBABILISTIC_LOSSES = ("nonsaturating", "minimax")  # D(x) = sigmoid(logit) is a probability
 DEFAULT_LR = 2e-4    # Adam's step size in DCGAN (Radford et al., 2016), for G and D alike
+POINTS_LR = 1e-3     # the toy MLPs are small and their data simple: a larger step
 SAMPLE_CHUNK = 1000  # samples drawn per forward pass of G
 
 
@@ -105,14 +106,15 @@ class GANLoop(TrainingLoop):
     Algorithm 1), under the minimax, non-saturating, hinge or WGAN-GP loss.
 
     Points get the MLP G and D, images the DCGAN pair. G maps z ~ N(0, I) to samples; D gives
-    one logit per sample. Adam with the DCGAN settings (lr 2e-4, betas (0.5, 0.999)) drives both.
+    one logit per sample. Adam with the DCGAN settings (lr 2e-4, betas (0.5, 0.999)) drives both
+    (lr 1e-3 on points unless --lr says otherwise).
     """
 
     name = "gan"
     default_dataset = "digits"
     default_steps = 2000          # recognisable 8x8 digits in a few minutes on two cores
     default_batch_size = 64
-    default_lr = DEFAULT_LR
+    default_lr = None             # None: DEFAULT_LR for images, POINTS_LR for points
 
     @classmethod
     def add_arguments(cls, parser) -> None:
@@ -159,7 +161,8 @@ class GANLoop(TrainingLoop):
             self.discriminator = dcgan_init(DCGANDiscriminator(channels, height, self.width, norm))
         self.generator.to(device)
         self.discriminator.to(device)
-        lr = float(config.get("lr") or DEFAULT_LR)
+        lr = float(config.get("lr") or (POINTS_LR if config.get("data_kind") == "points"
+                                        else DEFAULT_LR))
         betas = (float(config.get("beta1", 0.5)), float(config.get("beta2", 0.999)))
         self.g_optimizer = Adam(self.generator.parameters(), lr=lr, betas=betas)
         self.d_optimizer = Adam(self.discriminator.parameters(), lr=lr, betas=betas)

@@ -261,3 +261,33 @@ def test_resumed_run_equals_straight_run_bit_for_bit(tmp_path, dataset, loss):
         other = loops[1].models()[key].state_dict()
         for name, tensor in model.state_dict().items():
             assert np.array_equal(tensor.data, other[name].data), f"{key}.{name} differs"
+
+
+@pytest.mark.parametrize("kind, expected", [("images", 2e-4), ("points", 1e-3)])
+def test_learning_rate_defaults_to_dcgan_for_images_and_larger_for_the_toy_mlps(kind, expected):
+    config = default_config(GANLoop, width=8)
+    config.update(data_kind=kind, data_shape=[1, 8, 8] if kind == "images" else [2])
+    loop = GANLoop(config, "cpu")
+    for optimizer in loop.optimizers().values():
+        assert optimizer.param_groups[0]["lr"] == expected
+        assert optimizer.param_groups[0]["betas"] == (0.5, 0.999)
+
+
+@pytest.fixture(scope="module")
+def ring8_checkpoint(tmp_path_factory):
+    """A GAN checkpoint on ring8 after one step of the harness."""
+    out = tmp_path_factory.mktemp("gan-ring8")
+    options = default_config(GANLoop, dataset="ring8", steps=1, batch_size=8, width=8,
+                             out=str(out), eval_samples=0)
+    train(GANLoop, options, progress=False, say=lambda message: None)
+    return out / "checkpoint.h5"
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".png"])
+def test_minigen_sample_reads_a_gan_checkpoint(tmp_path, ring8_checkpoint, suffix):
+    from minigen import cli
+    out = tmp_path / f"samples{suffix}"
+    assert cli.main(["sample", str(ring8_checkpoint), "--n", "10", "--out", str(out)]) == 0
+    assert out.stat().st_size > 0
+    if suffix == ".npy":
+        assert np.load(out).shape == (10, 2)
