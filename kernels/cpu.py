@@ -35,7 +35,7 @@ _jit = dict(nogil=True, cache=True)
 def _valid_range(offset, stride, out_size, in_size):
     """The outputs o in [lo, hi) whose input position o * stride + offset lies in [0, in_size);
     the rest read padding. Splitting on it keeps bounds checks out of the inner loops."""
-    lo = max(0, (stride - 1 - offset) // stride)
+    lo = min(out_size, max(0, (stride - 1 - offset) // stride))
     hi = min(out_size, (in_size - 1 - offset) // stride + 1)
     return lo, max(lo, hi)
 
@@ -62,7 +62,7 @@ def _im2col(x, n_start, cols, kernel, stride, padding, dilation, out_hw):
         ow_lo, ow_hi = _valid_range(w_offset, stride_w, out_w, width)
         for b in range(batch):
             n, base = n_start + b, b * pixels
-            if same_width:
+            if same_width and ow_lo < ow_hi:
                 # Stride 1 and output rows as wide as input rows ("same" padding): the valid
                 # band is one shifted run of the flat plane, copied at memcpy speed; then the
                 # few entries that wrapped into a neighbouring row are set to the zero padding.

@@ -99,6 +99,7 @@ CONV_CASES = [
     ConvCase("rectangular_everything", 2, 3, 4, 9, 10, kernel_size=(3, 2), stride=(2, 1),
              padding=(1, 0), dilation=(1, 2)),
     ConvCase("no_padding_stride_3", 2, 2, 3, 10, 11, stride=3),
+    ConvCase("padding_wider_than_input", 2, 2, 3, 1, 2, kernel_size=7, padding=3),
 ]
 
 
