@@ -151,10 +151,9 @@ def _image_measures(samples: np.ndarray, dataset) -> dict:
         return {"note": f"{dataset.name} has no labels, so there is no classifier and no "
                         "feature FID"}
     classifier, held_out = load_classifier(dataset)
-    n = min(len(samples), len(dataset.train))
     histogram = class_histogram(samples, dataset, classifier)
-    return {"fid": feature_fid(samples[:n], dataset.test, classifier),
-            "fid_floor": fid_floor(dataset, n, classifier),
+    return {"fid": feature_fid(samples, dataset.test, classifier),
+            "fid_floor": fid_floor(dataset, len(samples), classifier),
             "class_histogram": histogram,
             "classes_covered": int(sum(count >= MODE_MIN_SHARE * len(samples)
                                        for count in histogram)),
@@ -165,13 +164,17 @@ def evaluate(samples, dataset, n: int | None = None) -> dict:
     """The quality measures that fit `dataset`, as a JSON-able dict of plain Python values.
 
     samples: images (N, C, H, W) in [-1, 1] or points (N, D), the first n of them used (all by
-    default). Images: fid (against the whole held-out split) and fid_floor (n training images
-    against the same split: compare the two at equal n), class_histogram, classes_covered,
-    classifier_accuracy. Points: distance_to_data and its floor; on mixtures modes_covered,
-    num_modes, high_quality_fraction, samples_per_mode; on 1D data the mean and std.
+    default; images: at most as many as the training split holds). Images: fid (against the
+    whole held-out split) and fid_floor (n training images against the same split: compare the
+    two at equal n), class_histogram, classes_covered, classifier_accuracy. Points:
+    distance_to_data (mean distance from a sample to the nearest held-out point) and its floor
+    (training points instead of samples); on mixtures modes_covered, num_modes,
+    high_quality_fraction, samples_per_mode; on 1D data the mean and std beside the data's.
     """
     samples = backend.to_numpy(samples)
     samples = samples if n is None else samples[:n]
+    if dataset.kind == "images":  # the floor needs as many real training images
+        samples = samples[:len(dataset.train)]
     if tuple(samples.shape[1:]) != dataset.shape:
         raise ValueError(f"evaluate: samples of shape {tuple(samples.shape[1:])} but "
                          f"{dataset.name} holds {dataset.kind} of shape {dataset.shape}; pass "

@@ -112,7 +112,8 @@ def accuracy(model: ImageClassifier, images, labels) -> float:
     return float((predicted == backend.to_numpy(labels)).mean())
 
 
-def train_classifier(dataset, device: str = "cpu", say=_say) -> tuple[ImageClassifier, float, float]:
+def train_classifier(dataset, device: str = "cpu",
+                     say=_say) -> tuple[ImageClassifier, float, float]:
     """Train an ImageClassifier on dataset.train with Adam, the learning rate falling linearly
     to zero; returns (model, held-out accuracy, seconds). Seeded, and the default generators are
     put back afterwards, so training a classifier never changes a run's randomness."""
