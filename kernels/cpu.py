@@ -4,6 +4,10 @@ Convolution is im2col + GEMM (gemm_conv.py) with the parallel Numba im2col / col
 the batch taken in chunks whose columns fit in cache (COLUMNS_BUDGET_BYTES). Pooling and
 upsampling are direct Numba loops, parallel over the (n, c) planes. All Numba functions are
 compiled on first use and cached next to this file (cache=True).
+
+Measured (float32, 3x3, padding 1, one thread, CPU time; benchmarks/bench_conv_direct.py):
+a direct Numba loop nest took 6.3x (N=32, C=64, 16x16), 1.6x (N=64, C=32, 32x32) and 11x
+(N=64, C=128, 8x8) the time of im2col + GEMM, so every shape goes through im2col.
 """
 from __future__ import annotations
 
@@ -23,6 +27,8 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
 # Columns of a chunk of samples take at most this many bytes (at least one sample per chunk).
+# 1 to 4 MiB measured best; for N=64, C=32, 32x32 the whole batch's 72 MiB of columns made
+# forward + backward 1.8x slower than 4 MiB chunks, which stay in cache between im2col and GEMM.
 COLUMNS_BUDGET_BYTES = 4 * 2**20
 
 _jit = dict(nogil=True, cache=True)
