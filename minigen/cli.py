@@ -16,7 +16,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from minigen import __version__, backend
+import numpy as np
+
+import minigen
+from minigen import __version__, backend, editing, viz
 from minigen.checkpoint import CheckpointError, inspect_checkpoint
 from minigen.run import (EVAL_SAMPLES, TrainingInterrupted, UserError, add_common_arguments,
                          draw_samples, load_run_data, load_trained, quality_measures,
@@ -272,6 +275,125 @@ def eval_command(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------
+# minigen inpaint / img2img: editing an image with a trained DDPM (minigen.editing)
+# ---------------------------------------------------------------------------------------
+def _add_editing_arguments(parser: Parser) -> None:
+    parser.add_argument("checkpoint", metavar="CKPT",
+                        help="a checkpoint of `minigen train ddpm` (--conditional for --class)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", metavar="PNG",
+                        help="the picture to edit (made grey or RGB and resized to the model's)")
+    source.add_argument("--index", type=int, metavar="I",
+                        help="edit image I of the held-out split of the checkpoint's dataset")
+    parser.add_argument("--class", dest="class_label", type=int, default=None, metavar="C",
+                        help="make the result class C (a model trained with --conditional)")
+    parser.add_argument("--guidance", type=float, default=None, metavar="W",
+                        help="classifier-free guidance scale with --class (default: 3)")
+    parser.add_argument("--n", type=int, default=4, help="edited versions to draw")
+    parser.add_argument("--sampling-steps", type=int, default=50,
+                        help="denoising steps over the whole range 0..T")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the noise")
+    parser.add_argument("--device", choices=backend.DEVICES, default="cpu",
+                        help="where to run")
+    parser.add_argument("--out", required=True, metavar="FILE",
+                        help=".png: a strip (the input, then the edits); .npy: the edits as an "
+                             "array (N, C, H, W) in [-1, 1]")
+
+
+def _editing_input(args):
+    """(loop, image (C, H, W) in [-1, 1]) for an inpaint / img2img command line."""
+    if not args.out.endswith((".png", ".npy")):
+        raise UserError(f"--out {args.out}: pass a file name ending in .png or .npy")
+    if args.n < 1:
+        raise UserError(f"--n is {args.n}; pass the number of edits to draw, 1 or more")
+    config, _ = read_checkpoint_config(args.checkpoint)
+    if config.get("loop") != "ddpm" or config.get("data_kind") != "images":
+        raise UserError(f"{args.checkpoint} holds a {config.get('loop')} model of "
+                        f"{config.get('data_kind')}; {args.command} needs a DDPM of images "
+                        "(minigen train ddpm)")
+    loop, config, _ = load_trained(args.checkpoint, loop_class("ddpm"), args.device)
+    if args.image is not None:
+        try:
+            return loop, editing.read_image(args.image, config["data_shape"])
+        except ValueError as error:
+            raise UserError(str(error)) from None
+    test = load_run_data(config).test
+    if not 0 <= args.index < len(test):
+        raise UserError(f"--index {args.index}: the held-out split of {config['dataset']} has "
+                        f"{len(test)} images; pass 0 to {len(test) - 1}")
+    return loop, backend.to_numpy(test[args.index])
+
+
+def _edit(args, loop, image, edit):
+    """edit(denoiser, images) on n copies of image, seeded, with the loop's guided denoiser."""
+    images = minigen.Tensor(backend.to_device(np.repeat(image[None], args.n, axis=0),
+                                              loop.device))
+    minigen.manual_seed(args.seed)
+    try:
+        with loop.guided(args.class_label, args.guidance) as denoiser:
+            return backend.to_numpy(edit(denoiser, images).data)
+    except ValueError as error:
+        raise UserError(f"{args.command}: {error}") from None
+
+
+def _write_edits(path: str, shown_first: list, edits) -> None:
+    if path.endswith(".npy"):
+        np.save(path, edits)
+    else:
+        viz.save_strip(np.concatenate([np.stack(shown_first), edits]), path)
+    print(f"wrote {len(edits)} edits to {path}", file=sys.stderr)
+
+
+def inpaint_parser(root: Parser, subparsers) -> None:
+    parser = root.add_command(
+        subparsers, "inpaint", inpaint_command, help="regenerate part of an image (RePaint)",
+        description="Regenerate the masked part of an image so that it fits the rest (RePaint: "
+                    "the kept pixels are re-noised to each step's level, with jumps back up to "
+                    "harmonise). With --class the new part makes the image that class.")
+    _add_editing_arguments(parser)
+    parser.add_argument("--mask", required=True, metavar="REGION|PNG",
+                        help=f"the part to regenerate: {', '.join(editing.MASKS)}, or a PNG "
+                             "whose white pixels are regenerated")
+    parser.add_argument("--jump-length", type=int, default=5,
+                        help="RePaint: steps of each jump back up")
+    parser.add_argument("--resamplings", type=int, default=5,
+                        help="RePaint: times each stretch is walked down")
+
+
+def inpaint_command(args) -> int:
+    loop, image = _editing_input(args)
+    try:
+        hidden = editing.read_mask(args.mask, *image.shape[1:])
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    edits = _edit(args, loop, image, lambda denoiser, images: editing.inpaint(
+        denoiser, loop.schedule, images, 1 - hidden, steps=args.sampling_steps,
+        jump_length=args.jump_length, resamplings=args.resamplings, prediction=loop.prediction))
+    _write_edits(args.out, [image, np.where(hidden == 1, 0.0, image)], edits)
+    return 0
+
+
+def img2img_parser(root: Parser, subparsers) -> None:
+    parser = root.add_command(
+        subparsers, "img2img", img2img_command, help="redraw an image from a noised copy (SDEdit)",
+        description="Noise an image to step strength * T and denoise it (SDEdit): low strength "
+                    "keeps the image, high strength keeps only its rough shape. With --class "
+                    "the result leans toward that class.")
+    _add_editing_arguments(parser)
+    parser.add_argument("--strength", type=float, default=0.6,
+                        help="how much noise: 0 keeps the image, 1 starts from pure noise")
+
+
+def img2img_command(args) -> int:
+    loop, image = _editing_input(args)
+    edits = _edit(args, loop, image, lambda denoiser, images: editing.img2img(
+        denoiser, loop.schedule, images, args.strength, steps=args.sampling_steps,
+        prediction=loop.prediction))
+    _write_edits(args.out, [image], edits)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
 # minigen inspect / demo
 # ---------------------------------------------------------------------------------------
 def inspect_parser(root: Parser, subparsers) -> None:
@@ -321,7 +443,8 @@ def demo_command(args) -> int:
 # Entry point
 # ---------------------------------------------------------------------------------------
 # Each subcommand: the function that adds its parser. More are added here.
-COMMANDS = [train_parser, sample_parser, eval_parser, inspect_parser, demo_parser]
+COMMANDS = [train_parser, sample_parser, inpaint_parser, img2img_parser, eval_parser,
+            inspect_parser, demo_parser]
 
 
 def build_parser() -> Parser:
