@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import minigen
-from minigen import cli, diffusion, editing, run
+from minigen import cli, diffusion, editing, run, viz
+from minigen.data import load_dataset
 from minigen.ddpm import DDPMLoop
 from minigen.diffusion import NoiseSchedule
 from minigen.models.unet import UNet
@@ -316,3 +317,67 @@ def test_asking_an_unconditional_checkpoint_for_a_class_is_one_line_naming_the_f
     error = capsys.readouterr().err
     assert code == 2 and "unconditional" in error and "--conditional" in error
     assert "Traceback" not in error and not (tmp_path / "s.png").exists()
+
+
+# ---- the inpaint and img2img commands ----------------------------------------------------------
+FAST_EDIT = ["--n", "2", "--sampling-steps", "5"]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict:
+    """An untrained conditional and an unconditional tiny DDPM on the digits, saved as train does."""
+    folder = tmp_path_factory.mktemp("editing_checkpoints")
+    (folder / "unconditional").mkdir()
+    return {"conditional": saved_checkpoint(conditional_loop(), folder),
+            "unconditional": saved_checkpoint(conditional_loop(conditional=False),
+                                              folder / "unconditional")}
+
+
+def test_inpaint_command_keeps_the_unmasked_half_of_the_test_image(checkpoints, tmp_path):
+    out = tmp_path / "edits.npy"
+    assert cli.main(["inpaint", checkpoints["conditional"], "--index", "3", "--mask", "bottom",
+                     "--class", "8", "--jump-length", "2", "--resamplings", "2",
+                     "--out", str(out), *FAST_EDIT]) == 0
+    edits, original = np.load(out), load_dataset("digits").test[3]
+    assert edits.shape == (2, 1, 8, 8)
+    np.testing.assert_array_equal(edits[:, :, :4], np.broadcast_to(original[:, :4], (2, 1, 4, 8)))
+    assert not np.array_equal(edits[:, :, 4:], np.broadcast_to(original[:, 4:], (2, 1, 4, 8)))
+
+
+def test_img2img_command_writes_the_input_then_the_edits_in_one_strip(checkpoints, tmp_path):
+    from PIL import Image
+
+    digit = ((load_dataset("digits").test[0, 0] + 1) * 127.5).astype(np.uint8)
+    Image.fromarray(digit).resize((16, 16)).save(tmp_path / "digit.png")
+    out = tmp_path / "strip.png"
+    assert cli.main(["img2img", checkpoints["conditional"], "--image", str(tmp_path / "digit.png"),
+                     "--strength", "0.5", "--out", str(out), *FAST_EDIT]) == 0
+    strip, cell = np.asarray(Image.open(out)), 8 * viz.GRID_MIN_PIXELS // 8 + 1
+    assert strip.shape == (cell + 1, 3 * cell + 1)
+
+
+@pytest.mark.parametrize("which,arguments,message", [
+    ("unconditional", ["inpaint", "--mask", "top", "--class", "3"], "unconditional"),
+    ("conditional", ["inpaint", "--mask", "diagonal"], "top, bottom"),
+    ("conditional", ["img2img", "--strength", "2"], "from 0"),
+    ("conditional", ["img2img", "--class", "12"], "0..9"),
+])
+def test_editing_commands_refuse_bad_input_in_one_line(checkpoints, tmp_path, capsys, which,
+                                                       arguments, message):
+    command, *options = arguments
+    code = cli.main([command, checkpoints[which], "--index", "0", *options,
+                     "--out", str(tmp_path / "x.png"), *FAST_EDIT])
+    error = capsys.readouterr().err
+    assert code == 2 and message in error and "Traceback" not in error
+    assert len(error.strip().splitlines()) == 1
+
+
+def test_editing_commands_name_the_valid_indices_and_unreadable_images(checkpoints, tmp_path,
+                                                                       capsys):
+    assert cli.main(["img2img", checkpoints["conditional"], "--index", "5000",
+                     "--out", str(tmp_path / "x.png")]) == 2
+    assert "pass 0 to 296" in capsys.readouterr().err
+    (tmp_path / "bad.png").write_text("not a picture")
+    assert cli.main(["img2img", checkpoints["conditional"], "--image", str(tmp_path / "bad.png"),
+                     "--out", str(tmp_path / "x.png")]) == 2
+    assert "cannot read the image" in capsys.readouterr().err
