@@ -110,6 +110,10 @@ def conv2d_forward(backend: Im2col, x, weight, stride: Pair, padding: Pair, dila
     y = xp.empty((plan.batch, plan.out_channels, *out_hw), dtype=x.dtype)
     for start, count in plan.chunks():
         cols = backend.im2col(x, start, plan.columns(count), *plan.geometry)
+        if count == 1:  # the product is already in NCHW order: write it in place
+            xp.matmul(weight_matrix, plan.by_group(cols),
+                      out=y[start].reshape(groups, plan.out_channels // groups, -1))
+            continue
         product = xp.matmul(weight_matrix, plan.by_group(cols))
         # (C_out, count, pixels) -> (count, C_out, pixels): NCHW order.
         y[start:start + count] = product.reshape(plan.out_channels, count,
