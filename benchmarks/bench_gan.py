@@ -62,14 +62,17 @@ def torch_step(generator, discriminator, g_optimizer, d_optimizer, real, latent_
     g_optimizer.step()
 
 
-def timed(step, count: int) -> list[float]:
-    """Seconds per call of `count` calls after two warm-up calls (compiles, caches)."""
-    step(), step()
-    times = []
-    for _ in range(count):
-        start = time.perf_counter()
+def timed_in_turn(steps: list, count: int) -> list[list[float]]:
+    """Seconds per call of each step, the steps called in turn `count` times after two warm-up
+    rounds (compiles, caches), so that both sides meet the same load on a shared machine."""
+    for step in steps * 2:
         step()
-        times.append(time.perf_counter() - start)
+    times = [[] for _ in steps]
+    for _ in range(count):
+        for step, record in zip(steps, times):
+            start = time.perf_counter()
+            step()
+            record.append(time.perf_counter() - start)
     return times
 
 
@@ -91,9 +94,9 @@ def main() -> None:
     config.update(data_kind="images", data_shape=[args.channels, args.image_size, args.image_size])
     loop = GANLoop(config, "cpu")
     generator, discriminator = (torch_twin(m, torch) for m in (loop.generator, loop.discriminator))
-    betas = (config["beta1"], config["beta2"])
-    g_optimizer = torch.optim.Adam(generator.parameters(), lr=config["lr"], betas=betas)
-    d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config["lr"], betas=betas)
+    lr, betas = loop.g_optimizer.param_groups[0]["lr"], (config["beta1"], config["beta2"])
+    g_optimizer = torch.optim.Adam(generator.parameters(), lr=lr, betas=betas)
+    d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=betas)
 
     # The twins agree before anything is timed.
     z = loop.noise(4)
@@ -109,14 +112,15 @@ def main() -> None:
     real = rng.uniform(-1, 1, (args.batch_size, args.channels, args.image_size,
                                args.image_size)).astype(np.float32)
     real_ours, real_theirs = minigen.tensor(real), torch.tensor(real)
-    ours = timed(lambda: loop.train_step(real_ours, None, 0), args.steps)
-    theirs = timed(lambda: torch_step(generator, discriminator, g_optimizer, d_optimizer,
-                                      real_theirs, loop.latent_dim, torch), args.steps)
+    ours, theirs = timed_in_turn(
+        [lambda: loop.train_step(real_ours, None, 0),
+         lambda: torch_step(generator, discriminator, g_optimizer, d_optimizer, real_theirs,
+                            loop.latent_dim, torch)], args.steps)
     parameters = sum(p.numel() for m in loop.models().values() for p in m.parameters())
     print(f"DCGAN training step, {args.channels}x{args.image_size}x{args.image_size} images, "
           f"width {loop.width}, "
           f"batch {args.batch_size}, {parameters:,} parameters; PyTorch {torch.__version__} with "
-          f"{args.threads} threads; {args.steps} steps each (median / best)")
+          f"{args.threads} threads; {args.steps} steps each, in turn (median / best)")
     print(f"  minigen  {1e3 * statistics.median(ours):8.1f} ms / {1e3 * min(ours):8.1f} ms")
     print(f"  pytorch  {1e3 * statistics.median(theirs):8.1f} ms / {1e3 * min(theirs):8.1f} ms")
     print(f"  ratio minigen / pytorch: {statistics.median(ours) / statistics.median(theirs):.2f} "

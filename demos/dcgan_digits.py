@@ -70,7 +70,7 @@ def main() -> None:
     data = load_dataset("digits")
     config = default_config(GANLoop, seed=args.seed, steps=args.steps)
     config.update(loop=GANLoop.name, data_kind="images", data_shape=list(data.shape),
-                  num_classes=data.num_classes)  # as the harness writes it: `minigen sample` reads it
+                  num_classes=data.num_classes)  # as the harness writes it, for minigen sample
     loop = GANLoop(config, "cpu")
     batches = Batcher(data.train, config["batch_size"], seed=args.seed)
     z = loop.noise(SHOWN)

@@ -83,8 +83,8 @@ def main() -> None:
 
     minigen.manual_seed(args.seed)
     data = load_dataset("gauss1d", seed=args.seed)
-    config = dict(loss="nonsaturating", d_steps=args.d_steps, latent_dim=1, width=args.width, lr=args.lr,
-                  beta1=0.5, beta2=0.999, data_kind="points", data_shape=[1])
+    config = dict(loss="nonsaturating", d_steps=args.d_steps, latent_dim=1, width=args.width,
+                  lr=args.lr, beta1=0.5, beta2=0.999, data_kind="points", data_shape=[1])
     loop = GANLoop(config, "cpu")
     batches = Batcher(data.train, args.batch_size, seed=args.seed)
     grid = np.linspace(-2.0, 7.0, 400)
@@ -98,7 +98,8 @@ def main() -> None:
         loop.discriminator_step(minigen.tensor(batches.batch(step)), fake)
     panels.append(snapshot(loop, grid))
     for step in range(args.steps):
-        scalars = loop.train_step(minigen.tensor(batches.batch(args.d_steps_alone + step)), None, step)
+        real = minigen.tensor(batches.batch(args.d_steps_alone + step))
+        scalars = loop.train_step(real, None, step)
         if step + 1 == args.panel_c:
             panels.append(snapshot(loop, grid))
         if (step + 1) % 1000 == 0:
@@ -116,7 +117,9 @@ def main() -> None:
     samples = panels[-1]["samples"]
     print(f"wrote {', '.join(paths)} in {time.perf_counter() - started:.0f} s")
     print(f"generator: mean {samples.mean():.3f}, std {samples.std():.3f} (data: {centre}, {std})")
-    print(f"(b) after D alone: mean D(x) over the data {panels[1]['d'][np.abs(grid - centre) < 2 * std].mean():.3f}")
+    near_data = np.abs(grid - centre) < 2 * std
+    print(f"(b) after D alone: mean D(x) within 2 std of the data mean "
+          f"{panels[1]['d'][near_data].mean():.3f}")
     print(f"(d) mean |D(x) - 1/2| over the data at the end: {np.abs(d_on_data - 0.5).mean():.4f}")
 
 

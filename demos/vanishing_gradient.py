@@ -15,8 +15,6 @@ import argparse
 import os
 import time
 
-import numpy as np
-
 import minigen
 from minigen.data import Batcher, load_dataset
 from minigen.gan import GANLoop, generator_loss, gradient_norm
@@ -42,7 +40,8 @@ def draw(steps, norms: dict, d_fake, path: str) -> None:
     FigureCanvasAgg(figure)
     left, right = figure.subplots(1, 2)
     for (loss, values), colour in zip(norms.items(), ("tab:red", "tab:blue")):
-        label = {"minimax": "minimax: log(1 - D(G(z)))", "nonsaturating": "non-saturating: -log D(G(z))"}[loss]
+        label = {"minimax": "minimax: log(1 - D(G(z)))",
+                 "nonsaturating": "non-saturating: -log D(G(z))"}[loss]
         left.plot(steps, values, color=colour, linewidth=2, label=label)
     left.set_yscale("log")
     left.set_xlabel("steps of D trained alone (G frozen)")
@@ -96,7 +95,8 @@ def main() -> None:
             fake = loop.generator(loop.noise(config["batch_size"]))
         loop.discriminator_step(minigen.tensor(batches.batch(args.gan_steps + step)), fake)
 
-    paths = [os.path.join(args.out, "vanishing_gradient.png")] + ([args.figure] if args.figure else [])
+    paths = [os.path.join(args.out, "vanishing_gradient.png")]
+    paths += [args.figure] if args.figure else []
     for path in paths:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         draw(steps, norms, d_fake, path)

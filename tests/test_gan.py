@@ -53,13 +53,15 @@ def test_losses_at_zero_logits_take_their_textbook_values(loss, d_value, g_value
     zeros = np.zeros((3, 1))
     assert logit_grads(lambda r, f: discriminator_loss(r, f, loss), zeros, zeros)[0] == \
         pytest.approx(d_value, abs=1e-12)
-    assert logit_grads(lambda f: generator_loss(f, loss), zeros)[0] == pytest.approx(g_value, abs=1e-12)
+    assert logit_grads(lambda f: generator_loss(f, loss), zeros)[0] == \
+        pytest.approx(g_value, abs=1e-12)
 
 
 def test_minimax_generator_gradient_vanishes_where_the_nonsaturating_one_does_not():
     confident_reject = [[-10.0]]  # D(G(z)) = sigmoid(-10), about 5e-5
     _, (minimax,) = logit_grads(lambda f: generator_loss(f, "minimax"), confident_reject)
-    _, (nonsaturating,) = logit_grads(lambda f: generator_loss(f, "nonsaturating"), confident_reject)
+    _, (nonsaturating,) = logit_grads(lambda f: generator_loss(f, "nonsaturating"),
+                                      confident_reject)
     assert abs(minimax.item()) < 1e-4
     assert nonsaturating.item() == pytest.approx(-1.0, abs=1e-4)
 
@@ -74,7 +76,8 @@ def test_probabilistic_discriminator_loss_equals_binary_cross_entropy():
     real, fake = minigen.tensor([[1.5], [-0.5]]), minigen.tensor([[0.3], [-2.0]])
     expected = F.binary_cross_entropy_with_logits(real, minigen.ones(2, 1)) + \
         F.binary_cross_entropy_with_logits(fake, minigen.zeros(2, 1))
-    assert discriminator_loss(real, fake, "nonsaturating").item() == pytest.approx(expected.item(), rel=1e-6)
+    assert discriminator_loss(real, fake, "nonsaturating").item() == \
+        pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_unknown_loss_is_refused_with_the_choices():
@@ -107,7 +110,8 @@ def conv_critic(weights):
     (mlp_critic, (2,), [(16, 2), (16,), (1, 16), (1,)]),
     (conv_critic, (1, 6, 6), [(4, 1, 4, 4), (1, 4, 3, 3)]),
 ])
-def test_gradient_penalty_and_its_weight_gradients_match_pytorch(critic, sample_shape, weight_shapes):
+def test_gradient_penalty_and_its_weight_gradients_match_pytorch(critic, sample_shape,
+                                                                  weight_shapes):
     rng = np.random.default_rng(0)
     weights = [rng.standard_normal(shape) * 0.5 for shape in weight_shapes]
     real, fake = (rng.standard_normal((5, *sample_shape)) for _ in range(2))
@@ -178,7 +182,8 @@ def snapshot(module) -> dict:
 
 
 def changed(before: dict, module) -> list:
-    return [name for name, p in module.named_parameters() if not np.array_equal(before[name], p.data)]
+    return [name for name, p in module.named_parameters()
+            if not np.array_equal(before[name], p.data)]
 
 
 def real_batch(kind: str) -> minigen.Tensor:
@@ -187,7 +192,8 @@ def real_batch(kind: str) -> minigen.Tensor:
 
 @pytest.mark.parametrize("kind", ["points", "images"])
 @pytest.mark.parametrize("loss", LOSSES)
-def test_discriminator_step_moves_d_and_leaves_g_untouched_even_given_a_fake_with_a_graph(loss, kind):
+def test_discriminator_step_moves_d_and_leaves_g_untouched_even_given_a_fake_with_a_graph(
+        loss, kind):
     minigen.manual_seed(0)
     loop = GANLoop(tiny_config(loss, kind), "cpu")
     g_before, d_before = snapshot(loop.generator), snapshot(loop.discriminator)
