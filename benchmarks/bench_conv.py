@@ -9,7 +9,8 @@ On a busy machine wall time says little; `--clock process` counts CPU seconds in
 other programs do not inflate, and is fair when every library runs one thread (see below).
 
     python benchmarks/bench_conv.py                     # CPU, 2 threads, float32
-    OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/bench_conv.py --threads 1 --clock process
+    OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 \
+        python benchmarks/bench_conv.py --threads 1 --clock process
     python benchmarks/bench_conv.py --device cuda --impl kernels
     python benchmarks/bench_conv.py --compile-time
 """

@@ -37,7 +37,8 @@ def _check_positive(name: str, pair: Pair, minimum: int) -> None:
 
 def check_conv2d(input_shape, weight_shape, stride: Pair, padding: Pair, dilation: Pair,
                  groups: int) -> Pair:
-    """Validate a conv2d call (NCHW input, (C_out, C_in/groups, kH, kW) weight); return (H_out, W_out)."""
+    """Validate a conv2d call (NCHW input, weight (C_out, C_in/groups, kH, kW));
+    return (H_out, W_out)."""
     _check_positive("stride", stride, 1)
     _check_positive("dilation", dilation, 1)
     _check_positive("padding", padding, 0)
