@@ -171,7 +171,7 @@ def test_the_network_always_sees_the_known_pixels_noised_to_its_own_timestep():
 
 
 @pytest.mark.parametrize("known_value", [-0.5, 0.5])
-def test_inpainting_completes_the_hidden_coordinate_into_the_mode_the_known_one_implies(known_value):
+def test_inpainting_completes_the_hidden_coordinate_in_the_mode_the_known_one_implies(known_value):
     """Knowing one coordinate of the toy tells the class; the exact unconditional model fills
     the other one in from the same class. Without RePaint's jumps back up, some completions
     disagree with the known coordinate; with them, (almost) none do."""
@@ -279,7 +279,11 @@ def conditional_loop(num_classes=10, **overrides) -> DDPMLoop:
 def test_training_drops_labels_to_the_null_class_at_the_label_dropout_rate(label_dropout):
     loop = conditional_loop(label_dropout=label_dropout)
     seen, forward = [], loop.model.forward
-    loop.model.forward = lambda x, t, labels=None: seen.append(labels.numpy()) or forward(x, t, labels)
+    def recording_forward(x, t, labels=None):
+        seen.append(labels.numpy())
+        return forward(x, t, labels)
+
+    loop.model.forward = recording_forward
     labels = np.arange(200) % 10
     loop.train_step(minigen.zeros(200, 1, 8, 8), minigen.tensor(labels), step=0)
     null = seen[0] == 10
@@ -325,7 +329,7 @@ FAST_EDIT = ["--n", "2", "--sampling-steps", "5"]
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict:
-    """An untrained conditional and an unconditional tiny DDPM on the digits, saved as train does."""
+    """Untrained tiny DDPMs on the digits, conditional or not, saved as train saves them."""
     folder = tmp_path_factory.mktemp("editing_checkpoints")
     (folder / "unconditional").mkdir()
     return {"conditional": saved_checkpoint(conditional_loop(), folder),
