@@ -43,8 +43,10 @@ class DDPMLoop(TrainingLoop):
 
     name = "ddpm"
     default_dataset = "digits"
-    default_steps = 3000
-    default_batch_size = 128
+    # The main job (`minigen train ddpm`): 2,000 steps of 64 digits through a 32-channel U-Net
+    # give every class, clearly drawn, in well under 10 minutes on a 2-core CPU.
+    default_steps = 2000
+    default_batch_size = 64
     default_lr = 2e-3
     default_checkpoint_every = 1000
 
