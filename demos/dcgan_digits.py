@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from minigen.gan import GANLoop
 from minigen.run import default_config
 from minigen.viz import make_grid
 
+DOCS_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
 SHOWN = 16  # samples per grid
 
 
@@ -60,7 +62,7 @@ def main() -> None:
                         help="steps whose samples get a row (the last step always does)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/demos/dcgan_digits")
-    parser.add_argument("--figure", default="docs/images/dcgan_digits.png",
+    parser.add_argument("--figure", default=str(DOCS_IMAGES / "dcgan_digits.png"),
                         help="also write the figure here ('' to skip)")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)

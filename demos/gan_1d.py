@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -20,6 +21,7 @@ import minigen
 from minigen.data import Batcher, load_dataset
 from minigen.gan import GANLoop
 
+DOCS_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
 PANELS = ("(a) start", "(b) D trained alone", "(c) during training", "(d) end")
 
 
@@ -75,7 +77,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/demos/gan_1d")
-    parser.add_argument("--figure", default="docs/images/gan_1d.png",
+    parser.add_argument("--figure", default=str(DOCS_IMAGES / "gan_1d.png"),
                         help="also write the figure here ('' to skip)")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)

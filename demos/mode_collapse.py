@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from minigen.data import Batcher, load_dataset
 from minigen.gan import LOSSES, GANLoop
 from minigen.metrics import MODE_MIN_SHARE, mode_coverage
 
+DOCS_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
 EVAL_SAMPLES = 2500
 
 
@@ -103,7 +105,7 @@ def main() -> None:
                         metavar="LR:BATCH", help="Adam step size and batch size of each run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/demos/mode_collapse")
-    parser.add_argument("--figure", default="docs/images/mode_collapse.png",
+    parser.add_argument("--figure", default=str(DOCS_IMAGES / "mode_collapse.png"),
                         help="also write the figure here ('' to skip)")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)

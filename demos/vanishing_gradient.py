@@ -14,11 +14,14 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 import minigen
 from minigen.data import Batcher, load_dataset
 from minigen.gan import GANLoop, generator_loss, gradient_norm
 from minigen.run import default_config
+
+DOCS_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
 
 
 def generator_gradient_norm(loop: GANLoop, z: minigen.Tensor, loss: str) -> float:
@@ -66,7 +69,7 @@ def main() -> None:
     parser.add_argument("--measure-every", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/demos/vanishing_gradient")
-    parser.add_argument("--figure", default="docs/images/vanishing_gradient.png",
+    parser.add_argument("--figure", default=str(DOCS_IMAGES / "vanishing_gradient.png"),
                         help="also write the figure here ('' to skip)")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
