@@ -152,7 +152,8 @@ class GANLoop(TrainingLoop):
         else:
             channels, height, width_px = shape
             if height != width_px:
-                raise ValueError(f"DCGAN needs square images, got {height}x{width_px}")
+                raise ValueError(f"the DCGAN needs square images, got {height}x{width_px}; crop "
+                                 "or resize the dataset to a square size")
             self.latent_dim = int(config.get("latent_dim") or 100)
             self.width = int(config.get("width") or (32 if height <= 16 else 64))
             norm = "none" if self.loss == "wgan-gp" else "batch"
@@ -245,4 +246,6 @@ class GANLoop(TrainingLoop):
                     chunks.append(backend.to_numpy(self.generator(self.noise(count)).data))
         finally:
             self.generator.train(was_training)
-        return np.concatenate(chunks) if chunks else np.zeros((0,), np.float32)
+        if not chunks:
+            return np.zeros((0, *self.config["data_shape"]), np.float32)
+        return np.concatenate(chunks)
