@@ -26,8 +26,8 @@ from pathlib import Path
 
 from minigen import metrics
 from minigen.cli import loop_class
-from minigen.run import (default_config, draw_samples, load_run_data, load_trained,
-                         sample_defaults, train)
+from minigen.run import (UserError, default_config, draw_samples, load_run_data, load_trained,
+                         read_checkpoint_config, sample_defaults, train)
 
 LOOPS = ("gan", "ddpm")
 DATASETS = ("digits", "ring8")
@@ -37,6 +37,18 @@ COMMAND = "python benchmarks/results.py"
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def finished_run(out: Path, options: dict) -> dict | None:
+    """The training summary of a finished run in `out` with these options, or None."""
+    try:
+        config, step = read_checkpoint_config(str(out / "checkpoint.h5"))
+        summary = json.loads((out / "metrics.json").read_text())["training"]
+    except (UserError, OSError, ValueError, KeyError):
+        return None
+    same = all(config.get(key) == options[key] for key in ("loop", "dataset", "batch_size", "seed")
+               if key in options)
+    return summary if same and step == options["steps"] else None
 
 
 def run_one(loop_name: str, dataset_name: str, args, untrained: bool = False) -> dict:
@@ -53,12 +65,17 @@ def run_one(loop_name: str, dataset_name: str, args, untrained: bool = False) ->
         options["steps"] = args.steps[name]
     else:
         options["steps"] = max(1, round(options["steps"] * args.steps_scale))
-    say(f"--- {loop_name} on {dataset_name}: {options['steps']} steps of "
-        f"{options['batch_size']}")
-    summary = train(loop_cls, options, progress=args.progress, say=say)
+    summary = finished_run(out, options) if args.reuse else None
+    if summary is None:
+        say(f"--- {loop_name} on {dataset_name}: {options['steps']} steps of "
+            f"{options['batch_size']}")
+        summary = train(loop_cls, options, progress=args.progress, say=say)
+    else:
+        say(f"--- {loop_name} on {dataset_name}: reusing the {options['steps']}-step run in {out}")
 
     loop, config, step = load_trained(str(out / "checkpoint.h5"), loop_cls, args.device)
     dataset = load_run_data(config)
+    draw_samples(loop, 2, sample_defaults(loop_cls), SAMPLE_SEED)  # compiles kernels: untimed
     started = time.perf_counter()
     samples = draw_samples(loop, args.n, sample_defaults(loop_cls), SAMPLE_SEED)
     sampling_seconds = time.perf_counter() - started
@@ -165,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--runs", default="runs/results", help="where the runs go")
     parser.add_argument("--docs", default="docs", help="where results.md and images/ go")
+    parser.add_argument("--reuse", action="store_true",
+                        help="measure a finished run of the same settings in --runs again "
+                             "instead of training it again (after a change to the measures)")
     parser.add_argument("--progress", action="store_true", help="show the training bars")
     args = parser.parse_args(argv)
     steps = {}
