@@ -7,7 +7,7 @@ This demo draws the same number of digits with ancestral sampling and with DDIM 
 20 and 10 steps from one checkpoint, times each, and measures each batch with the feature FID
 of minigen.metrics (lower is better; the floor is what real digits score).
 
-    python demos/ddim_speed.py [--checkpoint runs/ddpm-digits/checkpoint.h5] [--n 256]
+    python demos/ddim_speed.py [--checkpoint runs/ddpm-digits/checkpoint.h5] [--n 128]
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=MAIN_JOB_CHECKPOINT,
                         help="a DDPM checkpoint (trained first with the main job's settings "
                              "if missing)")
-    parser.add_argument("--n", type=int, default=256, help="samples per sampler")
+    parser.add_argument("--n", type=int, default=128, help="samples per sampler")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/demos/ddim_speed")
     parser.add_argument("--figure", default="docs/images/ddim_speed.png",
