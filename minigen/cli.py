@@ -21,7 +21,7 @@ import numpy as np
 import minigen
 from minigen import __version__, backend, editing, viz
 from minigen.checkpoint import CheckpointError, inspect_checkpoint
-from minigen.run import (EVAL_SAMPLES, TrainingInterrupted, UserError, add_common_arguments,
+from minigen.run import (EVAL_SAMPLES, POINT_EVAL_SAMPLES, TrainingInterrupted, UserError, add_common_arguments,
                          draw_samples, load_run_data, load_trained, quality_measures,
                          read_checkpoint_config, sample_defaults, train, write_samples)
 
@@ -203,7 +203,7 @@ def trained_loop(args):
     if foreign:
         raise UserError(f"--{foreign[0].replace('_', '-')} is not an option of the {name} loop "
                         f"that {args.checkpoint} holds (see '{args.command} --help')")
-    if args.n < 1:
+    if args.n is not None and args.n < 1:
         raise UserError(f"--n is {args.n}; pass the number of samples to draw, 1 or more")
     loop, config, step = load_trained(args.checkpoint, loop_cls, args.device)
     return loop, config, step, {key: getattr(args, key) for key in own}
@@ -251,7 +251,8 @@ def eval_parser(root: Parser, subparsers) -> None:
                               description="Measure the quality of a checkpoint's samples against "
                                           "the held-out data (feature FID with its real-vs-real "
                                           "floor on images, mode coverage on mixtures).")
-    add_sampling_arguments(parser, EVAL_SAMPLES, "number of samples to measure")
+    add_sampling_arguments(parser, None, f"number of samples to measure (default: {EVAL_SAMPLES} "
+                                         f"for images, {POINT_EVAL_SAMPLES} for points)")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="folder with the dataset's files (default: the one used in training)")
 
@@ -265,9 +266,6 @@ def eval_command(args) -> int:
         measures = quality_measures(loop, dataset, args.n, options, args.seed)
     except ValueError as error:
         raise UserError(f"{config['loop']} sampling: {error}") from None
-    if measures is None:
-        raise UserError("this installation of minigen has no minigen.metrics.evaluate, so it "
-                        "cannot measure quality; reinstall minigen")
     result = {"checkpoint": args.checkpoint, "loop": config["loop"],
               "dataset": config["dataset"], "step": step, **measures}
     print(json.dumps(result, default=float))

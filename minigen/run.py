@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -37,7 +36,8 @@ RUN_FILES = (CHECKPOINT, SAMPLES, LOSS, METRICS, CONFIG, LOG)
 PICTURE_COUNT = 64        # samples drawn for samples.png
 PICTURE_SEED = 12345      # pictures use their own seed, so every refresh shows the same noise
 FINAL_WINDOW = 50         # metrics.json reports scalars averaged over the last steps
-EVAL_SAMPLES = 500        # samples drawn for the quality measures (train's end, `minigen eval`)
+EVAL_SAMPLES = 500        # samples drawn for the quality measures of images (train's end, eval)
+POINT_EVAL_SAMPLES = 2500  # ... and of toy points: the mode-coverage papers' count
 
 # Options a resumed run takes from the command line; every other option comes from the
 # checkpoint (the run keeps the settings it was trained with).
@@ -159,9 +159,10 @@ def add_common_arguments(parser, loop_cls: type[TrainingLoop]) -> None:
     parser.add_argument("--sample-every", type=int, default=None, metavar="K",
                         help="refresh samples.png every K steps (default: at each checkpoint; "
                              "0: only at the end)")
-    parser.add_argument("--eval-samples", type=int, default=EVAL_SAMPLES, metavar="N",
+    parser.add_argument("--eval-samples", type=int, default=None, metavar="N",
                         help="samples drawn at the end for metrics.json's quality measures "
-                             "(0: none)")
+                             f"(default: {EVAL_SAMPLES} for images, {POINT_EVAL_SAMPLES} for "
+                             "points; 0: none)")
 
 
 def _parser_defaults(add) -> dict:
@@ -467,16 +468,20 @@ def _json_default(value):
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
-def quality_measures(loop: TrainingLoop, dataset: Dataset, n: int, options: dict,
+def default_eval_samples(dataset: Dataset) -> int:
+    return POINT_EVAL_SAMPLES if dataset.kind == "points" else EVAL_SAMPLES
+
+
+def quality_measures(loop: TrainingLoop, dataset: Dataset, n: int | None, options: dict,
                      seed: int) -> dict | None:
-    """minigen.metrics.evaluate on n samples, or None where minigen has no metrics module."""
-    if n <= 0 or importlib.util.find_spec("minigen.metrics") is None:
-        return None
+    """minigen.metrics.evaluate on n samples (None: the dataset kind's default), or None
+    when n is 0."""
     from minigen import metrics
-    evaluate = getattr(metrics, "evaluate", None)
-    if evaluate is None:
+    if n is None:
+        n = default_eval_samples(dataset)
+    if n <= 0:
         return None
-    return evaluate(draw_samples(loop, n, options, seed), dataset)
+    return metrics.evaluate(draw_samples(loop, n, options, seed), dataset)
 
 
 def train(loop_cls: type[TrainingLoop], options: dict, explicit: set | None = None,

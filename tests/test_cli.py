@@ -65,7 +65,7 @@ def trained(tmp_path_factory):
     (["sample", "--help"], ["CKPT", "--n N number of samples (default: 64)",
                             "(default: samples.png)", "options of tiny checkpoints",
                             "--temperature TEMPERATURE", "(default: 1.0)"]),
-    (["eval", "--help"], ["--n N number of samples to measure (default: 500)"]),
+    (["eval", "--help"], ["--n N number of samples to measure (default: 500 for images, 2500 for points)"]),
     (["inspect", "--help"], ["CKPT"]),
     (["demo", "--help"], ["NAME", "ARGS"]),
 ])
@@ -277,11 +277,16 @@ def test_eval_prints_one_json_object_of_the_quality_measures(capsys, trained, mo
                                "dataset_seen": "ring8"}
 
 
-def test_eval_without_quality_measures_says_so_in_one_line(capsys, trained, monkeypatch):
-    monkeypatch.delattr(minigen.metrics, "evaluate", raising=False)
-    code, out, err = minigen_main(capsys, "eval", trained / "run" / "checkpoint.h5")
+def test_eval_of_zero_samples_says_so_in_one_line(capsys, trained):
+    code, out, err = minigen_main(capsys, "eval", trained / "run" / "checkpoint.h5", "--n", 0)
     assert code == 2 and out == "" and len(err.splitlines()) == 1
-    assert "no minigen.metrics.evaluate" in err
+    assert "--n is 0" in err
+
+
+def test_eval_of_points_draws_the_2500_samples_of_the_mode_coverage_papers(capsys, trained, monkeypatch):
+    monkeypatch.setattr(minigen.metrics, "evaluate", lambda samples, dataset: {"n": len(samples)})
+    code, out, _ = minigen_main(capsys, "eval", trained / "run" / "checkpoint.h5")
+    assert code == 0 and json.loads(out)["n"] == 2500
 
 
 def test_inspect_lists_the_step_the_config_and_the_arrays(capsys, trained):
