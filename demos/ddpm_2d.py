@@ -31,7 +31,7 @@ def draw(snapshots: list, data, path: str) -> None:
     from matplotlib.figure import Figure
     from matplotlib.patches import Circle
 
-    figure = Figure(figsize=(2.6 * len(snapshots), 2.9), dpi=80)
+    figure = Figure(figsize=(2.6 * len(snapshots), 3.3), dpi=80)
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, len(snapshots))
     for ax, (label, samples, coverage) in zip(axes, snapshots):
