@@ -99,12 +99,13 @@ def min(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
 def logsumexp(x: Tensor, dim, keepdim: bool = False) -> Tensor:
     """log sum exp(x), shifted by the (constant) max so that it never overflows."""
     from minigen.ops.elementwise import exp, log
-    shift = constant(x.data.max(axis=_axes(dim, x.ndim), keepdims=True))
+    axes = _axes(dim, x.ndim)
     xp = backend.array_module(x.data)
-    shift = constant(xp.where(xp.isfinite(shift.data), shift.data, 0))
+    peak = x.data.max(axis=axes, keepdims=True)
+    shift = constant(xp.where(xp.isfinite(peak), peak, 0))  # an all -inf row shifts by 0
     result = log(sum(exp(x - shift), dim, keepdim=True)) + shift
     return result if keepdim else result.reshape(tuple(
-        size for i, size in enumerate(result.shape) if i not in _axes(dim, x.ndim)))
+        size for i, size in enumerate(result.shape) if i not in axes))
 
 
 def norm(x: Tensor) -> Tensor:
