@@ -1,13 +1,17 @@
 """The CPU kernels: Numba loops for data movement, NumPy's BLAS (OpenBLAS) for the GEMMs.
 
-Convolution is im2col + GEMM (gemm_conv.py) with the parallel Numba im2col / col2im below,
-the batch taken in chunks whose columns fit in cache (COLUMNS_BUDGET_BYTES). Pooling and
+Convolution pads a chunk of samples into a zero-bordered buffer, expands it with a parallel
+Numba im2col into one (C_in*kH*kW, H_out*W_out) column block per sample, and multiplies by the
+weight in one stacked GEMM whose output is NCHW already; chunks keep the columns in cache
+(COLUMNS_BUDGET_BYTES). 1x1 convolutions are plain GEMMs (gemm_conv.py). Pooling and
 upsampling are direct Numba loops, parallel over the (n, c) planes. All Numba functions are
 compiled on first use and cached next to this file (cache=True).
 
 Measured (float32, 3x3, padding 1, one thread, CPU time; benchmarks/bench_conv_direct.py):
 a direct Numba loop nest took 6.3x (N=32, C=64, 16x16), 1.6x (N=64, C=32, 32x32) and 11x
-(N=64, C=128, 8x8) the time of im2col + GEMM, so every shape goes through im2col.
+(N=64, C=128, 8x8) the time of im2col + GEMM, so every shape goes through im2col. Padding
+first and writing each sample's columns as one block made im2col 3x faster than copying with
+bounds checks into rows shared by all samples (the layout gemm_conv.py uses on the GPU).
 """
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ import numba
 import numpy as np
 
 from . import gemm_conv
-from .geometry import Pair, as_pairs, check_pool2d, check_upsample, check_upsample_grad
+from .geometry import (Pair, as_pairs, check_conv2d, check_conv2d_grad_output, check_pool2d,
+                       check_same_dtype, check_upsample, check_upsample_grad)
 
 # Numba's "workqueue" threads sleep between parallel loops. Its OpenMP layer (the default
 # here) spins instead, and on two cores the spinning fights OpenBLAS's GEMM threads: one
@@ -35,113 +40,138 @@ _jit = dict(nogil=True, cache=True)
 
 
 # ---------------------------------------------------------------------------------------
-# im2col / col2im
+# Padding, im2col, col2im
 # ---------------------------------------------------------------------------------------
-@numba.njit(**_jit)
-def _valid_range(offset, stride, out_size, in_size):
-    """The outputs o in [lo, hi) whose input position o * stride + offset lies in [0, in_size);
-    the rest read padding. Splitting on it keeps bounds checks out of the inner loops."""
-    lo = min(out_size, max(0, (stride - 1 - offset) // stride))
-    hi = min(out_size, (in_size - 1 - offset) // stride + 1)
-    return lo, max(lo, hi)
+@numba.njit(parallel=True, **_jit)
+def _pad(x, n_start, padded, padding):
+    """padded[b, c, p_h + h, p_w + w] = x[n_start + b, c, h, w]. Only the interior is written:
+    the border keeps the zeros it was allocated with, chunk after chunk."""
+    batch, channels, height, width = padded.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    pad_h, pad_w = padding
+    for plane in numba.prange(batch * channels):
+        b, c = plane // channels, plane % channels
+        for h in range(height):
+            for w in range(width):
+                padded[b, c, pad_h + h, pad_w + w] = x[n_start + b, c, h, w]
+    return padded
 
 
 @numba.njit(parallel=True, **_jit)
-def _im2col(x, n_start, cols, kernel, stride, padding, dilation, out_hw):
-    """cols[(c*kH + i)*kW + j, b*Ho*Wo + oh*Wo + ow] = x[n_start + b, c, oh*s - p + i*d, ...],
-    zero where the window reaches into the padding. x: (N, C, H, W); cols: (C*kH*kW, B*Ho*Wo).
-    Parallel over the rows of cols, each written front to back. The loops index 2-d and 4-d
-    arrays with plain range variables (no slices), which LLVM vectorizes best."""
-    _, channels, height, width = x.shape
+def _im2col(padded, cols, kernel, stride, dilation, out_hw):
+    """cols[b, (c*kH + i)*kW + j, oh*W_out + ow] = padded[b, c, oh*s_h + i*d_h, ow*s_w + j*d_w].
+
+    padded: (B, C, H + 2p_h, W + 2p_w), the zero padding already in place, so the loops have
+    no bounds to test. cols: (B, C*kH*kW, H_out*W_out), either contiguous (each sample's column
+    matrix one block, written front to back: 2-3x faster than rows interleaved across samples)
+    or a transposed view of a (C*kH*kW, B*H_out*W_out) matrix. Parallel over the (b, c) planes.
+    """
+    batch, channels = cols.shape[0], padded.shape[1]
     k_h, k_w = kernel
-    out_h, out_w = out_hw
     stride_h, stride_w = stride
-    pixels = out_h * out_w
-    batch = cols.shape[1] // pixels
-    same_width = stride_h == 1 and stride_w == 1 and out_w == width
-    x_planes = x.reshape(x.shape[0], channels, height * width)
-    for row in numba.prange(channels * k_h * k_w):
-        c, i, j = row // (k_h * k_w), (row // k_w) % k_h, row % k_w
-        h_offset = i * dilation[0] - padding[0]
-        w_offset = j * dilation[1] - padding[1]
-        oh_lo, oh_hi = _valid_range(h_offset, stride_h, out_h, height)
-        ow_lo, ow_hi = _valid_range(w_offset, stride_w, out_w, width)
-        for b in range(batch):
-            n, base = n_start + b, b * pixels
-            if same_width and ow_lo < ow_hi:
-                # Stride 1 and output rows as wide as input rows ("same" padding): the valid
-                # band is one shifted run of the flat plane, copied at memcpy speed; then the
-                # few entries that wrapped into a neighbouring row are set to the zero padding.
-                shift = h_offset * width + w_offset
-                for column in range(oh_lo * width + ow_lo, (oh_hi - 1) * width + ow_hi):
-                    cols[row, base + column] = x_planes[n, c, column + shift]
-                for column in range(base, base + oh_lo * out_w):
-                    cols[row, column] = 0
-                for column in range(base + oh_hi * out_w, base + pixels):
-                    cols[row, column] = 0
-                for oh in range(oh_lo, oh_hi):
-                    for ow in range(ow_lo):
-                        cols[row, base + oh * out_w + ow] = 0
-                    for ow in range(ow_hi, out_w):
-                        cols[row, base + oh * out_w + ow] = 0
-                continue
-            for column in range(base, base + oh_lo * out_w):
-                cols[row, column] = 0
-            for column in range(base + oh_hi * out_w, base + pixels):
-                cols[row, column] = 0
-            for oh in range(oh_lo, oh_hi):
-                line, ih = base + oh * out_w, oh * stride_h + h_offset
-                for ow in range(ow_lo):
-                    cols[row, line + ow] = 0
-                if stride_w == 1:  # the common case: a contiguous copy
-                    for ow in range(ow_lo, ow_hi):
-                        cols[row, line + ow] = x[n, c, ih, ow + w_offset]
-                else:
-                    for ow in range(ow_lo, ow_hi):
-                        cols[row, line + ow] = x[n, c, ih, ow * stride_w + w_offset]
-                for ow in range(ow_hi, out_w):
-                    cols[row, line + ow] = 0
+    out_h, out_w = out_hw
+    unit = stride_h == stride_w == dilation[0] == dilation[1] == 1
+    for plane in numba.prange(batch * channels):
+        b, c = plane // channels, plane % channels
+        for i in range(k_h):
+            for j in range(k_w):
+                row = (c * k_h + i) * k_w + j
+                if unit:
+                    # Indices built from loop counters alone are known to be >= 0, so LLVM
+                    # drops the negative-index checks and vectorizes: 2x the speed of the
+                    # general loop below on a 3x3 "same" convolution.
+                    for oh in range(out_h):
+                        for ow in range(out_w):
+                            cols[b, row, oh * out_w + ow] = padded[b, c, oh + i, ow + j]
+                    continue
+                for oh in range(out_h):
+                    ih = oh * stride_h + i * dilation[0]
+                    for ow in range(out_w):
+                        cols[b, row, oh * out_w + ow] = padded[b, c, ih,
+                                                               ow * stride_w + j * dilation[1]]
     return cols
 
 
 @numba.njit(parallel=True, **_jit)
-def _col2im(cols, grad_x, n_start, kernel, stride, padding, dilation, out_hw):
-    """The adjoint of _im2col: grad_x[n_start + b, c, ih, iw] += cols[row, column] for every
-    column that _im2col filled from (ih, iw). Parallel over (b, c) planes, so no two threads
-    ever add into the same plane."""
-    _, channels, height, width = grad_x.shape
+def _col2im(cols, padded_grad, kernel, stride, dilation, out_hw):
+    """The adjoint of _im2col: padded_grad[b, c, oh*s_h + i*d_h, ow*s_w + j*d_w] +=
+    cols[b, (c*kH + i)*kW + j, oh*W_out + ow]. Parallel over the (b, c) planes, so no two
+    threads ever add into the same plane."""
+    batch, channels = cols.shape[0], padded_grad.shape[1]
     k_h, k_w = kernel
-    out_h, out_w = out_hw
     stride_h, stride_w = stride
-    pixels = out_h * out_w
-    batch = cols.shape[1] // pixels
-    for plane_index in numba.prange(batch * channels):
-        b, c = plane_index // channels, plane_index % channels
-        n, base = n_start + b, b * pixels
+    out_h, out_w = out_hw
+    for plane in numba.prange(batch * channels):
+        b, c = plane // channels, plane % channels
         for i in range(k_h):
-            h_offset = i * dilation[0] - padding[0]
-            oh_lo, oh_hi = _valid_range(h_offset, stride_h, out_h, height)
             for j in range(k_w):
-                w_offset = j * dilation[1] - padding[1]
-                ow_lo, ow_hi = _valid_range(w_offset, stride_w, out_w, width)
-                row = (c * k_h + i) * k_w + j
-                for oh in range(oh_lo, oh_hi):
-                    line, ih = base + oh * out_w, oh * stride_h + h_offset
-                    if stride_w == 1:
-                        for ow in range(ow_lo, ow_hi):
-                            grad_x[n, c, ih, ow + w_offset] += cols[row, line + ow]
-                    else:
-                        for ow in range(ow_lo, ow_hi):
-                            grad_x[n, c, ih, ow * stride_w + w_offset] += cols[row, line + ow]
-    return grad_x
+                row, w_offset = (c * k_h + i) * k_w + j, j * dilation[1]
+                for oh in range(out_h):
+                    ih, line = oh * stride_h + i * dilation[0], oh * out_w
+                    for ow in range(out_w):
+                        padded_grad[b, c, ih, ow * stride_w + w_offset] += cols[b, row, line + ow]
+    return padded_grad
 
 
 # ---------------------------------------------------------------------------------------
-# Convolution: im2col + GEMM (gemm_conv.py), chunk by chunk of samples
+# Convolution: pad, im2col, GEMM, chunk by chunk of samples
 # ---------------------------------------------------------------------------------------
-def _backend() -> gemm_conv.Im2col:
-    # Built per call so that COLUMNS_BUDGET_BYTES can be changed at run time (the tests do).
-    return gemm_conv.Im2col(np, _im2col, _col2im, COLUMNS_BUDGET_BYTES)
+class _Chunks:
+    """The geometry of one conv2d on the CPU and the chunking of its batch.
+
+    Each chunk of samples is padded into a zero-bordered buffer, expanded by _im2col into
+    columns of at most COLUMNS_BUDGET_BYTES, and multiplied by the weight with NumPy's BLAS.
+    The buffers are allocated once per call and reused by every chunk."""
+
+    def __init__(self, input_shape, weight_shape, stride, padding, dilation, groups, out_hw,
+                 dtype):
+        self.batch, self.in_channels, height, width = input_shape
+        self.out_channels, _, k_h, k_w = weight_shape
+        self.groups, self.padding, self.out_hw = groups, padding, tuple(out_hw)
+        self.rows = self.in_channels * k_h * k_w
+        self.pixels = out_hw[0] * out_hw[1]
+        self.geometry = ((k_h, k_w), stride, dilation, self.out_hw)
+        self.chunk = max(1, min(self.batch, COLUMNS_BUDGET_BYTES
+                                // (self.rows * self.pixels * dtype.itemsize)))
+        self.padded_hw = (height + 2 * padding[0], width + 2 * padding[1])
+        self.dtype = dtype
+        self._padded = None
+
+    def chunks(self):
+        """(first sample, number of samples) of each chunk."""
+        for start in range(0, self.batch, self.chunk):
+            yield start, min(self.chunk, self.batch - start)
+
+    def padded(self, x, start: int, count: int):
+        """Samples start..start+count of x (N, C, H, W) with their zero padding."""
+        if self.padding == (0, 0):
+            return x[start:start + count]
+        if self._padded is None:
+            self._padded = np.zeros((self.chunk, self.in_channels, *self.padded_hw), self.dtype)
+        return _pad(x, start, self._padded[:count], self.padding)
+
+    def columns(self, x, start: int, count: int, out=None):
+        """The (count, rows, pixels) columns of samples start.. of x, into `out` if given."""
+        if out is None:
+            out = np.empty((count, self.rows, self.pixels), self.dtype)
+        return _im2col(self.padded(x, start, count), out, *self.geometry)
+
+    def by_group(self, matrices):
+        """View (..., channels, columns) as (..., groups, channels / groups, columns)."""
+        *lead, channels, columns = matrices.shape
+        return matrices.reshape(*lead, self.groups, channels // self.groups, columns)
+
+
+def _forward(x, weight, stride, padding, dilation, groups, out_hw):
+    """conv2d of contiguous arrays, geometry checked: each chunk's columns (B, rows, pixels)
+    times the (C_out, rows) weight is a stacked GEMM whose output is NCHW already."""
+    plan = _Chunks(x.shape, weight.shape, stride, padding, dilation, groups, out_hw, x.dtype)
+    weight_groups = plan.by_group(weight.reshape(plan.out_channels, -1))
+    y = np.empty((plan.batch, plan.out_channels, plan.pixels), dtype=x.dtype)
+    cols = np.empty((plan.chunk, plan.rows, plan.pixels), x.dtype)
+    for start, count in plan.chunks():
+        columns = plan.columns(x, start, count, out=cols[:count])
+        np.matmul(weight_groups, plan.by_group(columns), out=plan.by_group(y[start:start + count]))
+    return y.reshape(plan.batch, plan.out_channels, *out_hw)
 
 
 def conv2d_forward(x: np.ndarray, weight: np.ndarray, stride: Pair, padding: Pair,
@@ -150,7 +180,13 @@ def conv2d_forward(x: np.ndarray, weight: np.ndarray, stride: Pair, padding: Pai
 
     x: (N, C_in, H, W), weight: (C_out, C_in/groups, kH, kW) -> (N, C_out, H_out, W_out).
     """
-    return gemm_conv.conv2d_forward(_backend(), x, weight, stride, padding, dilation, groups)
+    check_same_dtype("conv2d", x, weight)
+    stride, padding, dilation = as_pairs(stride, padding, dilation)
+    out_hw = check_conv2d(x.shape, weight.shape, stride, padding, dilation, groups)
+    x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
+    if gemm_conv.is_pointwise(weight.shape, stride, padding):
+        return gemm_conv.pointwise_forward(np, x, weight, groups, out_hw)
+    return _forward(x, weight, stride, padding, dilation, groups, out_hw)
 
 
 def conv2d_backward_input(grad_output: np.ndarray, weight: np.ndarray, input_shape,
@@ -161,8 +197,36 @@ def conv2d_backward_input(grad_output: np.ndarray, weight: np.ndarray, input_sha
     grad_output: (N, C_out, H_out, W_out), weight: (C_out, C_in/groups, kH, kW)
     -> grad_x: input_shape (N, C_in, H, W).
     """
-    return gemm_conv.conv2d_backward_input(_backend(), grad_output, weight, input_shape,
-                                           stride, padding, dilation, groups)
+    check_same_dtype("conv2d_backward_input", grad_output, weight)
+    stride, padding, dilation = as_pairs(stride, padding, dilation)
+    input_shape = tuple(int(size) for size in input_shape)
+    out_hw = check_conv2d_grad_output(grad_output.shape, input_shape, weight.shape, stride,
+                                      padding, dilation, groups)
+    grad_output, weight = np.ascontiguousarray(grad_output), np.ascontiguousarray(weight)
+    if gemm_conv.is_pointwise(weight.shape, stride, padding):
+        return gemm_conv.pointwise_backward_input(np, grad_output, weight, groups, input_shape)
+    full_padding = gemm_conv.full_padding(weight.shape, padding, dilation)
+    if stride == (1, 1) and min(full_padding) >= 0:
+        # With stride 1 the gradient is a convolution too (see gemm_conv.transposed_kernel),
+        # and the forward's contiguous im2col beats col2im's scattered read-modify-write.
+        return _forward(grad_output, gemm_conv.transposed_kernel(np, weight, groups), stride,
+                        full_padding, dilation, groups, input_shape[2:])
+    plan = _Chunks(input_shape, weight.shape, stride, padding, dilation, groups, out_hw,
+                   grad_output.dtype)
+    weight_groups_t = plan.by_group(weight.reshape(plan.out_channels, -1)).swapaxes(-1, -2)
+    by_sample = grad_output.reshape(plan.batch, plan.out_channels, plan.pixels)
+    grad_x = np.empty(input_shape, dtype=grad_output.dtype)
+    cols = np.empty((plan.chunk, plan.rows, plan.pixels), grad_output.dtype)
+    padded_grad = np.empty((plan.chunk, plan.in_channels, *plan.padded_hw), grad_output.dtype)
+    (pad_h, pad_w), (height, width) = padding, input_shape[2:]
+    for start, count in plan.chunks():
+        columns = plan.by_group(cols[:count])
+        np.matmul(weight_groups_t, plan.by_group(by_sample[start:start + count]), out=columns)
+        padded_grad[:count] = 0
+        _col2im(cols[:count], padded_grad[:count], *plan.geometry)
+        grad_x[start:start + count] = padded_grad[:count, :, pad_h:pad_h + height,
+                                                  pad_w:pad_w + width]
+    return grad_x
 
 
 def conv2d_backward_weight(grad_output: np.ndarray, x: np.ndarray, weight_shape,
@@ -172,8 +236,30 @@ def conv2d_backward_weight(grad_output: np.ndarray, x: np.ndarray, weight_shape,
 
     grad_output: (N, C_out, H_out, W_out), x: (N, C_in, H, W) -> (C_out, C_in/groups, kH, kW).
     """
-    return gemm_conv.conv2d_backward_weight(_backend(), grad_output, x, weight_shape, stride,
-                                            padding, dilation, groups)
+    check_same_dtype("conv2d_backward_weight", grad_output, x)
+    stride, padding, dilation = as_pairs(stride, padding, dilation)
+    weight_shape = tuple(int(size) for size in weight_shape)
+    out_hw = check_conv2d_grad_output(grad_output.shape, x.shape, weight_shape, stride,
+                                      padding, dilation, groups)
+    grad_output, x = np.ascontiguousarray(grad_output), np.ascontiguousarray(x)
+    if gemm_conv.is_pointwise(weight_shape, stride, padding):
+        return gemm_conv.pointwise_backward_weight(np, grad_output, x, groups, weight_shape)
+    plan = _Chunks(x.shape, weight_shape, stride, padding, dilation, groups, out_hw, x.dtype)
+    # One GEMM per chunk whose inner dimension runs over all its samples' pixels: the columns
+    # as (rows, B*pixels) times grad_output as (B*pixels, C_out). Per-sample products would
+    # have only H_out*W_out there, which halves BLAS's speed at 8x8.
+    by_pixel = grad_output.reshape(plan.batch, plan.out_channels, plan.pixels).transpose(0, 2, 1)
+    grad_weight_t = np.zeros((plan.groups, plan.rows // groups, plan.out_channels // groups),
+                             x.dtype)
+    cols = np.empty((plan.rows, plan.chunk * plan.pixels), x.dtype)
+    for start, count in plan.chunks():
+        matrix = cols[:, :count * plan.pixels]
+        plan.columns(x, start, count, out=matrix.reshape(plan.rows, count, plan.pixels)
+                     .transpose(1, 0, 2))
+        pixels_by_channel = np.ascontiguousarray(by_pixel[start:start + count]).reshape(
+            count * plan.pixels, groups, -1).transpose(1, 0, 2)
+        grad_weight_t += np.matmul(plan.by_group(matrix), pixels_by_channel)
+    return np.ascontiguousarray(grad_weight_t.swapaxes(-1, -2)).reshape(weight_shape)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,10 +1,12 @@
-"""Convolution as im2col + GEMM, written once for the CPU and the CUDA backends.
+"""Convolution as im2col + GEMM on a (C_in*kH*kW, samples*H_out*W_out) column matrix: the
+CUDA backend's algorithm, and the 1x1 and transposed-kernel pieces both backends share.
 
-im2col copies every kernel window of a chunk of samples into the columns of a
-(C_in*kH*kW, samples*H_out*W_out) matrix, so that conv2d becomes one matrix product with the
-(C_out, C_in*kH*kW) weight; col2im is its adjoint (a scatter-add back into the image). A backend
-supplies its array module (NumPy or CuPy, whose matmul is the BLAS / cuBLAS GEMM) and its two
-copy kernels; the batch is split into chunks whose columns stay under a byte budget.
+im2col copies every kernel window of a chunk of samples into the columns of one matrix, so that
+conv2d becomes one large matrix product with the (C_out, C_in*kH*kW) weight (the shape cuBLAS
+is fastest at); col2im is its adjoint (a scatter-add back into the image). A backend supplies
+its array module (NumPy or CuPy) and its two copy kernels; the batch is split into chunks whose
+columns stay under a byte budget. The CPU backend (cpu.py) lays its columns out per sample
+instead, which its caches prefer.
 """
 from __future__ import annotations
 
@@ -65,7 +67,7 @@ class _ConvPlan:
         return self.xp.ascontiguousarray(block.transpose(1, 0, 2)).reshape(self.out_channels, -1)
 
 
-def _transposed_kernel(xp, weight, groups: int):
+def transposed_kernel(xp, weight, groups: int):
     """(C_out, C_in/g, kH, kW) -> (C_in, C_out/g, kH, kW), flipped in space: the weight of the
     convolution that maps grad_output to grad_x when the stride is 1."""
     c_out, c_group, k_h, k_w = weight.shape
@@ -74,19 +76,42 @@ def _transposed_kernel(xp, weight, groups: int):
     return xp.ascontiguousarray(flipped).reshape(c_group * groups, c_out // groups, k_h, k_w)
 
 
-def _is_pointwise(weight_shape, stride: Pair, padding: Pair) -> bool:
+def full_padding(weight_shape, padding: Pair, dilation: Pair) -> tuple:
+    """The padding d*(k-1) - p under which the stride-1 input gradient is a convolution of
+    grad_output with transposed_kernel; negative when the forward padding exceeds it."""
+    return tuple(d * (k - 1) - p for k, p, d in zip(weight_shape[2:], padding, dilation))
+
+
+def is_pointwise(weight_shape, stride: Pair, padding: Pair) -> bool:
     """A 1x1 kernel with stride 1 and no padding: the convolution is a plain matrix product."""
     return tuple(weight_shape[2:]) == (1, 1) and stride == (1, 1) and padding == (0, 0)
 
 
-def _pointwise_views(weight, images, groups: int):
-    """For a 1x1 convolution: the weight as (groups, C_out/g, C_in/g) and NCHW images as
-    (N, groups, C/g, H*W), so that matmul broadcasts over samples and pairs up the groups."""
+def _by_group(images, groups: int):
+    """NCHW images as (N, groups, C/g, H*W), so that matmul broadcasts over samples and
+    pairs up the groups with a (groups, C_out/g, C_in/g) weight."""
     n, channels = images.shape[:2]
-    image_groups = images.reshape(n, groups, channels // groups, -1)
-    if weight is None:
-        return None, image_groups
-    return weight.reshape(groups, weight.shape[0] // groups, -1), image_groups
+    return images.reshape(n, groups, channels // groups, -1)
+
+
+def pointwise_forward(xp, x, weight, groups: int, out_hw):
+    """A 1x1 convolution: each sample's (C_in, H*W) image is already its column matrix."""
+    weight_groups = weight.reshape(groups, weight.shape[0] // groups, -1)
+    return xp.matmul(weight_groups, _by_group(x, groups)).reshape(x.shape[0], -1, *out_hw)
+
+
+def pointwise_backward_input(xp, grad_output, weight, groups: int, input_shape):
+    """The input gradient of a 1x1 convolution: weight^T @ grad_output[n], group by group."""
+    weight_groups = weight.reshape(groups, weight.shape[0] // groups, -1)
+    return xp.matmul(weight_groups.transpose(0, 2, 1),
+                     _by_group(grad_output, groups)).reshape(input_shape)
+
+
+def pointwise_backward_weight(xp, grad_output, x, groups: int, weight_shape):
+    """The sum over samples of grad_output[n] (C_out, H*W) @ x[n]^T, group by group."""
+    per_sample = xp.matmul(_by_group(grad_output, groups),
+                           _by_group(x, groups).transpose(0, 1, 3, 2))
+    return per_sample.sum(axis=0).reshape(weight_shape)
 
 
 def conv2d_forward(backend: Im2col, x, weight, stride: Pair, padding: Pair, dilation: Pair,
@@ -100,10 +125,8 @@ def conv2d_forward(backend: Im2col, x, weight, stride: Pair, padding: Pair, dila
     out_hw = check_conv2d(x.shape, weight.shape, stride, padding, dilation, groups)
     xp = backend.xp
     x, weight = xp.ascontiguousarray(x), xp.ascontiguousarray(weight)
-    if _is_pointwise(weight.shape, stride, padding):
-        # Each sample's (C_in, H*W) image is already its column matrix: one batched GEMM.
-        weight_groups, x_groups = _pointwise_views(weight, x, groups)
-        return xp.matmul(weight_groups, x_groups).reshape(x.shape[0], -1, *out_hw)
+    if is_pointwise(weight.shape, stride, padding):
+        return pointwise_forward(xp, x, weight, groups, out_hw)
     plan = _ConvPlan(backend, x.shape, weight.shape, stride, padding, dilation, groups, out_hw,
                      x.dtype)
     weight_matrix = plan.by_group(weight.reshape(plan.out_channels, -1))
@@ -135,16 +158,15 @@ def conv2d_backward_input(backend: Im2col, grad_output, weight, input_shape, str
                                       padding, dilation, groups)
     xp = backend.xp
     grad_output, weight = xp.ascontiguousarray(grad_output), xp.ascontiguousarray(weight)
-    full_padding = tuple(d * (k - 1) - p for k, p, d in zip(weight.shape[2:], padding, dilation))
-    if _is_pointwise(weight.shape, stride, padding):
-        weight_groups, grad_groups = _pointwise_views(weight, grad_output, groups)
-        return xp.matmul(weight_groups.transpose(0, 2, 1), grad_groups).reshape(input_shape)
-    if stride == (1, 1) and min(full_padding) >= 0:
+    if is_pointwise(weight.shape, stride, padding):
+        return pointwise_backward_input(xp, grad_output, weight, groups, input_shape)
+    padding_t = full_padding(weight.shape, padding, dilation)
+    if stride == (1, 1) and min(padding_t) >= 0:
         # With stride 1 the gradient is itself a convolution: grad_output padded by
         # d*(k-1) - p, against the kernel flipped in space with C_in and C_out swapped per
         # group. Its im2col is cheaper than col2im's scattered read-modify-write.
-        return conv2d_forward(backend, grad_output, _transposed_kernel(xp, weight, groups),
-                              stride, full_padding, dilation, groups)
+        return conv2d_forward(backend, grad_output, transposed_kernel(xp, weight, groups),
+                              stride, padding_t, dilation, groups)
     plan = _ConvPlan(backend, input_shape, weight.shape, stride, padding, dilation, groups,
                      out_hw, grad_output.dtype)
     weight_matrix_t = plan.by_group(weight.reshape(plan.out_channels, -1)).transpose(0, 2, 1)
@@ -170,12 +192,8 @@ def conv2d_backward_weight(backend: Im2col, grad_output, x, weight_shape, stride
                                       padding, dilation, groups)
     xp = backend.xp
     grad_output, x = xp.ascontiguousarray(grad_output), xp.ascontiguousarray(x)
-    if _is_pointwise(weight_shape, stride, padding):
-        # sum over samples of grad_output[n] (C_out, H*W) @ x[n]^T, group by group.
-        _, x_groups = _pointwise_views(None, x, groups)
-        _, grad_groups = _pointwise_views(None, grad_output, groups)
-        per_sample = xp.matmul(grad_groups, x_groups.transpose(0, 1, 3, 2))
-        return per_sample.sum(axis=0).reshape(weight_shape)
+    if is_pointwise(weight_shape, stride, padding):
+        return pointwise_backward_weight(xp, grad_output, x, groups, weight_shape)
     plan = _ConvPlan(backend, x.shape, weight_shape, stride, padding, dilation, groups, out_hw,
                      x.dtype)
     grad_weight = xp.zeros((groups, plan.out_channels // groups, plan.rows // groups), x.dtype)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from minigen import kernels
-from minigen.kernels import cpu, reference
+from minigen.kernels import cpu, gemm_conv, reference
 from helpers import (CONV_CASES, POOL_CASES, UPSAMPLE_CASES, assert_close, import_torch,
                      non_contiguous, pair, random_array)
 
@@ -275,6 +275,54 @@ def test_cpu_conv2d_splits_the_batch_into_chunks_when_columns_exceed_budget(case
     assert_close(cpu.conv2d_backward_input(grad_output, weight, x.shape, *args),
                  reference.conv2d_backward_input(grad_output, weight, x.shape, *args))
     assert_close(cpu.conv2d_backward_weight(grad_output, x, weight.shape, *args),
+                 reference.conv2d_backward_weight(grad_output, x, weight.shape, *args))
+
+
+# ---------------------------------------------------------------------------------------
+# gemm_conv.py's chunking, grouping and transposes (the CUDA backend's host side), driven on
+# the CPU by NumPy copies that keep its (C*kH*kW, B*H_out*W_out) column contract.
+# ---------------------------------------------------------------------------------------
+def _numpy_windows(padded_chunk, kernel, stride, dilation, out_hw):
+    """(C, kH, kW, B, H_out, W_out) views of every kernel offset's window of a padded chunk."""
+    return [[reference._window(padded_chunk, (i * dilation[0], j * dilation[1]), stride,
+                               out_hw).transpose(1, 0, 2, 3)
+             for j in range(kernel[1])] for i in range(kernel[0])]
+
+
+def _numpy_im2col(x, n_start, cols, kernel, stride, padding, dilation, out_hw):
+    batch = cols.shape[1] // (out_hw[0] * out_hw[1])
+    padded = reference._pad(x[n_start:n_start + batch], padding)
+    windows = np.stack([np.stack(row, axis=1) for row in
+                        _numpy_windows(padded, kernel, stride, dilation, out_hw)], axis=1)
+    cols[...] = windows.reshape(cols.shape)
+    return cols
+
+
+def _numpy_col2im(cols, grad_x, n_start, kernel, stride, padding, dilation, out_hw):
+    batch, channels = cols.shape[1] // (out_hw[0] * out_hw[1]), grad_x.shape[1]
+    padded = reference._pad(np.zeros_like(grad_x[n_start:n_start + batch]), padding)
+    blocks = cols.reshape(channels, *kernel, batch, *out_hw)
+    windows = _numpy_windows(padded, kernel, stride, dilation, out_hw)
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            windows[i][j] += blocks[:, i, j]
+    height, width = grad_x.shape[2:]
+    grad_x[n_start:n_start + batch] += padded[:, :, padding[0]:padding[0] + height,
+                                              padding[1]:padding[1] + width]
+    return grad_x
+
+
+@conv_cases
+@pytest.mark.parametrize("budget", [1, 2**20], ids=["one_sample_chunks", "whole_batch"])
+def test_gemm_conv_matches_reference_with_numpy_copies(case, budget):
+    backend = gemm_conv.Im2col(np, _numpy_im2col, _numpy_col2im, budget)
+    x, weight, grad_output = conv_inputs(case, seed=16)
+    args = case.args
+    assert_close(gemm_conv.conv2d_forward(backend, x, weight, *args),
+                 reference.conv2d_forward(x, weight, *args))
+    assert_close(gemm_conv.conv2d_backward_input(backend, grad_output, weight, x.shape, *args),
+                 reference.conv2d_backward_input(grad_output, weight, x.shape, *args))
+    assert_close(gemm_conv.conv2d_backward_weight(backend, grad_output, x, weight.shape, *args),
                  reference.conv2d_backward_weight(grad_output, x, weight.shape, *args))
 
 
