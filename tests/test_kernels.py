@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from minigen import kernels
-from minigen.kernels import cpu, gemm_conv, reference
-from helpers import (CONV_CASES, POOL_CASES, UPSAMPLE_CASES, assert_close, import_torch,
+from minigen.kernels import cpu, gemm_conv, reference, winograd
+from helpers import (CONV_CASES, POOL_CASES, ConvCase, UPSAMPLE_CASES, assert_close, import_torch,
                      non_contiguous, pair, random_array)
 
 DTYPES = [np.float32, np.float64]
@@ -276,6 +276,65 @@ def test_cpu_conv2d_splits_the_batch_into_chunks_when_columns_exceed_budget(case
                  reference.conv2d_backward_input(grad_output, weight, x.shape, *args))
     assert_close(cpu.conv2d_backward_weight(grad_output, x, weight.shape, *args),
                  reference.conv2d_backward_weight(grad_output, x, weight.shape, *args))
+
+
+# ---------------------------------------------------------------------------------------
+# Winograd F(2x2, 3x3): every 3x3 stride-1 case, with the channel thresholds that normally keep
+# small convolutions on im2col lowered to zero, plus the edges of the tiling.
+# ---------------------------------------------------------------------------------------
+WINOGRAD_CASES = [case for case in CONV_CASES
+                  if winograd.applies(case.weight_shape, pair(case.stride), pair(case.dilation))]
+WINOGRAD_CASES += [
+    ConvCase("winograd_no_padding_odd_output", 2, 3, 4, 9, 8, padding=0),
+    ConvCase("winograd_padding_2", 2, 3, 4, 6, 7, padding=2),
+    ConvCase("winograd_one_output_pixel", 3, 2, 3, 3, 3, padding=0),
+    ConvCase("winograd_one_output_row", 1, 2, 3, 3, 10, padding=0),
+    ConvCase("winograd_rectangular_padding", 2, 2, 3, 5, 12, padding=(0, 1)),
+]
+
+
+@pytest.fixture
+def always_winograd(monkeypatch):
+    monkeypatch.setattr(cpu, "WINOGRAD_MIN_CHANNELS", 0)
+    monkeypatch.setattr(cpu, "WINOGRAD_MIN_CHANNEL_PIXELS", 0)
+
+
+@pytest.mark.parametrize("case", WINOGRAD_CASES, ids=lambda case: case.name)
+@dtypes
+@pytest.mark.parametrize("budget", [1, 2**22], ids=["one_sample_chunks", "whole_batch"])
+def test_cpu_winograd_matches_reference(case, dtype, budget, always_winograd, monkeypatch):
+    monkeypatch.setattr(cpu, "COLUMNS_BUDGET_BYTES", budget)
+    x, weight, grad_output = conv_inputs(case, dtype, seed=17)
+    args = case.args
+    assert cpu._winograd_pays(weight.shape, *args[::2], args[3], case.output_shape[2:])
+    assert_close(cpu.conv2d_forward(x, weight, *args), reference.conv2d_forward(x, weight, *args),
+                 dtype)
+    assert_close(cpu.conv2d_backward_input(grad_output, weight, x.shape, *args),
+                 reference.conv2d_backward_input(grad_output, weight, x.shape, *args), dtype)
+    assert_close(cpu.conv2d_backward_weight(grad_output, x, weight.shape, *args),
+                 reference.conv2d_backward_weight(grad_output, x, weight.shape, *args), dtype)
+
+
+def test_cpu_winograd_is_as_accurate_as_im2col_in_float32_with_many_channels():
+    # 128 input channels: rounding in the transforms must not grow with the sum.
+    rng = np.random.default_rng(18)
+    x, weight = random_array(rng, (2, 128, 10, 10)), random_array(rng, (16, 128, 3, 3))
+    exact = reference.conv2d_forward(x, weight, (1, 1), (1, 1), (1, 1), 1)
+    assert cpu._winograd_pays(weight.shape, (1, 1), (1, 1), 1, (10, 10)) is False
+    im2col = cpu.conv2d_forward(x.astype(np.float32), weight.astype(np.float32), (1, 1), (1, 1),
+                                (1, 1), 1)
+    winograd_y = cpu._winograd_forward(x.astype(np.float32), weight.astype(np.float32), (1, 1),
+                                       1, (10, 10))
+    im2col_error, winograd_error = (np.abs(y - exact).max() for y in (im2col, winograd_y))
+    assert winograd_error < 4 * im2col_error + 1e-6
+
+
+def test_cpu_winograd_thresholds_keep_few_channels_on_im2col():
+    assert not cpu._winograd_pays((16, 16, 3, 3), (1, 1), (1, 1), 1, (32, 32))
+    assert not cpu._winograd_pays((64, 64, 3, 3), (1, 1), (1, 1), 1, (4, 4))
+    assert cpu._winograd_pays((64, 64, 3, 3), (1, 1), (1, 1), 1, (8, 8))
+    assert not cpu._winograd_pays((64, 64, 3, 3), (2, 2), (1, 1), 1, (8, 8))
+    assert not cpu._winograd_pays((64, 64, 3, 3), (1, 1), (2, 2), 1, (8, 8))
 
 
 # ---------------------------------------------------------------------------------------

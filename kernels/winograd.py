@@ -1,0 +1,194 @@
+"""Winograd's minimal filtering F(2x2, 3x3) on the CPU: 3x3 stride-1 convolutions with 2.25x
+fewer multiplications than im2col + GEMM (Lavin and Gray, 2016).
+
+Each 2x2 block of outputs ("tile") needs the 4x4 patch of input under it. In the transformed
+domain, V = B^T d B for the patch d and U = G g G^T for the 3x3 kernel g, the 2x2 outputs are
+A^T (U * V) A: 16 elementwise products where the direct sum has 36. Summed over input channels,
+the products become 16 GEMMs, (C_out, C_in) @ (C_in, tiles), which do all the work; the Numba
+loops here only transform. The weight gradient is the same identity read the other way (the
+transposition principle): the sum over tiles of (A g_out A^T) * (B^T d B), mapped back by G^T . G,
+where 16 GEMMs of inner dimension `tiles` do the sum. cpu.py picks this path for 3x3 kernels
+with stride 1 and dilation 1.
+
+    B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+    G   = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
+    A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_jit = dict(nogil=True, cache=True)
+
+G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+
+
+def applies(weight_shape, stride, dilation) -> bool:
+    """Whether F(2x2, 3x3) computes this convolution: a 3x3 kernel, stride 1, dilation 1."""
+    return tuple(weight_shape[2:]) == (3, 3) and stride == (1, 1) and dilation == (1, 1)
+
+
+def tiles(out_hw) -> tuple[int, int]:
+    """The number of 2x2 output tiles down and across (a last, half-filled tile when odd)."""
+    return (out_hw[0] + 1) // 2, (out_hw[1] + 1) // 2
+
+
+def padded_hw(out_hw) -> tuple[int, int]:
+    """The input height and width that the tiles read: 2 * tiles + 2. An odd output size reads
+    one row or column past the padded input, so the caller's buffer is that much larger."""
+    tiles_h, tiles_w = tiles(out_hw)
+    return 2 * tiles_h + 2, 2 * tiles_w + 2
+
+
+def transform_weight(weight: np.ndarray) -> np.ndarray:
+    """U = G g G^T of each 3x3 kernel: (C_out, C_in/groups, 3, 3) -> (16, C_out, C_in/groups)."""
+    g = G.astype(weight.dtype)
+    transformed = g @ weight @ g.T  # (C_out, C_in/g, 4, 4)
+    return np.ascontiguousarray(transformed.reshape(*weight.shape[:2], 16).transpose(2, 0, 1))
+
+
+def weight_gradient(products: np.ndarray) -> np.ndarray:
+    """G^T M G of each summed product: (16, C_out, C_in/groups) -> (C_out, C_in/groups, 3, 3)."""
+    g = G.astype(products.dtype)
+    by_kernel = products.transpose(1, 2, 0).reshape(*products.shape[1:], 4, 4)
+    return np.ascontiguousarray(g.T @ by_kernel @ g)
+
+
+# The 1-D transforms, each the product with one 4-long side of B^T, A^T or A. The 2-D ones
+# apply them to the rows of a tile and then to the columns of the result. Written on scalars,
+# so that the loops over a row of tiles vectorize across tiles.
+@numba.njit(inline="always", **_jit)
+def _b_t(d0, d1, d2, d3):
+    """B^T d."""
+    return d0 - d2, d1 + d2, d2 - d1, d1 - d3
+
+
+@numba.njit(inline="always", **_jit)
+def _a_t(m0, m1, m2, m3):
+    """A^T m."""
+    return m0 + m1 + m2, m1 - m2 - m3
+
+
+@numba.njit(inline="always", **_jit)
+def _a(g0, g1):
+    """A g."""
+    return g0, g0 + g1, g0 - g1, -g1
+
+
+@numba.njit(inline="always", **_jit)
+def _store(transformed, plane, channel, column, values):
+    """transformed[plane + s, channel, column] = values[s] for s < 4."""
+    transformed[plane, channel, column] = values[0]
+    transformed[plane + 1, channel, column] = values[1]
+    transformed[plane + 2, channel, column] = values[2]
+    transformed[plane + 3, channel, column] = values[3]
+
+
+@numba.njit(parallel=True, **_jit)
+def transform_input(padded, transformed, tiles_hw):
+    """transformed[4r + s, c, b*tiles + t] = (B^T d B)[r, s] for the 4x4 patch d at (2*ty, 2*tx)
+    of padded[b, c]. padded: (B, C, >= 2*tiles_h + 2, >= 2*tiles_w + 2); transformed:
+    (16, C, B*tiles_h*tiles_w). Parallel over the (b, c) planes."""
+    batch, channels = padded.shape[0], padded.shape[1]
+    tiles_h, tiles_w = tiles_hw
+    for plane in numba.prange(batch * channels):
+        b, c = plane // channels, plane % channels
+        image = padded[b, c]
+        for ty in range(tiles_h):
+            h, first = 2 * ty, (b * tiles_h + ty) * tiles_w
+            for tx in range(tiles_w):
+                w = 2 * tx
+                # B^T d column by column: columns[k][r] = (B^T d)[r, k]
+                column0 = _b_t(image[h, w], image[h + 1, w], image[h + 2, w], image[h + 3, w])
+                column1 = _b_t(image[h, w + 1], image[h + 1, w + 1], image[h + 2, w + 1],
+                               image[h + 3, w + 1])
+                column2 = _b_t(image[h, w + 2], image[h + 1, w + 2], image[h + 2, w + 2],
+                               image[h + 3, w + 2])
+                column3 = _b_t(image[h, w + 3], image[h + 1, w + 3], image[h + 2, w + 3],
+                               image[h + 3, w + 3])
+                # then (B^T d) B row by row, into planes 4r .. 4r + 3
+                _store(transformed, 0, c, first + tx,
+                       _b_t(column0[0], column1[0], column2[0], column3[0]))
+                _store(transformed, 4, c, first + tx,
+                       _b_t(column0[1], column1[1], column2[1], column3[1]))
+                _store(transformed, 8, c, first + tx,
+                       _b_t(column0[2], column1[2], column2[2], column3[2]))
+                _store(transformed, 12, c, first + tx,
+                       _b_t(column0[3], column1[3], column2[3], column3[3]))
+    return transformed
+
+
+@numba.njit(inline="always", **_jit)
+def _output_tile(products, o, column):
+    """(A^T m A) of the 4x4 m = products[:, o, column]: the tile's four outputs, row-major."""
+    row0 = _a_t(products[0, o, column], products[4, o, column], products[8, o, column],
+                products[12, o, column])
+    row1 = _a_t(products[1, o, column], products[5, o, column], products[9, o, column],
+                products[13, o, column])
+    row2 = _a_t(products[2, o, column], products[6, o, column], products[10, o, column],
+                products[14, o, column])
+    row3 = _a_t(products[3, o, column], products[7, o, column], products[11, o, column],
+                products[15, o, column])
+    y00, y01 = _a_t(row0[0], row1[0], row2[0], row3[0])
+    y10, y11 = _a_t(row0[1], row1[1], row2[1], row3[1])
+    return y00, y01, y10, y11
+
+
+@numba.njit(parallel=True, **_jit)
+def transform_output(products, y, n_start, tiles_hw):
+    """y[n_start + b, o, 2*ty + r, 2*tx + s] = (A^T m A)[r, s] for the 4x4 m gathered from
+    products[:, o, b*tiles + t]; a half-filled last tile writes only its rows and columns
+    inside y. products: (16, C_out, B*tiles); y: (N, C_out, H_out, W_out)."""
+    channels, columns = products.shape[1], products.shape[2]
+    tiles_h, tiles_w = tiles_hw
+    batch = columns // (tiles_h * tiles_w)
+    out_h, out_w = y.shape[2], y.shape[3]
+    full_w = out_w // 2  # tiles with both columns inside y
+    for plane in numba.prange(batch * channels):
+        b, o = plane // channels, plane % channels
+        image = y[n_start + b, o]
+        for ty in range(tiles_h):
+            h, first = 2 * ty, (b * tiles_h + ty) * tiles_w
+            two_rows = h + 1 < out_h
+            for tx in range(full_w):
+                y00, y01, y10, y11 = _output_tile(products, o, first + tx)
+                image[h, 2 * tx], image[h, 2 * tx + 1] = y00, y01
+                if two_rows:
+                    image[h + 1, 2 * tx], image[h + 1, 2 * tx + 1] = y10, y11
+            if full_w < tiles_w:  # odd width: the last tile's left column only
+                y00, _, y10, _ = _output_tile(products, o, first + full_w)
+                image[h, 2 * full_w] = y00
+                if two_rows:
+                    image[h + 1, 2 * full_w] = y10
+    return y
+
+
+@numba.njit(parallel=True, **_jit)
+def transform_grad_output(grad_output, n_start, transformed, tiles_hw):
+    """transformed[4r + s, o, b*tiles + t] = (A g A^T)[r, s] for the 2x2 tile g at (2*ty, 2*tx)
+    of grad_output[n_start + b, o], zero past its last row or column. A = (A^T)^T is 4x2."""
+    channels = grad_output.shape[1]
+    out_h, out_w = grad_output.shape[2], grad_output.shape[3]
+    tiles_h, tiles_w = tiles_hw
+    batch = transformed.shape[2] // (tiles_h * tiles_w)
+    zero, one = grad_output.dtype.type(0), grad_output.dtype.type(1)
+    for plane in numba.prange(batch * channels):
+        b, o = plane // channels, plane % channels
+        image = grad_output[n_start + b, o]
+        for ty in range(tiles_h):
+            h, first = 2 * ty, (b * tiles_h + ty) * tiles_w
+            second_row = min(h + 1, out_h - 1)  # read twice but zeroed when past the edge
+            keep = zero if h + 1 >= out_h else one
+            for tx in range(tiles_w):
+                w = 2 * tx
+                right = min(w + 1, out_w - 1)
+                keep_right = zero if w + 1 >= out_w else one
+                column0 = _a(image[h, w], keep * image[second_row, w])
+                column1 = _a(keep_right * image[h, right],
+                             keep * keep_right * image[second_row, right])
+                _store(transformed, 0, o, first + tx, _a(column0[0], column1[0]))
+                _store(transformed, 4, o, first + tx, _a(column0[1], column1[1]))
+                _store(transformed, 8, o, first + tx, _a(column0[2], column1[2]))
+                _store(transformed, 12, o, first + tx, _a(column0[3], column1[3]))
+    return transformed
