@@ -16,6 +16,7 @@ bounds checks into rows shared by all samples (the layout gemm_conv.py uses on t
 from __future__ import annotations
 
 import os
+import threading
 
 import numba
 import numpy as np
@@ -37,6 +38,29 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 COLUMNS_BUDGET_BYTES = 4 * 2**20
 
 _jit = dict(nogil=True, cache=True)
+
+# Scratch arrays up to this size are kept between calls (a few per thread and dtype).
+SCRATCH_KEEP_BYTES = 64 * 2**20
+_workspace = threading.local()
+
+
+def _scratch(slot: str, shape, dtype, zero: bool = False) -> np.ndarray:
+    """A scratch array for intermediate results, kept per thread and reused across calls.
+
+    Fresh multi-megabyte arrays come from the kernel as untouched pages, and the first write to
+    each page faults: with a new padded input and new transform buffers on every call, a 64-channel
+    4x4 Winograd forward spent half its time (0.6 of 1.3 ms) in page faults. zero: clear it."""
+    size, dtype = int(np.prod(shape)), np.dtype(dtype)
+    buffers = _workspace.__dict__.setdefault("buffers", {})
+    if size * dtype.itemsize > SCRATCH_KEEP_BYTES:  # one huge sample: not worth keeping
+        array = np.empty(shape, dtype)
+    else:
+        if (slot, dtype) not in buffers or buffers[slot, dtype].size < size:
+            buffers[slot, dtype] = np.empty(size, dtype)
+        array = buffers[slot, dtype][:size].reshape(shape)
+    if zero:
+        array.fill(0)
+    return array
 
 
 # ---------------------------------------------------------------------------------------
@@ -146,7 +170,8 @@ class _Chunks:
         if self.padding == (0, 0):
             return x[start:start + count]
         if self._padded is None:
-            self._padded = np.zeros((self.chunk, self.in_channels, *self.padded_hw), self.dtype)
+            self._padded = _scratch("padded", (self.chunk, self.in_channels, *self.padded_hw),
+                                    self.dtype, zero=True)
         return _pad(x, start, self._padded[:count], self.padding)
 
     def columns(self, x, start: int, count: int, out=None):
@@ -165,12 +190,12 @@ def _forward(x, weight, stride, padding, dilation, groups, out_hw):
     """conv2d of contiguous arrays, geometry checked: Winograd for 3x3 stride 1, else each
     chunk's columns (B, rows, pixels) times the (C_out, rows) weight, a stacked GEMM whose
     output is NCHW already."""
-    if _winograd_pays(weight.shape, stride, dilation, groups, out_hw):
+    if _winograd_pays(weight.shape, stride, dilation, groups):
         return _winograd_forward(x, weight, padding, groups, out_hw)
     plan = _Chunks(x.shape, weight.shape, stride, padding, dilation, groups, out_hw, x.dtype)
     weight_groups = plan.by_group(weight.reshape(plan.out_channels, -1))
     y = np.empty((plan.batch, plan.out_channels, plan.pixels), dtype=x.dtype)
-    cols = np.empty((plan.chunk, plan.rows, plan.pixels), x.dtype)
+    cols = _scratch("columns", (plan.chunk, plan.rows, plan.pixels), x.dtype)
     for start, count in plan.chunks():
         columns = plan.columns(x, start, count, out=cols[:count])
         np.matmul(weight_groups, plan.by_group(columns), out=plan.by_group(y[start:start + count]))
@@ -219,8 +244,9 @@ def conv2d_backward_input(grad_output: np.ndarray, weight: np.ndarray, input_sha
     weight_groups_t = plan.by_group(weight.reshape(plan.out_channels, -1)).swapaxes(-1, -2)
     by_sample = grad_output.reshape(plan.batch, plan.out_channels, plan.pixels)
     grad_x = np.empty(input_shape, dtype=grad_output.dtype)
-    cols = np.empty((plan.chunk, plan.rows, plan.pixels), grad_output.dtype)
-    padded_grad = np.empty((plan.chunk, plan.in_channels, *plan.padded_hw), grad_output.dtype)
+    cols = _scratch("columns", (plan.chunk, plan.rows, plan.pixels), grad_output.dtype)
+    padded_grad = _scratch("padded", (plan.chunk, plan.in_channels, *plan.padded_hw),
+                           grad_output.dtype)
     (pad_h, pad_w), (height, width) = padding, input_shape[2:]
     for start, count in plan.chunks():
         columns = plan.by_group(cols[:count])
@@ -247,7 +273,7 @@ def conv2d_backward_weight(grad_output: np.ndarray, x: np.ndarray, weight_shape,
     grad_output, x = np.ascontiguousarray(grad_output), np.ascontiguousarray(x)
     if gemm_conv.is_pointwise(weight_shape, stride, padding):
         return gemm_conv.pointwise_backward_weight(np, grad_output, x, groups, weight_shape)
-    if _winograd_pays(weight_shape, stride, dilation, groups, out_hw):
+    if _winograd_pays(weight_shape, stride, dilation, groups):
         return _winograd_backward_weight(grad_output, x, weight_shape, padding, groups)
     plan = _Chunks(x.shape, weight_shape, stride, padding, dilation, groups, out_hw, x.dtype)
     # One GEMM per chunk whose inner dimension runs over all its samples' pixels: the columns
@@ -256,7 +282,7 @@ def conv2d_backward_weight(grad_output: np.ndarray, x: np.ndarray, weight_shape,
     by_pixel = grad_output.reshape(plan.batch, plan.out_channels, plan.pixels).transpose(0, 2, 1)
     grad_weight_t = np.zeros((plan.groups, plan.rows // groups, plan.out_channels // groups),
                              x.dtype)
-    cols = np.empty((plan.rows, plan.chunk * plan.pixels), x.dtype)
+    cols = _scratch("columns", (plan.rows, plan.chunk * plan.pixels), x.dtype)
     for start, count in plan.chunks():
         matrix = cols[:, :count * plan.pixels]
         plan.columns(x, start, count, out=matrix.reshape(plan.rows, count, plan.pixels)
@@ -271,20 +297,16 @@ def conv2d_backward_weight(grad_output: np.ndarray, x: np.ndarray, weight_shape,
 # 3x3, stride 1: Winograd F(2x2, 3x3) (winograd.py), chunk by chunk of samples
 # ---------------------------------------------------------------------------------------
 # Winograd trades GEMM work (2.25x less) for transforms that grow with channels * pixels, so
-# it pays once the GEMM dominates. Forward + backward, one thread, against im2col + GEMM: 0.7-0.9
-# of the time at 48-128 channels on 8x8 to 32x32 images and at 32 channels from 16x16 up; equal
-# or slower at 16 channels, at 32 channels on 8x8, and on 4x4 images. The channels counted are
-# those of one group, the fewer of input and output.
+# it pays once the GEMM dominates. Forward + backward, one thread, against im2col + GEMM: 0.54-0.8
+# of the time at 48-128 channels on 4x4 to 32x32 images, 0.85-1.01 at 32 channels, and 0.83-1.15
+# at 16. The channels counted are those of one group, the fewer of input and output.
 WINOGRAD_MIN_CHANNELS = 32
-WINOGRAD_MIN_CHANNEL_PIXELS = 48 * 64
 
 
-def _winograd_pays(weight_shape, stride, dilation, groups, out_hw) -> bool:
-    if not winograd.applies(weight_shape, stride, dilation):
-        return False
+def _winograd_pays(weight_shape, stride, dilation, groups) -> bool:
     channels = min(weight_shape[0] // groups, weight_shape[1])
-    return (channels >= WINOGRAD_MIN_CHANNELS
-            and channels * out_hw[0] * out_hw[1] >= WINOGRAD_MIN_CHANNEL_PIXELS)
+    return (winograd.applies(weight_shape, stride, dilation)
+            and channels >= WINOGRAD_MIN_CHANNELS)
 
 
 class _WinogradChunks:
@@ -298,12 +320,15 @@ class _WinogradChunks:
         self.tiles = self.tiles_hw[0] * self.tiles_hw[1]
         sample_bytes = 16 * (self.channels + channels_out) * self.tiles * dtype.itemsize
         self.chunk = max(1, min(self.batch, COLUMNS_BUDGET_BYTES // sample_bytes))
-        self._padded = np.zeros((self.chunk, self.channels, *winograd.padded_hw(out_hw)), dtype)
+        self._padded = _scratch("padded", (self.chunk, self.channels,
+                                           *winograd.padded_hw(out_hw)), dtype, zero=True)
         # The transforms write (or read) all 16 planes at once. Planes 2^k bytes apart would
         # share the same few cache sets and evict each other (input transform 6x slower at
         # N=32, C=64, 16x16), so each plane starts one cache line past the previous one's end.
-        self._inputs = np.empty((16, self.channels * self.chunk * self.tiles + 16), dtype)
-        self._outputs = np.empty((16, channels_out * self.chunk * self.tiles + 16), dtype)
+        self._inputs = _scratch("columns", (16, self.channels * self.chunk * self.tiles + 16),
+                                dtype)
+        self._outputs = _scratch("products", (16, channels_out * self.chunk * self.tiles + 16),
+                                 dtype)
 
     def chunks(self):
         for start in range(0, self.batch, self.chunk):

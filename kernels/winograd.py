@@ -42,17 +42,18 @@ def padded_hw(out_hw) -> tuple[int, int]:
 
 
 def transform_weight(weight: np.ndarray) -> np.ndarray:
-    """U = G g G^T of each 3x3 kernel: (C_out, C_in/groups, 3, 3) -> (16, C_out, C_in/groups)."""
-    g = G.astype(weight.dtype)
-    transformed = g @ weight @ g.T  # (C_out, C_in/g, 4, 4)
-    return np.ascontiguousarray(transformed.reshape(*weight.shape[:2], 16).transpose(2, 0, 1))
+    """U = G g G^T of each 3x3 kernel: (C_out, C_in/groups, 3, 3) -> (16, C_out, C_in/groups).
+    Entry 4a + b of U is sum_ij G[a, i] G[b, j] g[i, j]: one GEMM with the Kronecker product."""
+    by_kernel = weight.reshape(-1, 9)
+    transformed = np.kron(G, G).astype(weight.dtype) @ by_kernel.T  # (16, C_out * C_in/g)
+    return transformed.reshape(16, *weight.shape[:2])
 
 
 def weight_gradient(products: np.ndarray) -> np.ndarray:
-    """G^T M G of each summed product: (16, C_out, C_in/groups) -> (C_out, C_in/groups, 3, 3)."""
-    g = G.astype(products.dtype)
-    by_kernel = products.transpose(1, 2, 0).reshape(*products.shape[1:], 4, 4)
-    return np.ascontiguousarray(g.T @ by_kernel @ g)
+    """G^T M G of each summed product: (16, C_out, C_in/groups) -> (C_out, C_in/groups, 3, 3),
+    the adjoint of transform_weight."""
+    by_kernel = products.reshape(16, -1).T @ np.kron(G, G).astype(products.dtype)
+    return by_kernel.reshape(*products.shape[1:], 3, 3)
 
 
 # The 1-D transforms, each the product with one 4-long side of B^T, A^T or A. The 2-D ones

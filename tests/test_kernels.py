@@ -296,7 +296,6 @@ WINOGRAD_CASES += [
 @pytest.fixture
 def always_winograd(monkeypatch):
     monkeypatch.setattr(cpu, "WINOGRAD_MIN_CHANNELS", 0)
-    monkeypatch.setattr(cpu, "WINOGRAD_MIN_CHANNEL_PIXELS", 0)
 
 
 @pytest.mark.parametrize("case", WINOGRAD_CASES, ids=lambda case: case.name)
@@ -306,7 +305,7 @@ def test_cpu_winograd_matches_reference(case, dtype, budget, always_winograd, mo
     monkeypatch.setattr(cpu, "COLUMNS_BUDGET_BYTES", budget)
     x, weight, grad_output = conv_inputs(case, dtype, seed=17)
     args = case.args
-    assert cpu._winograd_pays(weight.shape, *args[::2], args[3], case.output_shape[2:])
+    assert cpu._winograd_pays(weight.shape, *args[::2], args[3])
     assert_close(cpu.conv2d_forward(x, weight, *args), reference.conv2d_forward(x, weight, *args),
                  dtype)
     assert_close(cpu.conv2d_backward_input(grad_output, weight, x.shape, *args),
@@ -320,7 +319,7 @@ def test_cpu_winograd_is_as_accurate_as_im2col_in_float32_with_many_channels():
     rng = np.random.default_rng(18)
     x, weight = random_array(rng, (2, 128, 10, 10)), random_array(rng, (16, 128, 3, 3))
     exact = reference.conv2d_forward(x, weight, (1, 1), (1, 1), (1, 1), 1)
-    assert cpu._winograd_pays(weight.shape, (1, 1), (1, 1), 1, (10, 10)) is False
+    assert cpu._winograd_pays(weight.shape, (1, 1), (1, 1), 1) is False
     im2col = cpu.conv2d_forward(x.astype(np.float32), weight.astype(np.float32), (1, 1), (1, 1),
                                 (1, 1), 1)
     winograd_y = cpu._winograd_forward(x.astype(np.float32), weight.astype(np.float32), (1, 1),
@@ -329,12 +328,13 @@ def test_cpu_winograd_is_as_accurate_as_im2col_in_float32_with_many_channels():
     assert winograd_error < 4 * im2col_error + 1e-6
 
 
-def test_cpu_winograd_thresholds_keep_few_channels_on_im2col():
-    assert not cpu._winograd_pays((16, 16, 3, 3), (1, 1), (1, 1), 1, (32, 32))
-    assert not cpu._winograd_pays((64, 64, 3, 3), (1, 1), (1, 1), 1, (4, 4))
-    assert cpu._winograd_pays((64, 64, 3, 3), (1, 1), (1, 1), 1, (8, 8))
-    assert not cpu._winograd_pays((64, 64, 3, 3), (2, 2), (1, 1), 1, (8, 8))
-    assert not cpu._winograd_pays((64, 64, 3, 3), (1, 1), (2, 2), 1, (8, 8))
+def test_cpu_winograd_is_chosen_for_3x3_stride_1_with_32_or_more_channels_per_group():
+    assert cpu._winograd_pays((64, 32, 3, 3), (1, 1), (1, 1), 1)
+    assert not cpu._winograd_pays((16, 64, 3, 3), (1, 1), (1, 1), 1)
+    assert not cpu._winograd_pays((64, 32, 3, 3), (1, 1), (1, 1), 4)  # 16 outputs per group
+    assert not cpu._winograd_pays((64, 64, 3, 3), (2, 2), (1, 1), 1)
+    assert not cpu._winograd_pays((64, 64, 3, 3), (1, 1), (2, 2), 1)
+    assert not cpu._winograd_pays((64, 64, 5, 5), (1, 1), (1, 1), 1)
 
 
 # ---------------------------------------------------------------------------------------
