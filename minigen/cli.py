@@ -162,18 +162,40 @@ def train_command(args) -> int:
 # ---------------------------------------------------------------------------------------
 # minigen sample / eval: a trained loop rebuilt from its checkpoint
 # ---------------------------------------------------------------------------------------
+class SharedOptionGroup:
+    """An argument group that skips an option an earlier loop has added: loops may share a
+    sampling option (DDPM and GAN checkpoints both take --class), and argparse refuses a flag
+    twice. The option is listed under the first loop that has it."""
+
+    def __init__(self, group, taken: set):
+        self.group, self.taken = group, taken
+
+    def add_argument(self, *flags, **kwargs):
+        if self.taken & set(flags):
+            shared = f"also takes {flags[0]} (listed above)"
+            self.group.description = "; ".join(filter(None, [self.group.description, shared]))
+            return None
+        self.taken.update(flags)
+        return self.group.add_argument(*flags, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.group, name)
+
+
 def add_sampling_arguments(parser: Parser, n_default: int, n_help: str) -> None:
     parser.add_argument("checkpoint", metavar="CKPT", help="a checkpoint.h5 written by train")
     parser.add_argument("--n", type=int, default=n_default, help=n_help)
     parser.add_argument("--seed", type=int, default=0, help="seeds the sampling noise")
     parser.add_argument("--device", choices=backend.DEVICES, default="cpu",
                         help="where to sample")
+    taken: set[str] = set()
     for name in registered_loops():
         try:
             loop_cls = loop_class(name)
         except UserError:
             continue  # `train` reports why; sampling a checkpoint of that loop will too
-        loop_cls.add_sample_arguments(parser.add_argument_group(f"options of {name} checkpoints"))
+        group = parser.add_argument_group(f"options of {name} checkpoints")
+        loop_cls.add_sample_arguments(SharedOptionGroup(group, taken))
 
 
 def _other_loops_sample_options(name: str) -> set[str]:
