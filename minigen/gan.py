@@ -5,7 +5,8 @@ The losses are functions of D's raw outputs (logits): `discriminator_loss(real, 
 and `generator_loss(fake, loss)`, both minimised, for the minimax, non-saturating, hinge and
 WGAN-GP objectives; `gradient_penalty` is WGAN-GP's loss on the gradient of D, differentiated
 again by backward. GANLoop (minigen.run.TrainingLoop) alternates k D steps and one G step, with
-the MLPs of minigen.models.mlp for points and the DCGAN of minigen.models.dcgan for images.
+the MLPs of minigen.models.mlp for points and the DCGAN of minigen.models.dcgan for images;
+with --conditional, a class-conditional DCGAN (projection discriminator) that samples a class.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 
 import minigen
 import minigen.functional as F
-from minigen import backend
+from minigen import backend, editing
 from minigen.models.dcgan import DCGANDiscriminator, DCGANGenerator, dcgan_init
 from minigen.models.mlp import MLPDiscriminator, MLPGenerator
 from minigen.optim import Adam
@@ -69,11 +70,13 @@ def generator_loss(fake_logits: Tensor, loss: str) -> Tensor:
     return -fake_logits.mean()
 
 
-def gradient_penalty(discriminator, real: Tensor, fake: Tensor) -> Tensor:
+def gradient_penalty(discriminator, real: Tensor, fake: Tensor,
+                     labels: Tensor | None = None) -> Tensor:
     """E[(||grad_x D(x_hat)||_2 - 1)^2] at x_hat = eps x + (1 - eps) G(z), eps ~ U[0, 1] per
     sample (WGAN-GP, Gulrajani et al., 2017, Eq. 3), without its weight lambda.
 
-    real, fake: (N, ...) batches of the same shape (fake detached from G). The gradient is
+    real, fake: (N, ...) batches of the same shape (fake detached from G); labels (N,): the
+    class of both for a conditional D, whose gradient is taken at (x_hat, y). The gradient is
     taken with create_graph=True, so backward on the penalty reaches D's weights through it.
     """
     if real.shape != fake.shape:
@@ -82,7 +85,7 @@ def gradient_penalty(discriminator, real: Tensor, fake: Tensor) -> Tensor:
     eps = minigen.rand(real.shape[0], *([1] * (real.ndim - 1)), dtype=real.dtype,
                        device=real.device)
     x_hat = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_()
-    scores = discriminator(x_hat)
+    scores = discriminator(x_hat) if labels is None else discriminator(x_hat, labels)
     (grad_x,) = minigen.grad(scores.sum(), x_hat, create_graph=True)
     # A tiny epsilon keeps the norm differentiable where the gradient is exactly zero.
     norms = ((grad_x * grad_x).reshape(grad_x.shape[0], -1).sum(1) + 1e-12).sqrt()
@@ -106,8 +109,11 @@ class GANLoop(TrainingLoop):
     Algorithm 1), under the minimax, non-saturating, hinge or WGAN-GP loss.
 
     Points get the MLP G and D, images the DCGAN pair. G maps z ~ N(0, I) to samples; D gives
-    one logit per sample. Adam with the DCGAN settings (lr 2e-4, betas (0.5, 0.999)) drives both
-    (lr 1e-3 on points unless --lr says otherwise).
+    one logit per sample. With --conditional (images with labels), G(z, y) and D(x, y) take the
+    class too: D judges each real image with its label and each fake with the label it was
+    drawn for (the real batch's labels, so fakes follow the data's class frequencies). Adam
+    with the DCGAN settings (lr 2e-4, betas (0.5, 0.999)) drives both (lr 1e-3 on points
+    unless --lr says otherwise).
     """
 
     name = "gan"
@@ -131,10 +137,14 @@ class GANLoop(TrainingLoop):
                             help="lambda of the WGAN-GP gradient penalty")
         parser.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 (DCGAN: 0.5)")
         parser.add_argument("--beta2", type=float, default=0.999, help="Adam beta2")
+        parser.add_argument("--conditional", action="store_true",
+                            help="learn p(x | class): G reads a class embedding beside z, D is "
+                                 "a projection discriminator (images with labels)")
 
     @classmethod
     def add_sample_arguments(cls, parser) -> None:
-        """GAN sampling needs no option beyond the harness's --n and --out."""
+        parser.add_argument("--class", dest="class_label", type=int, default=None, metavar="C",
+                            help="draw class C (a model trained with --conditional)")
 
     def __init__(self, config: dict, device: str):
         self.config, self.device = config, device
@@ -144,6 +154,7 @@ class GANLoop(TrainingLoop):
             raise ValueError(f"--d-steps must be at least 1, got {self.d_steps}")
         self.gp_weight = float(config.get("gp_weight", 10.0))
         shape = tuple(config["data_shape"])
+        self.num_classes = self._classes(config)
         if config.get("data_kind") == "points":
             self.latent_dim = int(config.get("latent_dim") or 8)
             self.width = int(config.get("width") or 128)
@@ -158,8 +169,9 @@ class GANLoop(TrainingLoop):
             self.width = int(config.get("width") or (32 if height <= 16 else 64))
             norm = "none" if self.loss == "wgan-gp" else "batch"
             self.generator = dcgan_init(DCGANGenerator(self.latent_dim, channels, height,
-                                                       self.width))
-            self.discriminator = dcgan_init(DCGANDiscriminator(channels, height, self.width, norm))
+                                                       self.width, self.num_classes))
+            self.discriminator = dcgan_init(DCGANDiscriminator(channels, height, self.width, norm,
+                                                               self.num_classes))
         self.generator.to(device)
         self.discriminator.to(device)
         lr = float(config.get("lr") or (POINTS_LR if config.get("data_kind") == "points"
@@ -167,6 +179,20 @@ class GANLoop(TrainingLoop):
         betas = (float(config.get("beta1", 0.5)), float(config.get("beta2", 0.999)))
         self.g_optimizer = Adam(self.generator.parameters(), lr=lr, betas=betas)
         self.d_optimizer = Adam(self.discriminator.parameters(), lr=lr, betas=betas)
+
+    @staticmethod
+    def _classes(config: dict) -> int | None:
+        """The number of classes a conditional GAN learns (None: unconditional)."""
+        if not config.get("conditional"):  # checkpoints from before the option: unconditional
+            return None
+        if config.get("data_kind") == "points":
+            raise ValueError("--conditional conditions the DCGAN on image classes; the toy "
+                             "points train unconditionally: drop --conditional")
+        if not config.get("num_classes"):
+            raise ValueError(f"--conditional needs class labels, and {config.get('dataset')} "
+                             "has none; use a labelled dataset (digits, mnist, fashion-mnist, a "
+                             "labelled .npz or a folder of class subfolders) or drop --conditional")
+        return int(config["num_classes"])
 
     def models(self) -> dict:
         return {"generator": self.generator, "discriminator": self.discriminator}
@@ -187,14 +213,29 @@ class GANLoop(TrainingLoop):
             logits = F.sigmoid(logits)
         return float(logits.mean().item())
 
-    def discriminator_step(self, real: Tensor, fake: Tensor) -> dict:
-        """One update of D on a real batch and a fake batch; G is cut off by the detach."""
+    def discriminate(self, samples: Tensor, labels: Tensor | None = None) -> Tensor:
+        """D's logits (N, 1): D(x), or D(x, y) for a conditional model."""
+        if labels is None:
+            return self.discriminator(samples)
+        return self.discriminator(samples, labels)
+
+    def generate(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """G(z), or G(z, y) for a conditional model."""
+        if labels is None:
+            return self.generator(z)
+        return self.generator(z, labels)
+
+    def discriminator_step(self, real: Tensor, fake: Tensor, labels: Tensor | None = None) -> dict:
+        """One update of D on a real batch and a fake batch (both of class `labels` for a
+        conditional D); G is cut off by the detach."""
         fake = fake.detach()
         self.d_optimizer.zero_grad()
-        real_logits, fake_logits = self.discriminator(real), self.discriminator(fake)
+        real_logits = self.discriminate(real, labels)
+        fake_logits = self.discriminate(fake, labels)
         loss = discriminator_loss(real_logits, fake_logits, self.loss)
         if self.loss == "wgan-gp":
-            loss = loss + self.gp_weight * gradient_penalty(self.discriminator, real, fake)
+            loss = loss + self.gp_weight * gradient_penalty(self.discriminator, real, fake,
+                                                            labels)
         loss.backward()
         stats = {"loss_d": float(loss.item()), "d_real": self._read_out(real_logits.detach()),
                  "d_fake": self._read_out(fake_logits.detach()),
@@ -202,14 +243,15 @@ class GANLoop(TrainingLoop):
         self.d_optimizer.step()
         return stats
 
-    def generator_step(self, fake: Tensor) -> dict:
-        """One update of G through D on `fake` = G(z) (with its graph); D's weights stay put."""
+    def generator_step(self, fake: Tensor, labels: Tensor | None = None) -> dict:
+        """One update of G through D on `fake` = G(z[, labels]) (with its graph); D's weights
+        stay put."""
         self.g_optimizer.zero_grad()
         # D's weights need no gradient here: freezing them skips that work, and its optimizer
         # is not stepped, so the G step cannot move D.
         self.discriminator.requires_grad_(False)
         try:
-            loss = generator_loss(self.discriminator(fake), self.loss)
+            loss = generator_loss(self.discriminate(fake, labels), self.loss)
             loss.backward()
         finally:
             self.discriminator.requires_grad_(True)
@@ -220,22 +262,44 @@ class GANLoop(TrainingLoop):
 
     def train_step(self, batch: Tensor, labels, step: int) -> dict:
         """k D steps (each on `batch` against fresh fakes), then one G step that reuses the
-        last fakes, as PyTorch's DCGAN example does, so G runs forward once per D step."""
+        last fakes, as PyTorch's DCGAN example does, so G runs forward once per D step.
+        labels: the batch's classes, used by a conditional GAN only (for real and fakes)."""
+        if self.num_classes is None:
+            labels = None
+        elif labels is None:
+            raise ValueError("a conditional GAN trains on labelled batches; pass the labels")
         n = batch.shape[0]
         for k in range(self.d_steps):
             if k < self.d_steps - 1:
                 with minigen.no_grad():
-                    fake = self.generator(self.noise(n))
+                    fake = self.generate(self.noise(n), labels)
             else:
-                fake = self.generator(self.noise(n))
-            d_stats = self.discriminator_step(batch, fake)
-        return {**d_stats, **self.generator_step(fake)}
+                fake = self.generate(self.noise(n), labels)
+            d_stats = self.discriminator_step(batch, fake, labels)
+        return {**d_stats, **self.generator_step(fake, labels)}
 
-    def sample(self, n: int, **options):
-        """n samples as a NumPy array: images (n, C, H, W) in [-1, 1] or points (n, D).
+    def sample_labels(self, n: int, class_label=None) -> Tensor | None:
+        """The classes of n samples: None for an unconditional G; class_label (one class, or
+        one per sample) when given; else 0, 1, ..., K-1, 0, 1, ... so every class is drawn."""
+        if self.num_classes is None:
+            if class_label is not None:
+                raise ValueError("this model is unconditional (trained without --conditional), "
+                                 "so it cannot be asked for a class; drop --class, or train a "
+                                 "conditional model with `minigen train gan --conditional`")
+            return None
+        if class_label is None:
+            return Tensor(backend.to_device(np.arange(n) % self.num_classes, self.device))
+        # max(n, 1): the class is checked even when no sample is asked for
+        return editing.class_labels(class_label, max(n, 1), self.num_classes, self.device)[:n]
+
+    def sample(self, n: int, class_label=None):
+        """n samples as a NumPy array: images (n, C, H, W) in [-1, 1] or points (n, D); of
+        class `class_label` (an int, or n of them) from a conditional G, of every class in turn
+        when it is None.
 
         G runs in eval mode (BatchNorm with its running statistics), so sampling neither
         depends on the batch it is drawn in nor changes the model."""
+        labels = self.sample_labels(n, class_label)
         was_training = self.generator.training
         self.generator.eval()
         chunks = []
@@ -243,7 +307,9 @@ class GANLoop(TrainingLoop):
             with minigen.no_grad():
                 for start in range(0, n, SAMPLE_CHUNK):
                     count = min(SAMPLE_CHUNK, n - start)
-                    chunks.append(backend.to_numpy(self.generator(self.noise(count)).data))
+                    chunk_labels = None if labels is None else labels[start:start + count]
+                    chunks.append(backend.to_numpy(
+                        self.generate(self.noise(count), chunk_labels).data))
         finally:
             self.generator.train(was_training)
         if not chunks:

@@ -242,12 +242,14 @@ def test_sample_leaves_the_generator_and_its_batch_statistics_unchanged():
 
 
 # --- exact resumption through the harness ----------------------------------------------------
-@pytest.mark.parametrize("dataset, loss", [("ring8", "wgan-gp"), ("digits", "nonsaturating")])
-def test_resumed_run_equals_straight_run_bit_for_bit(tmp_path, dataset, loss):
+@pytest.mark.parametrize("dataset, loss, conditional", [("ring8", "wgan-gp", False),
+                                                       ("digits", "nonsaturating", False),
+                                                       ("digits", "wgan-gp", True)])
+def test_resumed_run_equals_straight_run_bit_for_bit(tmp_path, dataset, loss, conditional):
     def run(out, steps, resume=None):
         options = default_config(GANLoop, dataset=dataset, loss=loss, steps=steps, batch_size=8,
                                  width=8, latent_dim=4, d_steps=2, out=str(out), resume=resume,
-                                 checkpoint_every=100, eval_samples=0)
+                                 checkpoint_every=100, eval_samples=0, conditional=conditional)
         train(GANLoop, options, progress=False, say=lambda message: None)
 
     run(tmp_path / "straight", 4)
@@ -255,9 +257,10 @@ def test_resumed_run_equals_straight_run_bit_for_bit(tmp_path, dataset, loss):
     run(tmp_path / "split", 4, resume=str(tmp_path / "split" / "checkpoint.h5"))
     loops = []
     for name in ("straight", "split"):
-        config = default_config(GANLoop, dataset=dataset, loss=loss, width=8, latent_dim=4)
+        config = default_config(GANLoop, dataset=dataset, loss=loss, width=8, latent_dim=4,
+                                conditional=conditional)
         config.update(data_kind="images" if dataset == "digits" else "points",
-                      data_shape=[1, 8, 8] if dataset == "digits" else [2])
+                      data_shape=[1, 8, 8] if dataset == "digits" else [2], num_classes=10)
         loop = GANLoop(config, "cpu")
         state = minigen.load_checkpoint(tmp_path / name / "checkpoint.h5", models=loop.models(),
                                         optimizers=loop.optimizers())
