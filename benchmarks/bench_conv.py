@@ -185,12 +185,15 @@ start = time.perf_counter()
 import numpy as np
 from minigen.kernels import cpu
 imported = time.perf_counter()
-x = np.ones((2, 3, 8, 8), np.float32); weight = np.ones((4, 3, 3, 3), np.float32)
 geometry = ((1, 1), (1, 1), (1, 1), 1)
 def step():
-    y = cpu.conv2d_forward(x, weight, *geometry)
-    cpu.conv2d_backward_input(y, weight, x.shape, *geometry)
-    cpu.conv2d_backward_weight(y, x, weight.shape, *geometry)
+    # 3 and 32 channels: the im2col and the Winograd paths; then the strided col2im.
+    for channels in (3, 32):
+        x = np.ones((2, channels, 8, 8), np.float32)
+        weight = np.ones((channels, channels, 3, 3), np.float32)
+        y = cpu.conv2d_forward(x, weight, *geometry)
+        cpu.conv2d_backward_input(y, weight, x.shape, *geometry)
+        cpu.conv2d_backward_weight(y, x, weight.shape, *geometry)
     cpu.conv2d_backward_input(y[:, :, ::2, ::2].copy(), weight, x.shape, (2, 2), (1, 1), (1, 1), 1)
 step()
 first = time.perf_counter()
@@ -201,7 +204,8 @@ print(imported - start, first - imported, second - first)
 
 
 def run_compile_time() -> None:
-    """Run the conv path (forward, both gradients, the strided col2im) in fresh processes."""
+    """Run the conv paths (im2col and Winograd, forward and both gradients, the strided
+    col2im) in fresh processes."""
     with tempfile.TemporaryDirectory() as cache:
         environment = dict(os.environ, NUMBA_CACHE_DIR=cache)
         print("Numba compile cost of the float32 conv path (fresh process each), seconds:")
