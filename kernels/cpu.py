@@ -139,12 +139,18 @@ def _col2im(cols, padded_grad, kernel, stride, dilation, out_hw):
 # ---------------------------------------------------------------------------------------
 # Convolution: pad, im2col, GEMM, chunk by chunk of samples
 # ---------------------------------------------------------------------------------------
+def _chunks(batch: int, chunk: int):
+    """(first sample, number of samples) of each chunk of a batch."""
+    for start in range(0, batch, chunk):
+        yield start, min(chunk, batch - start)
+
+
 class _Chunks:
     """The geometry of one conv2d on the CPU and the chunking of its batch.
 
     Each chunk of samples is padded into a zero-bordered buffer, expanded by _im2col into
     columns of at most COLUMNS_BUDGET_BYTES, and multiplied by the weight with NumPy's BLAS.
-    The buffers are allocated once per call and reused by every chunk."""
+    Both buffers are scratch (_scratch), reused by every chunk and every call."""
 
     def __init__(self, input_shape, weight_shape, stride, padding, dilation, groups, out_hw,
                  dtype):
@@ -161,9 +167,7 @@ class _Chunks:
         self._padded = None
 
     def chunks(self):
-        """(first sample, number of samples) of each chunk."""
-        for start in range(0, self.batch, self.chunk):
-            yield start, min(self.chunk, self.batch - start)
+        return _chunks(self.batch, self.chunk)
 
     def padded(self, x, start: int, count: int):
         """Samples start..start+count of x (N, C, H, W) with their zero padding."""
@@ -174,10 +178,8 @@ class _Chunks:
                                     self.dtype, zero=True)
         return _pad(x, start, self._padded[:count], self.padding)
 
-    def columns(self, x, start: int, count: int, out=None):
-        """The (count, rows, pixels) columns of samples start.. of x, into `out` if given."""
-        if out is None:
-            out = np.empty((count, self.rows, self.pixels), self.dtype)
+    def columns(self, x, start: int, count: int, out):
+        """Fill `out` (count, rows, pixels) with the columns of samples start.. of x."""
         return _im2col(self.padded(x, start, count), out, *self.geometry)
 
     def by_group(self, matrices):
@@ -331,8 +333,7 @@ class _WinogradChunks:
                                  dtype)
 
     def chunks(self):
-        for start in range(0, self.batch, self.chunk):
-            yield start, min(self.chunk, self.batch - start)
+        return _chunks(self.batch, self.chunk)
 
     def transformed_input(self, x, start: int, count: int):
         """(16, C, count*tiles): B^T d B of every tile of samples start.. of x."""
