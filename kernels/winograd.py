@@ -16,12 +16,20 @@ with stride 1 and dilation 1.
 """
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 
 _jit = dict(nogil=True, cache=True)
 
 G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+
+
+@functools.lru_cache(maxsize=None)
+def _g_kron(dtype) -> np.ndarray:
+    """The weight transform as one (16, 9) matrix: row 4a + b, column 3i + j is G[a, i] G[b, j]."""
+    return np.kron(G, G).astype(dtype)
 
 
 def applies(weight_shape, stride, dilation) -> bool:
@@ -44,15 +52,14 @@ def padded_hw(out_hw) -> tuple[int, int]:
 def transform_weight(weight: np.ndarray) -> np.ndarray:
     """U = G g G^T of each 3x3 kernel: (C_out, C_in/groups, 3, 3) -> (16, C_out, C_in/groups).
     Entry 4a + b of U is sum_ij G[a, i] G[b, j] g[i, j]: one GEMM with the Kronecker product."""
-    by_kernel = weight.reshape(-1, 9)
-    transformed = np.kron(G, G).astype(weight.dtype) @ by_kernel.T  # (16, C_out * C_in/g)
+    transformed = _g_kron(weight.dtype) @ weight.reshape(-1, 9).T  # (16, C_out * C_in/g)
     return transformed.reshape(16, *weight.shape[:2])
 
 
 def weight_gradient(products: np.ndarray) -> np.ndarray:
     """G^T M G of each summed product: (16, C_out, C_in/groups) -> (C_out, C_in/groups, 3, 3),
     the adjoint of transform_weight."""
-    by_kernel = products.reshape(16, -1).T @ np.kron(G, G).astype(products.dtype)
+    by_kernel = products.reshape(16, -1).T @ _g_kron(products.dtype)
     return by_kernel.reshape(*products.shape[1:], 3, 3)
 
 
