@@ -44,6 +44,14 @@ def test_conv2d_gradients_of_first_and_second_order(case):
     assert minigen.gradgradcheck(lambda a, w: F.conv2d(a, w, **case["kwargs"]), (x, weight))
 
 
+@pytest.mark.parametrize("name", ["3x3_padding_1", "groups_2", "depthwise"])
+def test_conv2d_gradients_of_first_and_second_order_through_winograd(name, monkeypatch):
+    # These few channels normally take im2col; a threshold of 0 sends them through Winograd.
+    from minigen.kernels import cpu
+    monkeypatch.setattr(cpu, "WINOGRAD_MIN_CHANNELS", 0)
+    test_conv2d_gradients_of_first_and_second_order(CONV_CASES[name])
+
+
 @pytest.mark.parametrize("case", TRANSPOSE_CASES.values(), ids=TRANSPOSE_CASES.keys())
 def test_conv_transpose2d_gradients_of_first_and_second_order(case):
     rng = np.random.default_rng(1)
