@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minigen import kernels
 from minigen.kernels import cpu, gemm_conv, reference, winograd
@@ -335,6 +337,40 @@ def test_cpu_winograd_is_chosen_for_3x3_stride_1_with_32_or_more_channels_per_gr
     assert not cpu._winograd_pays((64, 64, 3, 3), (2, 2), (1, 1), 1)
     assert not cpu._winograd_pays((64, 64, 3, 3), (1, 1), (2, 2), 1)
     assert not cpu._winograd_pays((64, 64, 5, 5), (1, 1), (1, 1), 1)
+
+
+# ---------------------------------------------------------------------------------------
+# Random geometries (hypothesis, derandomized): every CPU conv path against the oracle.
+# ---------------------------------------------------------------------------------------
+@st.composite
+def conv_geometries(draw):
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    kernel = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    reach = [d * (k - 1) + 1 - 2 * p for k, d, p in zip(kernel, dilation, padding)]
+    height, width = (draw(st.integers(max(1, r), max(1, r) + 6)) for r in reach)
+    return ConvCase("random", draw(st.integers(1, 3)), groups * draw(st.integers(1, 3)),
+                    groups * draw(st.integers(1, 3)), height, width, kernel, stride, padding,
+                    dilation, groups)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(case=conv_geometries(), winograd_threshold=st.sampled_from([0, 32]),
+       budget=st.sampled_from([1, 2**22]))
+def test_cpu_conv2d_matches_reference_on_random_geometries(case, winograd_threshold, budget):
+    x, weight, grad_output = conv_inputs(case, seed=19)
+    args = case.args
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu, "WINOGRAD_MIN_CHANNELS", winograd_threshold)
+        patch.setattr(cpu, "COLUMNS_BUDGET_BYTES", budget)
+        assert_close(cpu.conv2d_forward(x, weight, *args),
+                     reference.conv2d_forward(x, weight, *args))
+        assert_close(cpu.conv2d_backward_input(grad_output, weight, x.shape, *args),
+                     reference.conv2d_backward_input(grad_output, weight, x.shape, *args))
+        assert_close(cpu.conv2d_backward_weight(grad_output, x, weight.shape, *args),
+                     reference.conv2d_backward_weight(grad_output, x, weight.shape, *args))
 
 
 # ---------------------------------------------------------------------------------------
