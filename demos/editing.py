@@ -8,8 +8,9 @@ words and photographs:
      classifier reads the samples, per class, for w from 0 (ignore the class) up; the feature
      FID shows what the sharper classes cost in diversity;
   2. inpainting (RePaint, Lugmayr et al. 2022): keep part of a digit and regenerate the rest
-     as another class ("keep the right half of a 3, ask for an 8"); it works when the kept part
-     fits the asked class, as the table per region shows;
+     as another class ("keep the top half of a 3, ask for an 8"); it works when the kept part
+     fits the asked class, as the table per region shows beside real digits of the asked class
+     given the same kept part (how far the kept part alone decides the classifier's reading);
   3. image-to-image (SDEdit, Meng et al. 2022): noise a digit to strength * T and denoise it;
      the more noise, the less of the input's class survives.
 
@@ -30,8 +31,9 @@ from minigen.ddpm import DDPMLoop
 from minigen.models.classifier import classify, load_classifier
 from minigen.tensor import Tensor
 
-# The picture's example: keep the right half of a 3, regenerate the left half as an 8.
-INPAINT_SOURCE, INPAINT_TARGET, INPAINT_REGION = 3, 8, "left"
+# The issue's example: keep the top half of a 3, regenerate the bottom half as an 8. For
+# contrast, the same with the right half kept, which a 3 shares with an 8.
+INPAINT_SOURCE, INPAINT_TARGET, INPAINT_REGION, CONTRAST_REGION = 3, 8, "bottom", "left"
 
 
 def trained_loop(args) -> DDPMLoop:
@@ -90,8 +92,8 @@ def guidance_table(loop, dataset, classifier, args) -> tuple[list, np.ndarray]:
 
 def inpaint_batch(loop, images, hidden, labels, args) -> np.ndarray:
     """RePaint completions of images (N, C, H, W) where hidden (H, W) is 1, toward labels (N,)
-    with the edit guidance, or unconditional when labels is None."""
-    with loop.guided(labels, None if labels is None else args.edit_guidance) as denoiser:
+    with the inpainting guidance, or unconditional when labels is None."""
+    with loop.guided(labels, None if labels is None else args.inpaint_guidance) as denoiser:
         result = editing.inpaint(denoiser, loop.schedule, Tensor(images), 1 - hidden,
                                  steps=args.sampling_steps, jump_length=args.jump_length,
                                  resamplings=args.resamplings, prediction=loop.prediction)
@@ -112,15 +114,48 @@ def other_classes(labels: np.ndarray, num_classes: int, seed: int) -> np.ndarray
     return (labels + shift) % num_classes
 
 
+def _opposite(region: str) -> str:
+    """The half kept when `region` (a half) is regenerated."""
+    return {"top": "bottom", "bottom": "top", "left": "right", "right": "left"}[region]
+
+
+def real_with_kept_part(dataset, classifier, sources, hidden, targets) -> float:
+    """The share of chimeras read as their target: each real held-out digit of the target
+    class with its kept part (hidden == 0) replaced by that of the source. What the kept part
+    alone does to the classifier's reading, when the hidden part is a real digit of the class."""
+    read_as_target = []
+    for source, target in zip(sources, targets):
+        reals = dataset.test[dataset.test_labels == target]
+        chimeras = np.where(hidden == 1, reals, source)
+        read_as_target.append(classify(chimeras, dataset, classifier) == target)
+    return float(np.mean(np.concatenate(read_as_target)))
+
+
+def inpainting_example(loop, dataset, classifier, region, args) -> tuple[float, float]:
+    """(completions read as INPAINT_TARGET, real ones with the source's kept part read so) for
+    the `region` of every held-out INPAINT_SOURCE regenerated --example-repeats times."""
+    sources = dataset.test[dataset.test_labels == INPAINT_SOURCE]
+    hidden = editing.region_mask(region, *dataset.shape[1:])
+    minigen.manual_seed(args.seed)
+    completed = inpaint_batch(loop, np.repeat(sources, args.example_repeats, axis=0), hidden,
+                              np.full(len(sources) * args.example_repeats, INPAINT_TARGET), args)
+    as_target = float(np.mean(classify(completed, dataset, classifier) == INPAINT_TARGET))
+    real = real_with_kept_part(dataset, classifier, sources, hidden,
+                               np.full(len(sources), INPAINT_TARGET))
+    return as_target, real
+
+
 def inpainting_table(loop, dataset, classifier, images, labels, targets, args) -> float:
     """Print, per regenerated region, how often completions are read as another asked class
-    and, with no class asked, as the original one; then the picture's example (the left half
-    of every held-out 3 regenerated as an 8) and how far kept pixels moved. Returns the
-    example's share."""
+    (beside real digits of that class given the same kept part) and, with no class asked, as
+    the original one; then the issue's example (the top half of every held-out 3 kept, the
+    bottom regenerated as an 8), its contrast (the right half kept), and how far kept pixels
+    moved. Returns the example's share."""
     print(f"\n2. inpainting ({len(images)} test digits; RePaint: {args.sampling_steps} steps, "
           f"jumps of {args.jump_length}, {args.resamplings} resamplings): share read as")
-    asked = f"another class asked (w = {args.edit_guidance:g})"
-    print(f"{'region regenerated':>18} | {asked:>27} | {'no class: the original':>22}")
+    asked = f"another class asked (w = {args.inpaint_guidance:g})"
+    print(f"{'region regenerated':>18} | {asked:>27} | {'real digit of it, same kept part':>32}"
+          f" | {'no class: the original':>22}")
     known_error = 0.0
     for region in editing.MASKS:
         hidden = editing.region_mask(region, *dataset.shape[1:])
@@ -130,18 +165,20 @@ def inpainting_table(loop, dataset, classifier, images, labels, targets, args) -
         for result in (completed, plain):
             known_error = max(known_error, float(np.abs(result - images)[..., hidden == 0].max()))
         as_target = np.mean(classify(completed, dataset, classifier) == targets)
+        real = real_with_kept_part(dataset, classifier, images, hidden, targets)
         as_source = np.mean(classify(plain, dataset, classifier) == labels)
-        print(f"{region:>18} | {as_target:>27.1%} | {as_source:>22.1%}")
-    sources = dataset.test[dataset.test_labels == INPAINT_SOURCE]
-    minigen.manual_seed(args.seed)
-    example = inpaint_batch(loop, sources, editing.region_mask(INPAINT_REGION,
-                                                               *dataset.shape[1:]),
-                            np.full(len(sources), INPAINT_TARGET), args)
-    as_example = np.mean(classify(example, dataset, classifier) == INPAINT_TARGET)
-    print(f"   the {len(sources)} held-out {INPAINT_SOURCE}s, {INPAINT_REGION} half regenerated "
-          f"as an {INPAINT_TARGET}: {as_example:.1%} read as {INPAINT_TARGET}")
+        print(f"{region:>18} | {as_target:>27.1%} | {real:>32.1%} | {as_source:>22.1%}")
+    count = np.sum(dataset.test_labels == INPAINT_SOURCE)
+    shares = {}
+    for region in (INPAINT_REGION, CONTRAST_REGION):
+        shares[region], real = inpainting_example(loop, dataset, classifier, region, args)
+        kept = _opposite(region)
+        print(f"   {count} held-out {INPAINT_SOURCE}s x {args.example_repeats}, {kept} half "
+              f"kept, {region} half regenerated as an {INPAINT_TARGET}: {shares[region]:.1%} "
+              f"read as {INPAINT_TARGET} (real {INPAINT_TARGET}s given a {INPAINT_SOURCE}'s "
+              f"{kept} half: {real:.1%})")
     print(f"   largest change of a kept pixel: {known_error:.2g}")
-    return as_example
+    return shares[INPAINT_REGION]
 
 
 def img2img_table(loop, dataset, classifier, images, labels, targets, args) -> None:
@@ -161,7 +198,7 @@ def img2img_table(loop, dataset, classifier, images, labels, targets, args) -> N
 
 
 def picture_rows(loop, dataset, inputs, targets, args) -> tuple[np.ndarray, np.ndarray]:
-    """(inpainting rows: a 3, its kept half, four completions as an 8;
+    """(inpainting rows: a 3, its kept (top) half, four completions as an 8;
     img2img rows: an input, then its edits toward targets at each strength)."""
     hidden = editing.region_mask(INPAINT_REGION, *dataset.shape[1:])
     threes = dataset.test[dataset.test_labels == INPAINT_SOURCE][:4]
@@ -190,8 +227,8 @@ def draw_figure(path, samples, inpainting, img2img_rows, targets, args) -> None:
          f"class-conditional samples, w = {args.picture_guidance:g}\n(row c: class c)"),
         (viz.make_grid(inpainting.reshape(-1, *inpainting.shape[2:]), nrow=inpainting.shape[1],
                        scale=4),
-         f"inpainting: regenerate the {INPAINT_REGION} half of a {INPAINT_SOURCE} as an "
-         f"{INPAINT_TARGET}\n(input, kept part, 4 completions)"),
+         f"inpainting: keep the {_opposite(INPAINT_REGION)} half of a {INPAINT_SOURCE}, ask "
+         f"for an {INPAINT_TARGET}\n(input, kept part, 4 completions)"),
         (viz.make_grid(img2img_rows.reshape(-1, *img2img_rows.shape[2:]),
                        nrow=img2img_rows.shape[1], scale=4),
          f"image-to-image toward classes {', '.join(map(str, targets))} (by row)\n"
@@ -227,8 +264,12 @@ def main() -> None:
                         help="DDIM steps over the whole range 0..T")
     parser.add_argument("--jump-length", type=int, default=5, help="RePaint jump length")
     parser.add_argument("--resamplings", type=int, default=3, help="RePaint resamplings")
+    parser.add_argument("--inpaint-guidance", type=float, default=5.0,
+                        help="guidance scale when inpainting asks for a class")
+    parser.add_argument("--example-repeats", type=int, default=4,
+                        help="completions of each held-out 3 in the 3-to-8 examples")
     parser.add_argument("--edit-guidance", type=float, default=3.0,
-                        help="guidance scale when an edit asks for a class")
+                        help="guidance scale when image-to-image asks for a class")
     parser.add_argument("--picture-guidance", type=float, default=3.0)
     parser.add_argument("--picture-columns", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
@@ -270,8 +311,8 @@ def main() -> None:
     print(f"done in {time.perf_counter() - started:.0f} s")
     guided = dict((guidance, mean) for guidance, mean, *_ in rows)
     print(f"guided samples read as the asked class at w = {args.picture_guidance:g}: "
-          f"{guided[args.picture_guidance]:.1%}; {INPAINT_SOURCE}s inpainted into "
-          f"{INPAINT_TARGET}s: {as_example:.1%}")
+          f"{guided[args.picture_guidance]:.1%}; {_opposite(INPAINT_REGION)} halves of "
+          f"{INPAINT_SOURCE}s completed as {INPAINT_TARGET}s: {as_example:.1%}")
 
 
 if __name__ == "__main__":
