@@ -92,8 +92,8 @@ def guidance_table(loop, dataset, classifier, args) -> tuple[list, np.ndarray]:
 
 def inpaint_batch(loop, images, hidden, labels, args) -> np.ndarray:
     """RePaint completions of images (N, C, H, W) where hidden (H, W) is 1, toward labels (N,)
-    with the inpainting guidance, or unconditional when labels is None."""
-    with loop.guided(labels, None if labels is None else args.inpaint_guidance) as denoiser:
+    with the edit guidance, or unconditional when labels is None."""
+    with loop.guided(labels, None if labels is None else args.edit_guidance) as denoiser:
         result = editing.inpaint(denoiser, loop.schedule, Tensor(images), 1 - hidden,
                                  steps=args.sampling_steps, jump_length=args.jump_length,
                                  resamplings=args.resamplings, prediction=loop.prediction)
@@ -153,7 +153,7 @@ def inpainting_table(loop, dataset, classifier, images, labels, targets, args) -
     moved. Returns the example's share."""
     print(f"\n2. inpainting ({len(images)} test digits; RePaint: {args.sampling_steps} steps, "
           f"jumps of {args.jump_length}, {args.resamplings} resamplings): share read as")
-    asked = f"another class asked (w = {args.inpaint_guidance:g})"
+    asked = f"another class asked (w = {args.edit_guidance:g})"
     print(f"{'region regenerated':>18} | {asked:>27} | {'real digit of it, same kept part':>32}"
           f" | {'no class: the original':>22}")
     known_error = 0.0
@@ -264,12 +264,10 @@ def main() -> None:
                         help="DDIM steps over the whole range 0..T")
     parser.add_argument("--jump-length", type=int, default=5, help="RePaint jump length")
     parser.add_argument("--resamplings", type=int, default=3, help="RePaint resamplings")
-    parser.add_argument("--inpaint-guidance", type=float, default=5.0,
-                        help="guidance scale when inpainting asks for a class")
     parser.add_argument("--example-repeats", type=int, default=4,
                         help="completions of each held-out 3 in the 3-to-8 examples")
     parser.add_argument("--edit-guidance", type=float, default=3.0,
-                        help="guidance scale when image-to-image asks for a class")
+                        help="guidance scale when an edit asks for a class")
     parser.add_argument("--picture-guidance", type=float, default=3.0)
     parser.add_argument("--picture-columns", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
