@@ -22,6 +22,7 @@ setup(
         "pillow>=9.0",
         "matplotlib>=3.6",
         "tqdm>=4.60",
+        "threadpoolctl>=3.1",  # holds BLAS to one thread while conv chunks run in parallel
     ],
     extras_require={
         "cuda": ["cupy-cuda12x>=13"],

@@ -4,10 +4,10 @@ fewer multiplications than im2col + GEMM (Lavin and Gray, 2016).
 Each 2x2 block of outputs ("tile") needs the 4x4 patch of input under it. In the transformed
 domain, V = B^T d B for the patch d and U = G g G^T for the 3x3 kernel g, the 2x2 outputs are
 A^T (U * V) A: 16 elementwise products where the direct sum has 36. Summed over input channels,
-the products become 16 GEMMs, (C_out, C_in) @ (C_in, tiles), which do all the work; the Numba
-loops here only transform. The weight gradient is the same identity read the other way (the
+the products become 16 GEMMs, (C_out, C_in) @ (C_in, tiles), which do all the work; the serial
+Numba loops here only transform (cpu_conv.py runs chunks of a batch on parallel threads). The weight gradient is the same identity read the other way (the
 transposition principle): the sum over tiles of (A g_out A^T) * (B^T d B), mapped back by G^T . G,
-where 16 GEMMs of inner dimension `tiles` do the sum. cpu.py picks this path for 3x3 kernels
+where 16 GEMMs of inner dimension `tiles` do the sum. cpu_conv.py picks this path for 3x3 kernels
 with stride 1 and dilation 1.
 
     B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
@@ -21,7 +21,7 @@ import functools
 import numba
 import numpy as np
 
-_jit = dict(nogil=True, cache=True)
+_jit = dict(nogil=True, cache=True)  # nogil: cpu_conv runs chunks on several threads
 
 G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
@@ -93,14 +93,14 @@ def _store(transformed, plane, channel, column, values):
     transformed[plane + 3, channel, column] = values[3]
 
 
-@numba.njit(parallel=True, **_jit)
+@numba.njit(**_jit)
 def transform_input(padded, transformed, tiles_hw):
     """transformed[4r + s, c, b*tiles + t] = (B^T d B)[r, s] for the 4x4 patch d at (2*ty, 2*tx)
     of padded[b, c]. padded: (B, C, >= 2*tiles_h + 2, >= 2*tiles_w + 2); transformed:
-    (16, C, B*tiles_h*tiles_w). Parallel over the (b, c) planes."""
+    (16, C, B*tiles_h*tiles_w)."""
     batch, channels = padded.shape[0], padded.shape[1]
     tiles_h, tiles_w = tiles_hw
-    for plane in numba.prange(batch * channels):
+    for plane in range(batch * channels):
         b, c = plane // channels, plane % channels
         image = padded[b, c]
         for ty in range(tiles_h):
@@ -143,7 +143,7 @@ def _output_tile(products, o, column):
     return y00, y01, y10, y11
 
 
-@numba.njit(parallel=True, **_jit)
+@numba.njit(**_jit)
 def transform_output(products, y, n_start, tiles_hw):
     """y[n_start + b, o, 2*ty + r, 2*tx + s] = (A^T m A)[r, s] for the 4x4 m gathered from
     products[:, o, b*tiles + t]; a half-filled last tile writes only its rows and columns
@@ -153,7 +153,7 @@ def transform_output(products, y, n_start, tiles_hw):
     batch = columns // (tiles_h * tiles_w)
     out_h, out_w = y.shape[2], y.shape[3]
     full_w = out_w // 2  # tiles with both columns inside y
-    for plane in numba.prange(batch * channels):
+    for plane in range(batch * channels):
         b, o = plane // channels, plane % channels
         image = y[n_start + b, o]
         for ty in range(tiles_h):
@@ -172,7 +172,7 @@ def transform_output(products, y, n_start, tiles_hw):
     return y
 
 
-@numba.njit(parallel=True, **_jit)
+@numba.njit(**_jit)
 def transform_grad_output(grad_output, n_start, transformed, tiles_hw):
     """transformed[4r + s, o, b*tiles + t] = (A g A^T)[r, s] for the 2x2 tile g at (2*ty, 2*tx)
     of grad_output[n_start + b, o], zero past its last row or column. A = (A^T)^T is 4x2."""
@@ -181,7 +181,7 @@ def transform_grad_output(grad_output, n_start, transformed, tiles_hw):
     tiles_h, tiles_w = tiles_hw
     batch = transformed.shape[2] // (tiles_h * tiles_w)
     zero, one = grad_output.dtype.type(0), grad_output.dtype.type(1)
-    for plane in numba.prange(batch * channels):
+    for plane in range(batch * channels):
         b, o = plane // channels, plane % channels
         image = grad_output[n_start + b, o]
         for ty in range(tiles_h):

@@ -47,8 +47,8 @@ def test_conv2d_gradients_of_first_and_second_order(case):
 @pytest.mark.parametrize("name", ["3x3_padding_1", "groups_2", "depthwise"])
 def test_conv2d_gradients_of_first_and_second_order_through_winograd(name, monkeypatch):
     # These few channels normally take im2col; a threshold of 0 sends them through Winograd.
-    from minigen.kernels import cpu
-    monkeypatch.setattr(cpu, "WINOGRAD_MIN_CHANNELS", 0)
+    from minigen.kernels import cpu_conv
+    monkeypatch.setattr(cpu_conv, "WINOGRAD_MIN_CHANNELS", 0)
     test_conv2d_gradients_of_first_and_second_order(CONV_CASES[name])
 
 

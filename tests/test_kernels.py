@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minigen import kernels
-from minigen.kernels import cpu, gemm_conv, reference, winograd
+from minigen.kernels import cpu, cpu_conv, gemm_conv, reference, winograd
 from helpers import (CONV_CASES, POOL_CASES, ConvCase, UPSAMPLE_CASES, assert_close, import_torch,
                      non_contiguous, pair, random_array)
 
@@ -270,7 +270,7 @@ def test_cpu_conv2d_backward_input_with_output_padding_matches_reference():
                          ids=lambda case: case.name)
 def test_cpu_conv2d_splits_the_batch_into_chunks_when_columns_exceed_budget(case, monkeypatch):
     # A budget this small forces one sample per chunk, so every chunk boundary is crossed.
-    monkeypatch.setattr(cpu, "COLUMNS_BUDGET_BYTES", 1)
+    monkeypatch.setattr(cpu_conv, "COLUMNS_BUDGET_BYTES", 1)
     x, weight, grad_output = conv_inputs(case, seed=14)
     args = case.args
     assert_close(cpu.conv2d_forward(x, weight, *args), reference.conv2d_forward(x, weight, *args))
@@ -297,17 +297,17 @@ WINOGRAD_CASES += [
 
 @pytest.fixture
 def always_winograd(monkeypatch):
-    monkeypatch.setattr(cpu, "WINOGRAD_MIN_CHANNELS", 0)
+    monkeypatch.setattr(cpu_conv, "WINOGRAD_MIN_CHANNELS", 0)
 
 
 @pytest.mark.parametrize("case", WINOGRAD_CASES, ids=lambda case: case.name)
 @dtypes
 @pytest.mark.parametrize("budget", [1, 2**22], ids=["one_sample_chunks", "whole_batch"])
 def test_cpu_winograd_matches_reference(case, dtype, budget, always_winograd, monkeypatch):
-    monkeypatch.setattr(cpu, "COLUMNS_BUDGET_BYTES", budget)
+    monkeypatch.setattr(cpu_conv, "COLUMNS_BUDGET_BYTES", budget)
     x, weight, grad_output = conv_inputs(case, dtype, seed=17)
     args = case.args
-    assert cpu._winograd_pays(weight.shape, *args[::2], args[3])
+    assert cpu_conv._winograd_pays(weight.shape, *args[::2], args[3])
     assert_close(cpu.conv2d_forward(x, weight, *args), reference.conv2d_forward(x, weight, *args),
                  dtype)
     assert_close(cpu.conv2d_backward_input(grad_output, weight, x.shape, *args),
@@ -316,27 +316,33 @@ def test_cpu_winograd_matches_reference(case, dtype, budget, always_winograd, mo
                  reference.conv2d_backward_weight(grad_output, x, weight.shape, *args), dtype)
 
 
+@pytest.mark.parametrize("threads, sizes", [(1, [9]), (2, [5, 4]), (5, [2, 2, 2, 2, 1])])
+def test_cpu_conv2d_gives_every_thread_a_chunk_of_the_batch(threads, sizes, monkeypatch):
+    monkeypatch.setattr(cpu_conv, "THREADS", threads)
+    assert [count for _, count in cpu_conv._chunks(batch=9, per_sample_bytes=1)] == sizes
+
+
 def test_cpu_winograd_is_as_accurate_as_im2col_in_float32_with_many_channels():
     # 128 input channels: rounding in the transforms must not grow with the sum.
     rng = np.random.default_rng(18)
     x, weight = random_array(rng, (2, 128, 10, 10)), random_array(rng, (16, 128, 3, 3))
     exact = reference.conv2d_forward(x, weight, (1, 1), (1, 1), (1, 1), 1)
-    assert cpu._winograd_pays(weight.shape, (1, 1), (1, 1), 1) is False
+    assert cpu_conv._winograd_pays(weight.shape, (1, 1), (1, 1), 1) is False
     im2col = cpu.conv2d_forward(x.astype(np.float32), weight.astype(np.float32), (1, 1), (1, 1),
                                 (1, 1), 1)
-    winograd_y = cpu._winograd_forward(x.astype(np.float32), weight.astype(np.float32), (1, 1),
+    winograd_y = cpu_conv._winograd_forward(x.astype(np.float32), weight.astype(np.float32), (1, 1),
                                        1, (10, 10))
     im2col_error, winograd_error = (np.abs(y - exact).max() for y in (im2col, winograd_y))
     assert winograd_error < 4 * im2col_error + 1e-6
 
 
 def test_cpu_winograd_is_chosen_for_3x3_stride_1_with_32_or_more_channels_per_group():
-    assert cpu._winograd_pays((64, 32, 3, 3), (1, 1), (1, 1), 1)
-    assert not cpu._winograd_pays((16, 64, 3, 3), (1, 1), (1, 1), 1)
-    assert not cpu._winograd_pays((64, 32, 3, 3), (1, 1), (1, 1), 4)  # 16 outputs per group
-    assert not cpu._winograd_pays((64, 64, 3, 3), (2, 2), (1, 1), 1)
-    assert not cpu._winograd_pays((64, 64, 3, 3), (1, 1), (2, 2), 1)
-    assert not cpu._winograd_pays((64, 64, 5, 5), (1, 1), (1, 1), 1)
+    assert cpu_conv._winograd_pays((64, 32, 3, 3), (1, 1), (1, 1), 1)
+    assert not cpu_conv._winograd_pays((16, 64, 3, 3), (1, 1), (1, 1), 1)
+    assert not cpu_conv._winograd_pays((64, 32, 3, 3), (1, 1), (1, 1), 4)  # 16 outputs per group
+    assert not cpu_conv._winograd_pays((64, 64, 3, 3), (2, 2), (1, 1), 1)
+    assert not cpu_conv._winograd_pays((64, 64, 3, 3), (1, 1), (2, 2), 1)
+    assert not cpu_conv._winograd_pays((64, 64, 5, 5), (1, 1), (1, 1), 1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -358,13 +364,15 @@ def conv_geometries(draw):
 
 @settings(max_examples=60, deadline=None, derandomize=True, database=None)
 @given(case=conv_geometries(), winograd_threshold=st.sampled_from([0, 32]),
-       budget=st.sampled_from([1, 2**22]))
-def test_cpu_conv2d_matches_reference_on_random_geometries(case, winograd_threshold, budget):
+       budget=st.sampled_from([1, 2**22]), threads=st.sampled_from([1, 3]))
+def test_cpu_conv2d_matches_reference_on_random_geometries(case, winograd_threshold, budget,
+                                                           threads):
     x, weight, grad_output = conv_inputs(case, seed=19)
     args = case.args
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cpu, "WINOGRAD_MIN_CHANNELS", winograd_threshold)
-        patch.setattr(cpu, "COLUMNS_BUDGET_BYTES", budget)
+        patch.setattr(cpu_conv, "WINOGRAD_MIN_CHANNELS", winograd_threshold)
+        patch.setattr(cpu_conv, "COLUMNS_BUDGET_BYTES", budget)
+        patch.setattr(cpu_conv, "THREADS", threads)
         assert_close(cpu.conv2d_forward(x, weight, *args),
                      reference.conv2d_forward(x, weight, *args))
         assert_close(cpu.conv2d_backward_input(grad_output, weight, x.shape, *args),

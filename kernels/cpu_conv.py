@@ -1,0 +1,444 @@
+"""Convolution on the CPU (cpu.py's conv2d functions): serial Numba loops move the data,
+NumPy's BLAS (OpenBLAS) does the GEMMs, and the chunks of a batch run on parallel threads.
+
+Two algorithms, chosen per call:
+- im2col + GEMM: each chunk of samples is padded into a zero-bordered buffer and expanded into
+  one (C_in*kH*kW, H_out*W_out) column block per sample; one stacked GEMM with the weight writes
+  the NCHW output directly. Chunks keep the columns in cache (COLUMNS_BUDGET_BYTES).
+- Winograd F(2x2, 3x3) (winograd.py) for 3x3 stride-1 convolutions with WINOGRAD_MIN_CHANNELS
+  or more channels: 2.25x less GEMM work.
+1x1 convolutions are plain GEMMs (gemm_conv.py).
+
+Threads: the batch is cut into at least as many chunks as threads (numba.get_num_threads(),
+set by NUMBA_NUM_THREADS), and each thread pads, transforms and multiplies whole chunks in
+buffers of its own, with BLAS on one thread (process-wide, from the first parallel call; see
+_hold_blas_to_one_thread). OpenBLAS's own threads barely speed up the small stacked GEMMs
+(1.1x for Winograd's), and handing each copy loop to Numba's thread pool moved the data
+between the cores' caches: two threads ran no faster than one.
+
+Measured (float32, 3x3, padding 1, one thread; benchmarks/bench_conv_direct.py): a direct
+Numba loop nest took 6.3x (N=32, C=64, 16x16), 1.6x (N=64, C=32, 32x32) and 11x (N=64, C=128,
+8x8) the time of im2col + GEMM. Padding first and writing each sample's columns as one block
+made im2col 3x faster than copying with bounds checks into rows shared by all samples (the
+layout gemm_conv.py keeps for the GPU).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import math
+import threading
+
+import numba
+import numpy as np
+from threadpoolctl import ThreadpoolController
+
+from . import gemm_conv, winograd
+from .geometry import (Pair, as_pairs, check_conv2d, check_conv2d_grad_output,
+                       check_same_dtype)
+
+# Columns of a chunk of samples take at most this many bytes (at least one sample per chunk).
+# 1 to 4 MiB measured best; for N=64, C=32, 32x32 the whole batch's 72 MiB of columns made
+# forward + backward 1.8x slower than 4 MiB chunks, which stay in cache between im2col and GEMM.
+COLUMNS_BUDGET_BYTES = 4 * 2**20
+
+# Winograd trades GEMM work (2.25x less) for transforms that grow with channels * pixels, so
+# it pays once the GEMM dominates. Forward + backward, one thread, against im2col + GEMM: 0.54-0.8
+# of the time at 48-128 channels on 4x4 to 32x32 images, 0.85-1.01 at 32 channels, and 0.83-1.15
+# at 16. The channels counted are those of one group, the fewer of input and output.
+WINOGRAD_MIN_CHANNELS = 32
+
+# Threads for the chunks of one convolution; None: numba.get_num_threads().
+THREADS = None
+
+# Scratch arrays up to this size are kept between calls (a few per thread and dtype).
+SCRATCH_KEEP_BYTES = 64 * 2**20
+
+_jit = dict(nogil=True, cache=True)  # nogil: chunks run on several threads at once
+_workspace = threading.local()
+
+
+# ---------------------------------------------------------------------------------------
+# Threads and scratch buffers
+# ---------------------------------------------------------------------------------------
+def threads() -> int:
+    """How many threads one convolution uses."""
+    return max(1, THREADS if THREADS is not None else numba.get_num_threads())
+
+
+@functools.lru_cache(maxsize=None)
+def _executor(count: int) -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(count, thread_name_prefix="minigen-conv")
+
+
+@functools.lru_cache(maxsize=1)
+def _hold_blas_to_one_thread() -> None:
+    """Once, before chunks first run in parallel: OpenBLAS on one thread, process-wide.
+
+    Its idle worker threads spin for a while after each call, and a spinning one takes a core
+    from a chunk: holding BLAS to one thread only around each convolution left forward times
+    of 2.7-9.9 ms (median 4.7) for N=32, C=64, 16x16, against 2.6-2.9 ms with no BLAS
+    threads at all. minigen's other GEMMs (linear layers, attention on small images) gain
+    little from BLAS threads."""
+    ThreadpoolController().limit(limits=1, user_api="blas")
+
+
+def _run_chunks(chunks, body) -> list:
+    """[body(start, count) for each chunk], the chunks spread over threads() threads."""
+    chunks = list(chunks)
+    count = min(threads(), len(chunks))
+    if count <= 1:
+        return [body(start, size) for start, size in chunks]
+    _hold_blas_to_one_thread()
+    return list(_executor(count).map(lambda chunk: body(*chunk), chunks))
+
+
+def _chunks(batch: int, per_sample_bytes: int):
+    """(first sample, number of samples) of each chunk: under COLUMNS_BUDGET_BYTES each, and
+    at least threads() of them when the batch allows."""
+    chunk = max(1, min(COLUMNS_BUDGET_BYTES // per_sample_bytes, math.ceil(batch / threads())))
+    for start in range(0, batch, chunk):
+        yield start, min(chunk, batch - start)
+
+
+def _fill_by_chunks(out: np.ndarray, per_sample_bytes: int, compute) -> np.ndarray:
+    """out[start:start + count] = compute(start, count) for every chunk of out's batch."""
+    def chunk(start: int, count: int) -> None:
+        out[start:start + count] = compute(start, count)
+
+    _run_chunks(_chunks(out.shape[0], per_sample_bytes), chunk)
+    return out
+
+
+def _scratch(slot: str, shape, dtype) -> np.ndarray:
+    """A scratch array for intermediate results, kept per thread and reused across calls.
+
+    Fresh multi-megabyte arrays come from the kernel as untouched pages, and the first write to
+    each page faults: with a new padded input and new transform buffers on every call, a
+    64-channel 4x4 Winograd forward spent half its time (0.6 of 1.3 ms) in page faults."""
+    size, dtype = int(np.prod(shape)), np.dtype(dtype)
+    if size * dtype.itemsize > SCRATCH_KEEP_BYTES:  # one huge sample: not worth keeping
+        return np.empty(shape, dtype)
+    buffers = _workspace.__dict__.setdefault("buffers", {})
+    if (slot, dtype) not in buffers or buffers[slot, dtype].size < size:
+        buffers[slot, dtype] = np.empty(size, dtype)
+    return buffers[slot, dtype][:size].reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------
+# Padding, im2col, col2im: serial loops over the (b, c) planes of a chunk
+# ---------------------------------------------------------------------------------------
+@numba.njit(**_jit)
+def _pad(x, n_start, padded, padding):
+    """padded[b, c, p_h + h, p_w + w] = x[n_start + b, c, h, w], and zero elsewhere: the
+    padding, and any rows or columns past it that the buffer has (Winograd's last tiles)."""
+    batch, channels, height, width = padded.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    padded_h, padded_w = padded.shape[2], padded.shape[3]
+    pad_h, pad_w = padding
+    for plane in range(batch * channels):
+        b, c = plane // channels, plane % channels
+        for row in range(padded_h):
+            h = row - pad_h
+            if h < 0 or h >= height:
+                for w in range(padded_w):
+                    padded[b, c, row, w] = 0
+                continue
+            for w in range(pad_w):
+                padded[b, c, row, w] = 0
+            for w in range(width):
+                padded[b, c, row, pad_w + w] = x[n_start + b, c, h, w]
+            for w in range(pad_w + width, padded_w):
+                padded[b, c, row, w] = 0
+    return padded
+
+
+@numba.njit(**_jit)
+def _im2col(padded, cols, kernel, stride, dilation, out_hw):
+    """cols[b, (c*kH + i)*kW + j, oh*W_out + ow] = padded[b, c, oh*s_h + i*d_h, ow*s_w + j*d_w].
+
+    padded: (B, C, H + 2p_h, W + 2p_w), the zero padding already in place, so the loops have
+    no bounds to test. cols: (B, C*kH*kW, H_out*W_out), either contiguous (each sample's column
+    matrix one block, written front to back: 2-3x faster than rows interleaved across samples)
+    or a transposed view of a (C*kH*kW, B*H_out*W_out) matrix.
+    """
+    batch, channels = cols.shape[0], padded.shape[1]
+    k_h, k_w = kernel
+    stride_h, stride_w = stride
+    out_h, out_w = out_hw
+    unit = stride_h == stride_w == dilation[0] == dilation[1] == 1
+    for plane in range(batch * channels):
+        b, c = plane // channels, plane % channels
+        for i in range(k_h):
+            for j in range(k_w):
+                row = (c * k_h + i) * k_w + j
+                if unit:
+                    # Indices built from loop counters alone are known to be >= 0, so LLVM
+                    # drops the negative-index checks and vectorizes: 2x the speed of the
+                    # general loop below on a 3x3 "same" convolution.
+                    for oh in range(out_h):
+                        for ow in range(out_w):
+                            cols[b, row, oh * out_w + ow] = padded[b, c, oh + i, ow + j]
+                    continue
+                for oh in range(out_h):
+                    ih = oh * stride_h + i * dilation[0]
+                    for ow in range(out_w):
+                        cols[b, row, oh * out_w + ow] = padded[b, c, ih,
+                                                               ow * stride_w + j * dilation[1]]
+    return cols
+
+
+@numba.njit(**_jit)
+def _col2im(cols, padded_grad, kernel, stride, dilation, out_hw):
+    """The adjoint of _im2col: padded_grad[b, c, oh*s_h + i*d_h, ow*s_w + j*d_w] +=
+    cols[b, (c*kH + i)*kW + j, oh*W_out + ow]."""
+    batch, channels = cols.shape[0], padded_grad.shape[1]
+    k_h, k_w = kernel
+    stride_h, stride_w = stride
+    out_h, out_w = out_hw
+    for plane in range(batch * channels):
+        b, c = plane // channels, plane % channels
+        for i in range(k_h):
+            for j in range(k_w):
+                row, w_offset = (c * k_h + i) * k_w + j, j * dilation[1]
+                for oh in range(out_h):
+                    ih, line = oh * stride_h + i * dilation[0], oh * out_w
+                    for ow in range(out_w):
+                        padded_grad[b, c, ih, ow * stride_w + w_offset] += cols[b, row, line + ow]
+    return padded_grad
+
+
+# ---------------------------------------------------------------------------------------
+# im2col + GEMM
+# ---------------------------------------------------------------------------------------
+class _Im2colPlan:
+    """The geometry of one conv2d, its chunks, and each chunk's padded input and columns."""
+
+    def __init__(self, input_shape, weight_shape, stride, padding, dilation, groups, out_hw,
+                 dtype):
+        self.batch, self.in_channels, height, width = input_shape
+        self.out_channels, _, k_h, k_w = weight_shape
+        self.groups, self.padding, self.dtype = groups, padding, dtype
+        self.rows = self.in_channels * k_h * k_w
+        self.pixels = out_hw[0] * out_hw[1]
+        self.geometry = ((k_h, k_w), stride, dilation, tuple(out_hw))
+        self.padded_hw = (height + 2 * padding[0], width + 2 * padding[1])
+
+    def chunks(self):
+        return _chunks(self.batch, self.rows * self.pixels * self.dtype.itemsize)
+
+    def padded(self, x, start: int, count: int):
+        """Samples start..start+count of x (N, C, H, W) with their zero padding."""
+        if self.padding == (0, 0):
+            return x[start:start + count]
+        buffer = _scratch("padded", (count, self.in_channels, *self.padded_hw), self.dtype)
+        return _pad(x, start, buffer, self.padding)
+
+    def columns(self, x, start: int, count: int, out=None):
+        """The columns of samples start.. of x: into `out` (count, rows, pixels) if given,
+        else into a scratch buffer of that shape."""
+        if out is None:
+            out = _scratch("columns", (count, self.rows, self.pixels), self.dtype)
+        return _im2col(self.padded(x, start, count), out, *self.geometry)
+
+    def by_group(self, matrices):
+        """View (..., channels, columns) as (..., groups, channels / groups, columns)."""
+        *lead, channels, columns = matrices.shape
+        return matrices.reshape(*lead, self.groups, channels // self.groups, columns)
+
+
+def _forward(x, weight, stride, padding, dilation, groups, out_hw):
+    """conv2d of contiguous arrays, geometry checked: Winograd for 3x3 stride 1, else each
+    chunk's columns (B, rows, pixels) times the (C_out, rows) weight, a stacked GEMM whose
+    output is NCHW already."""
+    if _winograd_pays(weight.shape, stride, dilation, groups):
+        return _winograd_forward(x, weight, padding, groups, out_hw)
+    plan = _Im2colPlan(x.shape, weight.shape, stride, padding, dilation, groups, out_hw, x.dtype)
+    weight_groups = plan.by_group(weight.reshape(plan.out_channels, -1))
+    y = np.empty((plan.batch, plan.out_channels, plan.pixels), dtype=x.dtype)
+
+    def chunk(start: int, count: int) -> None:
+        np.matmul(weight_groups, plan.by_group(plan.columns(x, start, count)),
+                  out=plan.by_group(y[start:start + count]))
+
+    _run_chunks(plan.chunks(), chunk)
+    return y.reshape(plan.batch, plan.out_channels, *out_hw)
+
+
+def conv2d_forward(x: np.ndarray, weight: np.ndarray, stride: Pair, padding: Pair,
+                   dilation: Pair, groups: int) -> np.ndarray:
+    """Cross-correlation as PyTorch's conv2d, without bias.
+
+    x: (N, C_in, H, W), weight: (C_out, C_in/groups, kH, kW) -> (N, C_out, H_out, W_out).
+    """
+    check_same_dtype("conv2d", x, weight)
+    stride, padding, dilation = as_pairs(stride, padding, dilation)
+    out_hw = check_conv2d(x.shape, weight.shape, stride, padding, dilation, groups)
+    x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
+    if gemm_conv.is_pointwise(weight.shape, stride, padding):
+        y = np.empty((x.shape[0], weight.shape[0], *out_hw), x.dtype)
+        return _fill_by_chunks(y, (x[0].size + y[0].size) * x.itemsize, lambda start, count:
+                               gemm_conv.pointwise_forward(np, x[start:start + count], weight,
+                                                           groups, out_hw))
+    return _forward(x, weight, stride, padding, dilation, groups, out_hw)
+
+
+def conv2d_backward_input(grad_output: np.ndarray, weight: np.ndarray, input_shape,
+                          stride: Pair, padding: Pair, dilation: Pair,
+                          groups: int) -> np.ndarray:
+    """Gradient of conv2d with respect to its input; also conv_transpose2d's forward.
+
+    grad_output: (N, C_out, H_out, W_out), weight: (C_out, C_in/groups, kH, kW)
+    -> grad_x: input_shape (N, C_in, H, W).
+    """
+    check_same_dtype("conv2d_backward_input", grad_output, weight)
+    stride, padding, dilation = as_pairs(stride, padding, dilation)
+    input_shape = tuple(int(size) for size in input_shape)
+    out_hw = check_conv2d_grad_output(grad_output.shape, input_shape, weight.shape, stride,
+                                      padding, dilation, groups)
+    grad_output, weight = np.ascontiguousarray(grad_output), np.ascontiguousarray(weight)
+    if gemm_conv.is_pointwise(weight.shape, stride, padding):
+        grad_x = np.empty(input_shape, grad_output.dtype)
+        return _fill_by_chunks(grad_x, (grad_x[0].size + grad_output[0].size)
+                               * grad_x.itemsize, lambda start, count:
+                               gemm_conv.pointwise_backward_input(
+                                   np, grad_output[start:start + count], weight, groups,
+                                   (count, *input_shape[1:])))
+    full_padding = gemm_conv.full_padding(weight.shape, padding, dilation)
+    if stride == (1, 1) and min(full_padding) >= 0:
+        # With stride 1 the gradient is a convolution too (see gemm_conv.transposed_kernel),
+        # and the forward's contiguous im2col beats col2im's scattered read-modify-write.
+        return _forward(grad_output, gemm_conv.transposed_kernel(np, weight, groups), stride,
+                        full_padding, dilation, groups, input_shape[2:])
+    plan = _Im2colPlan(input_shape, weight.shape, stride, padding, dilation, groups, out_hw,
+                       grad_output.dtype)
+    weight_groups_t = plan.by_group(weight.reshape(plan.out_channels, -1)).swapaxes(-1, -2)
+    by_sample = grad_output.reshape(plan.batch, plan.out_channels, plan.pixels)
+    grad_x = np.empty(input_shape, dtype=grad_output.dtype)
+    (pad_h, pad_w), (height, width) = padding, input_shape[2:]
+
+    def chunk(start: int, count: int) -> None:
+        cols = _scratch("columns", (count, plan.rows, plan.pixels), plan.dtype)
+        np.matmul(weight_groups_t, plan.by_group(by_sample[start:start + count]),
+                  out=plan.by_group(cols))
+        padded_grad = _scratch("padded", (count, plan.in_channels, *plan.padded_hw), plan.dtype)
+        padded_grad.fill(0)
+        _col2im(cols, padded_grad, *plan.geometry)
+        grad_x[start:start + count] = padded_grad[:, :, pad_h:pad_h + height,
+                                                  pad_w:pad_w + width]
+
+    _run_chunks(plan.chunks(), chunk)
+    return grad_x
+
+
+def conv2d_backward_weight(grad_output: np.ndarray, x: np.ndarray, weight_shape,
+                           stride: Pair, padding: Pair, dilation: Pair,
+                           groups: int) -> np.ndarray:
+    """Gradient of conv2d with respect to its weight.
+
+    grad_output: (N, C_out, H_out, W_out), x: (N, C_in, H, W) -> (C_out, C_in/groups, kH, kW).
+    """
+    check_same_dtype("conv2d_backward_weight", grad_output, x)
+    stride, padding, dilation = as_pairs(stride, padding, dilation)
+    weight_shape = tuple(int(size) for size in weight_shape)
+    out_hw = check_conv2d_grad_output(grad_output.shape, x.shape, weight_shape, stride,
+                                      padding, dilation, groups)
+    grad_output, x = np.ascontiguousarray(grad_output), np.ascontiguousarray(x)
+    if gemm_conv.is_pointwise(weight_shape, stride, padding):
+        return sum(_run_chunks(
+            _chunks(x.shape[0], (x[0].size + grad_output[0].size) * x.itemsize),
+            lambda start, count: gemm_conv.pointwise_backward_weight(
+                np, grad_output[start:start + count], x[start:start + count], groups,
+                weight_shape)))
+    if _winograd_pays(weight_shape, stride, dilation, groups):
+        return _winograd_backward_weight(grad_output, x, weight_shape, padding, groups)
+    plan = _Im2colPlan(x.shape, weight_shape, stride, padding, dilation, groups, out_hw, x.dtype)
+    by_pixel = grad_output.reshape(plan.batch, plan.out_channels, plan.pixels).transpose(0, 2, 1)
+
+    def chunk(start: int, count: int):
+        # One GEMM whose inner dimension runs over all the chunk's pixels: the columns as
+        # (rows, B*pixels) times grad_output as (B*pixels, C_out). Per-sample products would
+        # have only H_out*W_out there, which halves BLAS's speed at 8x8.
+        matrix = _scratch("columns", (plan.rows, count * plan.pixels), plan.dtype)
+        plan.columns(x, start, count, out=matrix.reshape(plan.rows, count, plan.pixels)
+                     .transpose(1, 0, 2))
+        pixels_by_channel = np.ascontiguousarray(by_pixel[start:start + count]).reshape(
+            count * plan.pixels, groups, -1).transpose(1, 0, 2)
+        return np.matmul(plan.by_group(matrix), pixels_by_channel)
+
+    grad_weight_t = sum(_run_chunks(plan.chunks(), chunk))  # (groups, rows/g, C_out/g)
+    return np.ascontiguousarray(grad_weight_t.swapaxes(-1, -2)).reshape(weight_shape)
+
+
+# ---------------------------------------------------------------------------------------
+# 3x3, stride 1: Winograd F(2x2, 3x3) (winograd.py)
+# ---------------------------------------------------------------------------------------
+def _winograd_pays(weight_shape, stride, dilation, groups) -> bool:
+    channels = min(weight_shape[0] // groups, weight_shape[1])
+    return (winograd.applies(weight_shape, stride, dilation)
+            and channels >= WINOGRAD_MIN_CHANNELS)
+
+
+class _WinogradPlan:
+    """The tiling of one F(2x2, 3x3) convolution, its chunks, and each chunk's buffers: the
+    padded input, its 16 transformed planes (16, C, B*tiles) and the products (16, C_out, ...)."""
+
+    def __init__(self, input_shape, channels_out, padding, groups, out_hw, dtype):
+        self.batch, self.channels = input_shape[:2]
+        self.channels_out, self.groups, self.padding = channels_out, groups, padding
+        self.dtype, self.padded_hw = dtype, winograd.padded_hw(out_hw)
+        self.tiles_hw = winograd.tiles(out_hw)
+        self.tiles = self.tiles_hw[0] * self.tiles_hw[1]
+
+    def chunks(self):
+        return _chunks(self.batch, 16 * (self.channels + self.channels_out) * self.tiles
+                       * self.dtype.itemsize)
+
+    def planes(self, slot: str, channels: int, count: int):
+        """A (16, channels, count*tiles) scratch buffer. The transforms write (or read) all 16
+        planes at once; planes 2^k bytes apart would share the same few cache sets and evict
+        each other (input transform 6x slower at N=32, C=64, 16x16), so each plane starts one
+        cache line past the previous one's end."""
+        columns = channels * count * self.tiles
+        return _scratch(slot, (16, columns + 16), self.dtype)[:, :columns].reshape(16, channels,
+                                                                                   -1)
+
+    def transformed_input(self, x, start: int, count: int):
+        """(16, C, count*tiles): B^T d B of every tile of samples start.. of x."""
+        padded = _pad(x, start, _scratch("padded", (count, self.channels, *self.padded_hw),
+                                         self.dtype), self.padding)
+        return winograd.transform_input(padded, self.planes("columns", self.channels, count),
+                                        self.tiles_hw)
+
+    def by_group(self, planes):
+        """(16, channels, columns) viewed as (16, groups, channels / groups, columns)."""
+        return planes.reshape(16, self.groups, planes.shape[1] // self.groups, planes.shape[2])
+
+
+def _winograd_forward(x, weight, padding, groups, out_hw):
+    plan = _WinogradPlan(x.shape, weight.shape[0], padding, groups, out_hw, x.dtype)
+    transformed_weight = plan.by_group(winograd.transform_weight(weight))
+    y = np.empty((plan.batch, plan.channels_out, *out_hw), dtype=x.dtype)
+
+    def chunk(start: int, count: int) -> None:
+        transformed = plan.transformed_input(x, start, count)
+        products = plan.planes("products", plan.channels_out, count)
+        np.matmul(transformed_weight, plan.by_group(transformed), out=plan.by_group(products))
+        winograd.transform_output(products, y, start, plan.tiles_hw)
+
+    _run_chunks(plan.chunks(), chunk)
+    return y
+
+
+def _winograd_backward_weight(grad_output, x, weight_shape, padding, groups):
+    plan = _WinogradPlan(x.shape, weight_shape[0], padding, groups, grad_output.shape[2:],
+                         x.dtype)
+
+    def chunk(start: int, count: int):
+        transformed = plan.transformed_input(x, start, count)
+        grad_planes = winograd.transform_grad_output(
+            grad_output, start, plan.planes("products", plan.channels_out, count),
+            plan.tiles_hw)
+        return np.matmul(plan.by_group(grad_planes), plan.by_group(transformed).swapaxes(-1, -2))
+
+    sums = sum(_run_chunks(plan.chunks(), chunk))  # (16, groups, C_out/g, C_in/g)
+    return winograd.weight_gradient(sums.reshape(16, *weight_shape[:2]))
