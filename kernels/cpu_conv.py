@@ -27,6 +27,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import math
+import os
 import threading
 
 import numba
@@ -67,7 +68,9 @@ def threads() -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _executor(count: int) -> concurrent.futures.ThreadPoolExecutor:
+def _executor(count: int, process: int) -> concurrent.futures.ThreadPoolExecutor:
+    """A pool of `count` threads, one per process: a forked child inherits the parent's pool
+    object but none of its threads, and would wait on it for ever."""
     return concurrent.futures.ThreadPoolExecutor(count, thread_name_prefix="minigen-conv")
 
 
@@ -90,7 +93,7 @@ def _run_chunks(chunks, body) -> list:
     if count <= 1:
         return [body(start, size) for start, size in chunks]
     _hold_blas_to_one_thread()
-    return list(_executor(count).map(lambda chunk: body(*chunk), chunks))
+    return list(_executor(count, os.getpid()).map(lambda chunk: body(*chunk), chunks))
 
 
 def _chunks(batch: int, per_sample_bytes: int):

@@ -4,6 +4,8 @@ tests/helpers.py, in float32 and float64, with contiguous and non-contiguous inp
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -320,6 +322,29 @@ def test_cpu_winograd_matches_reference(case, dtype, budget, always_winograd, mo
 def test_cpu_conv2d_gives_every_thread_a_chunk_of_the_batch(threads, sizes, monkeypatch):
     monkeypatch.setattr(cpu_conv, "THREADS", threads)
     assert [count for _, count in cpu_conv._chunks(batch=9, per_sample_bytes=1)] == sizes
+
+
+def _conv_sum_in_child(queue, x, weight):
+    queue.put(float(cpu.conv2d_forward(x, weight, (1, 1), (1, 1), (1, 1), 1).sum()))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_cpu_conv2d_threads_work_in_a_forked_child(monkeypatch):
+    # The child inherits the parent's thread pool object but not its threads.
+    import multiprocessing
+    monkeypatch.setattr(cpu_conv, "THREADS", 2)
+    x, weight = np.ones((4, 2, 5, 5)), np.ones((3, 2, 3, 3))
+    expected = float(cpu.conv2d_forward(x, weight, (1, 1), (1, 1), (1, 1), 1).sum())
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_conv_sum_in_child, args=(queue, x, weight))
+    child.start()
+    child.join(timeout=60)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive, "the forked child hung in conv2d"
+    assert queue.get(timeout=5) == expected
 
 
 def test_cpu_winograd_is_as_accurate_as_im2col_in_float32_with_many_channels():
