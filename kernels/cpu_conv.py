@@ -35,8 +35,8 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from . import gemm_conv, winograd
-from .geometry import (Pair, as_pairs, check_conv2d, check_conv2d_grad_output,
-                       check_same_dtype)
+from .geometry import (Pair, conv2d_backward_input_args, conv2d_backward_weight_args,
+                       conv2d_forward_args)
 
 # Columns of a chunk of samples take at most this many bytes (at least one sample per chunk).
 # 1 to 4 MiB measured best; for N=64, C=32, 32x32 the whole batch's 72 MiB of columns made
@@ -273,9 +273,8 @@ def conv2d_forward(x: np.ndarray, weight: np.ndarray, stride: Pair, padding: Pai
 
     x: (N, C_in, H, W), weight: (C_out, C_in/groups, kH, kW) -> (N, C_out, H_out, W_out).
     """
-    check_same_dtype("conv2d", x, weight)
-    stride, padding, dilation = as_pairs(stride, padding, dilation)
-    out_hw = check_conv2d(x.shape, weight.shape, stride, padding, dilation, groups)
+    stride, padding, dilation, out_hw = conv2d_forward_args(x, weight, stride, padding,
+                                                            dilation, groups)
     x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
     if gemm_conv.is_pointwise(weight.shape, stride, padding):
         y = np.empty((x.shape[0], weight.shape[0], *out_hw), x.dtype)
@@ -293,11 +292,8 @@ def conv2d_backward_input(grad_output: np.ndarray, weight: np.ndarray, input_sha
     grad_output: (N, C_out, H_out, W_out), weight: (C_out, C_in/groups, kH, kW)
     -> grad_x: input_shape (N, C_in, H, W).
     """
-    check_same_dtype("conv2d_backward_input", grad_output, weight)
-    stride, padding, dilation = as_pairs(stride, padding, dilation)
-    input_shape = tuple(int(size) for size in input_shape)
-    out_hw = check_conv2d_grad_output(grad_output.shape, input_shape, weight.shape, stride,
-                                      padding, dilation, groups)
+    stride, padding, dilation, input_shape, out_hw = conv2d_backward_input_args(
+        grad_output, weight, input_shape, stride, padding, dilation, groups)
     grad_output, weight = np.ascontiguousarray(grad_output), np.ascontiguousarray(weight)
     if gemm_conv.is_pointwise(weight.shape, stride, padding):
         grad_x = np.empty(input_shape, grad_output.dtype)
@@ -340,11 +336,8 @@ def conv2d_backward_weight(grad_output: np.ndarray, x: np.ndarray, weight_shape,
 
     grad_output: (N, C_out, H_out, W_out), x: (N, C_in, H, W) -> (C_out, C_in/groups, kH, kW).
     """
-    check_same_dtype("conv2d_backward_weight", grad_output, x)
-    stride, padding, dilation = as_pairs(stride, padding, dilation)
-    weight_shape = tuple(int(size) for size in weight_shape)
-    out_hw = check_conv2d_grad_output(grad_output.shape, x.shape, weight_shape, stride,
-                                      padding, dilation, groups)
+    stride, padding, dilation, weight_shape, out_hw = conv2d_backward_weight_args(
+        grad_output, x, weight_shape, stride, padding, dilation, groups)
     grad_output, x = np.ascontiguousarray(grad_output), np.ascontiguousarray(x)
     if gemm_conv.is_pointwise(weight_shape, stride, padding):
         return sum(_run_chunks(

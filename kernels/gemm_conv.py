@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Callable
 
-from .geometry import (Pair, as_pairs, check_conv2d, check_conv2d_grad_output,
-                       check_same_dtype)
+from .geometry import (Pair, conv2d_backward_input_args, conv2d_backward_weight_args,
+                       conv2d_forward_args)
 
 
 @dataclass(frozen=True)
@@ -120,9 +120,8 @@ def conv2d_forward(backend: Im2col, x, weight, stride: Pair, padding: Pair, dila
 
     x: (N, C_in, H, W), weight: (C_out, C_in/groups, kH, kW) -> (N, C_out, H_out, W_out).
     """
-    check_same_dtype("conv2d", x, weight)
-    stride, padding, dilation = as_pairs(stride, padding, dilation)
-    out_hw = check_conv2d(x.shape, weight.shape, stride, padding, dilation, groups)
+    stride, padding, dilation, out_hw = conv2d_forward_args(x, weight, stride, padding,
+                                                            dilation, groups)
     xp = backend.xp
     x, weight = xp.ascontiguousarray(x), xp.ascontiguousarray(weight)
     if is_pointwise(weight.shape, stride, padding):
@@ -151,11 +150,8 @@ def conv2d_backward_input(backend: Im2col, grad_output, weight, input_shape, str
     grad_output: (N, C_out, H_out, W_out), weight: (C_out, C_in/groups, kH, kW)
     -> grad_x: input_shape (N, C_in, H, W).
     """
-    check_same_dtype("conv2d_backward_input", grad_output, weight)
-    stride, padding, dilation = as_pairs(stride, padding, dilation)
-    input_shape = tuple(int(size) for size in input_shape)
-    out_hw = check_conv2d_grad_output(grad_output.shape, input_shape, weight.shape, stride,
-                                      padding, dilation, groups)
+    stride, padding, dilation, input_shape, out_hw = conv2d_backward_input_args(
+        grad_output, weight, input_shape, stride, padding, dilation, groups)
     xp = backend.xp
     grad_output, weight = xp.ascontiguousarray(grad_output), xp.ascontiguousarray(weight)
     if is_pointwise(weight.shape, stride, padding):
@@ -185,11 +181,8 @@ def conv2d_backward_weight(backend: Im2col, grad_output, x, weight_shape, stride
 
     grad_output: (N, C_out, H_out, W_out), x: (N, C_in, H, W) -> (C_out, C_in/groups, kH, kW).
     """
-    check_same_dtype("conv2d_backward_weight", grad_output, x)
-    stride, padding, dilation = as_pairs(stride, padding, dilation)
-    weight_shape = tuple(int(size) for size in weight_shape)
-    out_hw = check_conv2d_grad_output(grad_output.shape, x.shape, weight_shape, stride,
-                                      padding, dilation, groups)
+    stride, padding, dilation, weight_shape, out_hw = conv2d_backward_weight_args(
+        grad_output, x, weight_shape, stride, padding, dilation, groups)
     xp = backend.xp
     grad_output, x = xp.ascontiguousarray(grad_output), xp.ascontiguousarray(x)
     if is_pointwise(weight_shape, stride, padding):

@@ -69,6 +69,46 @@ def check_conv2d_grad_output(grad_output_shape, input_shape, weight_shape, strid
     return out_hw
 
 
+def conv2d_forward_args(x, weight, stride, padding, dilation, groups: int):
+    """Check a backend's conv2d_forward call; return (stride, padding, dilation, out_hw) as
+    pairs."""
+    check_same_dtype("conv2d", x, weight)
+    stride, padding, dilation = as_pairs(stride, padding, dilation)
+    out_hw = check_conv2d(x.shape, weight.shape, stride, padding, dilation, groups)
+    return stride, padding, dilation, out_hw
+
+
+def _conv2d_backward_args(name: str, grad_output, other, input_shape, weight_shape, stride,
+                          padding, dilation, groups: int):
+    check_same_dtype(name, grad_output, other)
+    stride, padding, dilation = as_pairs(stride, padding, dilation)
+    out_hw = check_conv2d_grad_output(grad_output.shape, input_shape, weight_shape, stride,
+                                      padding, dilation, groups)
+    return stride, padding, dilation, out_hw
+
+
+def conv2d_backward_input_args(grad_output, weight, input_shape, stride, padding, dilation,
+                               groups: int):
+    """Check a conv2d_backward_input call; return (stride, padding, dilation, input_shape,
+    out_hw), the shape as a tuple of ints."""
+    input_shape = tuple(int(size) for size in input_shape)
+    stride, padding, dilation, out_hw = _conv2d_backward_args(
+        "conv2d_backward_input", grad_output, weight, input_shape, weight.shape, stride,
+        padding, dilation, groups)
+    return stride, padding, dilation, input_shape, out_hw
+
+
+def conv2d_backward_weight_args(grad_output, x, weight_shape, stride, padding, dilation,
+                                groups: int):
+    """Check a conv2d_backward_weight call; return (stride, padding, dilation, weight_shape,
+    out_hw), the shape as a tuple of ints."""
+    weight_shape = tuple(int(size) for size in weight_shape)
+    stride, padding, dilation, out_hw = _conv2d_backward_args(
+        "conv2d_backward_weight", grad_output, x, x.shape, weight_shape, stride, padding,
+        dilation, groups)
+    return stride, padding, dilation, weight_shape, out_hw
+
+
 def check_pool2d(input_shape, kernel_size: Pair, stride: Pair, padding: Pair) -> Pair:
     """Validate a pooling call (PyTorch: padding at most half the kernel); return (H_out, W_out)."""
     _check_positive("kernel_size", kernel_size, 1)
