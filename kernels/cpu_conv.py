@@ -104,15 +104,6 @@ def _chunks(batch: int, per_sample_bytes: int):
         yield start, min(chunk, batch - start)
 
 
-def _fill_by_chunks(out: np.ndarray, per_sample_bytes: int, compute) -> np.ndarray:
-    """out[start:start + count] = compute(start, count) for every chunk of out's batch."""
-    def chunk(start: int, count: int) -> None:
-        out[start:start + count] = compute(start, count)
-
-    _run_chunks(_chunks(out.shape[0], per_sample_bytes), chunk)
-    return out
-
-
 def _scratch(slot: str, shape, dtype) -> np.ndarray:
     """A scratch array for intermediate results, kept per thread and reused across calls.
 
@@ -244,9 +235,7 @@ class _Im2colPlan:
         return _im2col(self.padded(x, start, count), out, *self.geometry)
 
     def by_group(self, matrices):
-        """View (..., channels, columns) as (..., groups, channels / groups, columns)."""
-        *lead, channels, columns = matrices.shape
-        return matrices.reshape(*lead, self.groups, channels // self.groups, columns)
+        return gemm_conv.by_group(matrices, self.groups)
 
 
 def _forward(x, weight, stride, padding, dilation, groups, out_hw):
@@ -278,9 +267,11 @@ def conv2d_forward(x: np.ndarray, weight: np.ndarray, stride: Pair, padding: Pai
     x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
     if gemm_conv.is_pointwise(weight.shape, stride, padding):
         y = np.empty((x.shape[0], weight.shape[0], *out_hw), x.dtype)
-        return _fill_by_chunks(y, (x[0].size + y[0].size) * x.itemsize, lambda start, count:
-                               gemm_conv.pointwise_forward(np, x[start:start + count], weight,
-                                                           groups, out_hw))
+        _run_chunks(_chunks(x.shape[0], (x[0].size + y[0].size) * x.itemsize),
+                    lambda start, count: gemm_conv.pointwise_forward(
+                        np, x[start:start + count], weight, groups, out_hw,
+                        out=y[start:start + count]))
+        return y
     return _forward(x, weight, stride, padding, dilation, groups, out_hw)
 
 
@@ -297,11 +288,12 @@ def conv2d_backward_input(grad_output: np.ndarray, weight: np.ndarray, input_sha
     grad_output, weight = np.ascontiguousarray(grad_output), np.ascontiguousarray(weight)
     if gemm_conv.is_pointwise(weight.shape, stride, padding):
         grad_x = np.empty(input_shape, grad_output.dtype)
-        return _fill_by_chunks(grad_x, (grad_x[0].size + grad_output[0].size)
-                               * grad_x.itemsize, lambda start, count:
-                               gemm_conv.pointwise_backward_input(
-                                   np, grad_output[start:start + count], weight, groups,
-                                   (count, *input_shape[1:])))
+        _run_chunks(_chunks(grad_x.shape[0], (grad_x[0].size + grad_output[0].size)
+                            * grad_x.itemsize),
+                    lambda start, count: gemm_conv.pointwise_backward_input(
+                        np, grad_output[start:start + count], weight, groups,
+                        (count, *input_shape[1:]), out=grad_x[start:start + count]))
+        return grad_x
     full_padding = gemm_conv.full_padding(weight.shape, padding, dilation)
     if stride == (1, 1) and min(full_padding) >= 0:
         # With stride 1 the gradient is a convolution too (see gemm_conv.transposed_kernel),
@@ -405,9 +397,8 @@ class _WinogradPlan:
         return winograd.transform_input(padded, self.planes("columns", self.channels, count),
                                         self.tiles_hw)
 
-    def by_group(self, planes):
-        """(16, channels, columns) viewed as (16, groups, channels / groups, columns)."""
-        return planes.reshape(16, self.groups, planes.shape[1] // self.groups, planes.shape[2])
+    def by_group(self, matrices):
+        return gemm_conv.by_group(matrices, self.groups)
 
 
 def _winograd_forward(x, weight, padding, groups, out_hw):

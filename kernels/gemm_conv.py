@@ -5,7 +5,7 @@ im2col copies every kernel window of a chunk of samples into the columns of one 
 conv2d becomes one large matrix product with the (C_out, C_in*kH*kW) weight (the shape cuBLAS
 is fastest at); col2im is its adjoint (a scatter-add back into the image). A backend supplies
 its array module (NumPy or CuPy) and its two copy kernels; the batch is split into chunks whose
-columns stay under a byte budget. The CPU backend (cpu.py) lays its columns out per sample
+columns stay under a byte budget. The CPU backend (cpu_conv.py) lays its columns out per sample
 instead, which its caches prefer.
 """
 from __future__ import annotations
@@ -55,8 +55,7 @@ class _ConvPlan:
         return self._columns[:self.rows * count * self.pixels].reshape(self.rows, -1)
 
     def by_group(self, matrix):
-        """View a (channels, columns) matrix as (groups, channels / groups, columns)."""
-        return matrix.reshape(self.groups, matrix.shape[0] // self.groups, matrix.shape[1])
+        return by_group(matrix, self.groups)
 
     def output_columns(self, grad_output, start: int, count: int):
         """grad_output[start:start+count] as a (C_out, count * pixels) matrix; a copy only
@@ -87,30 +86,40 @@ def is_pointwise(weight_shape, stride: Pair, padding: Pair) -> bool:
     return tuple(weight_shape[2:]) == (1, 1) and stride == (1, 1) and padding == (0, 0)
 
 
-def _by_group(images, groups: int):
-    """NCHW images as (N, groups, C/g, H*W), so that matmul broadcasts over samples and
-    pairs up the groups with a (groups, C_out/g, C_in/g) weight."""
-    n, channels = images.shape[:2]
-    return images.reshape(n, groups, channels // groups, -1)
+def by_group(matrices, groups: int):
+    """View (..., channels, columns) as (..., groups, channels / groups, columns), so that
+    matmul pairs up the groups of a weight and of its columns."""
+    *lead, channels, columns = matrices.shape
+    return matrices.reshape(*lead, groups, channels // groups, columns)
 
 
-def pointwise_forward(xp, x, weight, groups: int, out_hw):
-    """A 1x1 convolution: each sample's (C_in, H*W) image is already its column matrix."""
-    weight_groups = weight.reshape(groups, weight.shape[0] // groups, -1)
-    return xp.matmul(weight_groups, _by_group(x, groups)).reshape(x.shape[0], -1, *out_hw)
+def _images_by_group(images, groups: int):
+    """NCHW images as (N, groups, C/g, H*W): each sample's image is its 1x1 column matrix."""
+    return by_group(images.reshape(*images.shape[:2], -1), groups)
 
 
-def pointwise_backward_input(xp, grad_output, weight, groups: int, input_shape):
-    """The input gradient of a 1x1 convolution: weight^T @ grad_output[n], group by group."""
-    weight_groups = weight.reshape(groups, weight.shape[0] // groups, -1)
-    return xp.matmul(weight_groups.transpose(0, 2, 1),
-                     _by_group(grad_output, groups)).reshape(input_shape)
+def pointwise_forward(xp, x, weight, groups: int, out_hw, out=None):
+    """A 1x1 convolution: each sample's (C_in, H*W) image is already its column matrix.
+    out: the (N, C_out, *out_hw) array to write, or None for a new one."""
+    product = xp.matmul(by_group(weight.reshape(weight.shape[0], -1), groups),
+                        _images_by_group(x, groups),
+                        out=None if out is None else _images_by_group(out, groups))
+    return product.reshape(x.shape[0], -1, *out_hw) if out is None else out
+
+
+def pointwise_backward_input(xp, grad_output, weight, groups: int, input_shape, out=None):
+    """The input gradient of a 1x1 convolution: weight^T @ grad_output[n], group by group.
+    out: the input_shape array to write, or None for a new one."""
+    product = xp.matmul(by_group(weight.reshape(weight.shape[0], -1), groups).swapaxes(-1, -2),
+                        _images_by_group(grad_output, groups),
+                        out=None if out is None else _images_by_group(out, groups))
+    return product.reshape(input_shape) if out is None else out
 
 
 def pointwise_backward_weight(xp, grad_output, x, groups: int, weight_shape):
     """The sum over samples of grad_output[n] (C_out, H*W) @ x[n]^T, group by group."""
-    per_sample = xp.matmul(_by_group(grad_output, groups),
-                           _by_group(x, groups).transpose(0, 1, 3, 2))
+    per_sample = xp.matmul(_images_by_group(grad_output, groups),
+                           _images_by_group(x, groups).swapaxes(-1, -2))
     return per_sample.sum(axis=0).reshape(weight_shape)
 
 

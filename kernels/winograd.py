@@ -5,9 +5,10 @@ Each 2x2 block of outputs ("tile") needs the 4x4 patch of input under it. In the
 domain, V = B^T d B for the patch d and U = G g G^T for the 3x3 kernel g, the 2x2 outputs are
 A^T (U * V) A: 16 elementwise products where the direct sum has 36. Summed over input channels,
 the products become 16 GEMMs, (C_out, C_in) @ (C_in, tiles), which do all the work; the serial
-Numba loops here only transform (cpu_conv.py runs chunks of a batch on parallel threads). The weight gradient is the same identity read the other way (the
-transposition principle): the sum over tiles of (A g_out A^T) * (B^T d B), mapped back by G^T . G,
-where 16 GEMMs of inner dimension `tiles` do the sum. cpu_conv.py picks this path for 3x3 kernels
+Numba loops here only transform (cpu_conv.py runs the chunks of a batch on parallel threads).
+The weight gradient is the same identity read the other way (the transposition principle): the
+sum over tiles of (A g_out A^T) * (B^T d B), mapped back by G^T . G, where 16 GEMMs of inner
+dimension `tiles` do the sum. cpu_conv.py picks this path for 3x3 kernels
 with stride 1 and dilation 1.
 
     B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
