@@ -16,7 +16,25 @@ from minigen.ops.norm import batch_norm, group_norm, layer_norm
 from minigen.tensor import Tensor
 
 
-class GroupNorm(Module):
+class _AffineNorm(Module):
+    """The affine weight (ones) and bias (zeros) every normalisation layer holds, either of
+    them switchable off."""
+
+    def _register_affine(self, shape: tuple, affine: bool, bias: bool, device: str,
+                         dtype) -> None:
+        self.register_parameter("weight", empty_parameter(shape, device, dtype)
+                                if affine else None)
+        self.register_parameter("bias", empty_parameter(shape, device, dtype)
+                                if affine and bias else None)
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            init.ones_(self.weight)
+        if self.bias is not None:
+            init.zeros_(self.bias)
+
+
+class GroupNorm(_AffineNorm):
     """Normalise groups of num_channels / num_groups channels per sample; weight, bias (C,)."""
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
@@ -27,17 +45,8 @@ class GroupNorm(Module):
                              f"num_groups={num_groups}")
         self.num_groups, self.num_channels, self.eps, self.affine = \
             num_groups, num_channels, eps, affine
-        self.register_parameter("weight", empty_parameter((num_channels,), device, dtype)
-                                if affine else None)
-        self.register_parameter("bias", empty_parameter((num_channels,), device, dtype)
-                                if affine and bias else None)
+        self._register_affine((num_channels,), affine, bias, device, dtype)
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        if self.weight is not None:
-            init.ones_(self.weight)
-        if self.bias is not None:
-            init.zeros_(self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         """x (N, C, *) -> same shape."""
@@ -48,7 +57,7 @@ class GroupNorm(Module):
                 f"bias={self.bias is not None or not self.affine}")
 
 
-class _BatchNorm(Module):
+class _BatchNorm(_AffineNorm):
     """Batch statistics in training, running statistics in eval (or when not tracked)."""
 
     expected_dims: tuple = ()
@@ -59,10 +68,7 @@ class _BatchNorm(Module):
         super().__init__()
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
-        self.register_parameter("weight", empty_parameter((num_features,), device, dtype)
-                                if affine else None)
-        self.register_parameter("bias", empty_parameter((num_features,), device, dtype)
-                                if affine and bias else None)
+        self._register_affine((num_features,), affine, bias, device, dtype)
         if track_running_stats:
             xp = backend.xp_for(device)
             self.register_buffer("running_mean", Tensor(xp.zeros(num_features, dtype=dtype)))
@@ -82,10 +88,7 @@ class _BatchNorm(Module):
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
-        if self.weight is not None:
-            init.ones_(self.weight)
-        if self.bias is not None:
-            init.zeros_(self.bias)
+        super().reset_parameters()
 
     def forward(self, x: Tensor) -> Tensor:
         """x (N, C, *) -> same shape."""
@@ -121,7 +124,7 @@ class BatchNorm1d(_BatchNorm):
     expected_dims = (2, 3)
 
 
-class LayerNorm(Module):
+class LayerNorm(_AffineNorm):
     """Normalise over the trailing normalized_shape dims; weight (ones) and bias (zeros) of
     that shape."""
 
@@ -131,17 +134,8 @@ class LayerNorm(Module):
         self.normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) \
             else tuple(normalized_shape)
         self.eps, self.elementwise_affine = eps, elementwise_affine
-        self.register_parameter("weight", empty_parameter(self.normalized_shape, device, dtype)
-                                if elementwise_affine else None)
-        self.register_parameter("bias", empty_parameter(self.normalized_shape, device, dtype)
-                                if elementwise_affine and bias else None)
+        self._register_affine(self.normalized_shape, elementwise_affine, bias, device, dtype)
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        if self.weight is not None:
-            init.ones_(self.weight)
-        if self.bias is not None:
-            init.zeros_(self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         """x (*, *normalized_shape) -> same shape."""
