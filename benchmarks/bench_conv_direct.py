@@ -13,7 +13,7 @@ import time
 import numba
 import numpy as np
 
-from minigen.kernels import cpu
+from minigen.kernels import cpu, cpu_conv
 
 
 @numba.njit(parallel=True, cache=True)
@@ -46,8 +46,18 @@ def best_ms(step, repeats: int = 5) -> float:
     return 1e3 * min(times)
 
 
+def im2col_forward(x, weight):
+    """cpu.conv2d_forward with Winograd switched off: im2col + GEMM for every shape."""
+    threshold, cpu_conv.WINOGRAD_MIN_CHANNELS = cpu_conv.WINOGRAD_MIN_CHANNELS, 10**9
+    try:
+        return cpu.conv2d_forward(x, weight, (1, 1), (1, 1), (1, 1), 1)
+    finally:
+        cpu_conv.WINOGRAD_MIN_CHANNELS = threshold
+
+
 def main() -> None:
-    print(f"{'shape':24} {'direct ms':>10} {'im2col+GEMM ms':>15} {'direct/GEMM':>12}")
+    print(f"{'shape':24} {'direct ms':>10} {'im2col+GEMM ms':>15} {'direct/GEMM':>12} "
+          f"{'Winograd ms':>12}")
     rng = np.random.default_rng(0)
     for batch, channels, size in [(32, 64, 16), (64, 32, 32), (64, 128, 8)]:
         x = rng.standard_normal((batch, channels, size, size)).astype(np.float32)
@@ -55,11 +65,11 @@ def main() -> None:
         x_padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
         y = np.empty_like(x)
         direct = best_ms(lambda: direct_conv2d(x_padded, weight, y))
-        gemm = best_ms(lambda: cpu.conv2d_forward(x, weight, (1, 1), (1, 1), (1, 1), 1))
-        np.testing.assert_allclose(y, cpu.conv2d_forward(x, weight, (1, 1), (1, 1), (1, 1), 1),
-                                   rtol=1e-3, atol=1e-3)
+        gemm = best_ms(lambda: im2col_forward(x, weight))
+        winograd = best_ms(lambda: cpu.conv2d_forward(x, weight, (1, 1), (1, 1), (1, 1), 1))
+        np.testing.assert_allclose(y, im2col_forward(x, weight), rtol=1e-3, atol=1e-3)
         name = f"N{batch} C{channels} {size}x{size}"
-        print(f"{name:24} {direct:10.2f} {gemm:15.2f} {direct / gemm:12.2f}")
+        print(f"{name:24} {direct:10.2f} {gemm:15.2f} {direct / gemm:12.2f} {winograd:12.2f}")
 
 
 if __name__ == "__main__":
