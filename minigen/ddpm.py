@@ -18,7 +18,7 @@ from minigen.models.denoiser_mlp import MLPDenoiser
 from minigen.models.unet import UNet
 from minigen.nn.utils import clip_grad_norm_
 from minigen.optim import EMA, AdamW, LinearWarmup
-from minigen.run import TrainingLoop
+from minigen.loop import TrainingLoop
 
 SAMPLERS = ("ddpm", "ddim")
 SAMPLE_CHUNK = 256          # images denoised together when sampling

@@ -4,7 +4,7 @@
 The losses are functions of D's raw outputs (logits): `discriminator_loss(real, fake, loss)`
 and `generator_loss(fake, loss)`, both minimised, for the minimax, non-saturating, hinge and
 WGAN-GP objectives; `gradient_penalty` is WGAN-GP's loss on the gradient of D, differentiated
-again by backward. GANLoop (minigen.run.TrainingLoop) alternates k D steps and one G step, with
+again by backward. GANLoop (minigen.loop.TrainingLoop) alternates k D steps and one G step, with
 the MLPs of minigen.models.mlp for points and the DCGAN of minigen.models.dcgan for images;
 with --conditional, a class-conditional DCGAN (projection discriminator) that samples a class.
 """
@@ -18,7 +18,7 @@ from minigen import backend, editing
 from minigen.models.dcgan import DCGANDiscriminator, DCGANGenerator, dcgan_init
 from minigen.models.mlp import MLPDiscriminator, MLPGenerator
 from minigen.optim import Adam
-from minigen.run import TrainingLoop
+from minigen.loop import TrainingLoop
 from minigen.tensor import Tensor
 
 LOSSES = ("nonsaturating", "minimax", "hinge", "wgan-gp")

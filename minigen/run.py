@@ -3,20 +3,16 @@
 A loop (DDPM, GAN, or any subclass of `TrainingLoop`) knows its models and one training step;
 the harness does the rest: options, seeding, data and mini-batches, the output folder
 (checkpoint.h5, samples.png, loss.png, metrics.json, config.json, log.csv), the progress bar,
-exact resumption, and saving on Ctrl-C / SIGTERM. `train(loop_cls, options)` is the entry point;
+exact resumption, and saving on Ctrl-C / SIGTERM. The loop protocol is in minigen.loop, the
+step log in minigen.steplog. `train(loop_cls, options)` is the entry point;
 minigen.cli is a thin command line over it.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import csv
 import json
-import math
 import os
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -26,6 +22,9 @@ import minigen
 from minigen import backend
 from minigen.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minigen.data import KNOWN_DATASETS, Batcher, Dataset, load_dataset
+from minigen.loop import TrainingInterrupted, TrainingLoop, UserError  # noqa: F401 (re-exported)
+from minigen.signals import stop_on_signals
+from minigen.steplog import FINAL_WINDOW, StepLog  # noqa: F401 (re-exported)
 from minigen import viz
 
 # What a run folder holds.
@@ -35,7 +34,6 @@ RUN_FILES = (CHECKPOINT, SAMPLES, LOSS, METRICS, CONFIG, LOG)
 
 PICTURE_COUNT = 64        # samples drawn for samples.png
 PICTURE_SEED = 12345      # pictures use their own seed, so every refresh shows the same noise
-FINAL_WINDOW = 50         # metrics.json reports scalars averaged over the last steps
 EVAL_SAMPLES = 500        # samples drawn for the quality measures of images (train's end, eval)
 POINT_EVAL_SAMPLES = 2500  # ... and of toy points: the mode-coverage papers' count
 
@@ -49,78 +47,6 @@ DATA_KEYS = ("loop", "data_kind", "data_shape", "num_classes")
 # folder holds the same run.
 NOT_IDENTITY = ("out", "resume", "force", "data_dir", "checkpoint_every", "sample_every",
                 "eval_samples") + DATA_KEYS
-
-
-class UserError(Exception):
-    """Bad input from the user (an option, a file, a folder): reported as one line, no traceback."""
-
-
-class TrainingInterrupted(Exception):
-    """SIGINT or SIGTERM arrived; the run saved a checkpoint at `step` and stopped."""
-
-    def __init__(self, signum: int, step: int, checkpoint: str, loop_name: str):
-        self.signum, self.step, self.checkpoint = signum, step, checkpoint
-        super().__init__(f"interrupted by {signal.Signals(signum).name} after step {step}; saved "
-                         f"{checkpoint} (continue with: minigen train {loop_name} --resume "
-                         f"{checkpoint})")
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum  # the shell's convention for "killed by signal N"
-
-
-class TrainingLoop:
-    """The base class of every training loop (DDPMLoop, GANLoop): what the harness calls.
-
-    A subclass builds its models, optimizers and EMAs from `config` alone (so the same class
-    rebuilds a trained loop from a checkpoint), does one step in `train_step`, and draws samples
-    in `sample`. Randomness must come only from minigen's default generators (minigen.randn and
-    friends), which the harness seeds and checkpoints: that makes a resumed run equal a straight
-    one bit for bit. Raise ValueError for a bad option; the harness reports it as one line.
-    sample() may switch models to eval mode (or to EMA weights) but must leave them as it found
-    them, since training continues after each picture.
-    """
-
-    name: str = ""                   # the word in `minigen train NAME`
-    default_dataset: str = "digits"
-    default_steps: int = 1000        # defaults of the harness's common options, per loop
-    default_batch_size: int = 64
-    default_lr: float = 2e-4
-    default_checkpoint_every: int = 500
-
-    @classmethod
-    def add_arguments(cls, parser) -> None:
-        """Add the loop's own `minigen train NAME` options (with help, so defaults show)."""
-
-    @classmethod
-    def add_sample_arguments(cls, parser) -> None:
-        """Add the loop's options of `minigen sample` (they arrive as **options in sample)."""
-
-    def __init__(self, config: dict, device: str):
-        """config: every option plus loop, dataset, data_kind ("images" | "points"),
-        data_shape (one sample's shape, e.g. [1, 8, 8] or [2]) and num_classes (int or None)."""
-        self.config, self.device = config, device
-
-    def models(self) -> dict:
-        """name -> nn.Module, saved under the checkpoint's /models."""
-        raise NotImplementedError(f"{type(self).__name__} must define models()")
-
-    def optimizers(self) -> dict:
-        """name -> optimizer or LR scheduler (anything with state_dict / load_state_dict)."""
-        raise NotImplementedError(f"{type(self).__name__} must define optimizers()")
-
-    def emas(self) -> dict:
-        """name -> EMA (empty when the loop keeps none)."""
-        return {}
-
-    def train_step(self, batch, labels, step: int) -> dict:
-        """One iteration on `batch` (Tensor on the loop's device; labels Tensor or None).
-        Returns the scalars to log as Python floats, e.g. {"loss": 0.03, "lr": 2e-4}."""
-        raise NotImplementedError(f"{type(self).__name__} must define train_step()")
-
-    def sample(self, n: int, **options):
-        """n samples as a NumPy array: images in [-1, 1] (n, C, H, W), points (n, D)."""
-        raise NotImplementedError(f"{type(self).__name__} must define sample()")
 
 
 # ---------------------------------------------------------------------------------------
@@ -354,103 +280,11 @@ def write_samples(samples: np.ndarray, path: str | os.PathLike,
         viz.save_image_grid(samples, path)
 
 
-class StepLog:
-    """log.csv: one row per step (step, the loop's scalars, cumulative seconds).
-
-    The rows are also kept in memory for loss.png and metrics.json. A resumed run keeps the
-    rows of the steps before it and drops any written after its checkpoint.
-    """
-
-    def __init__(self, path: Path, start_step: int):
-        self.path, self.rows, self.fields = path, [], None
-        if start_step > 0 and path.is_file():
-            with open(path, newline="") as handle:
-                reader = csv.DictReader(handle)
-                self.fields = reader.fieldnames
-                self.rows = [self._parse(row) for row in reader
-                             if row.get("step", "").isdigit() and int(row["step"]) < start_step]
-        self.handle = open(path, "w", newline="")
-        self.writer = None
-        if self.fields:
-            self._start_writer()
-            self.writer.writerows(self.rows)
-            self.handle.flush()
-
-    @staticmethod
-    def _parse(row: dict) -> dict:
-        parsed = {}
-        for key, value in row.items():
-            try:
-                parsed[key] = int(value) if key == "step" else float(value)
-            except (TypeError, ValueError):
-                parsed[key] = float("nan")
-        return parsed
-
-    def _start_writer(self) -> None:
-        self.writer = csv.DictWriter(self.handle, self.fields, extrasaction="ignore")
-        if self.handle.tell() == 0:
-            self.writer.writeheader()
-
-    def append(self, step: int, scalars: dict, seconds: float) -> None:
-        row = {"step": step, **{key: float(value) for key, value in scalars.items()},
-               "seconds": round(seconds, 3)}
-        if self.writer is None:
-            self.fields = list(row)
-            self._start_writer()
-        self.writer.writerow(row)
-        self.handle.flush()  # a killed run keeps its log up to the last step
-        self.rows.append(row)
-
-    def loss_keys(self) -> list[str]:
-        keys = [key for key in self.fields or [] if key not in ("step", "seconds")]
-        return [key for key in keys if "loss" in key] or [key for key in keys if key != "lr"]
-
-    def final(self, window: int = FINAL_WINDOW) -> dict:
-        """Each scalar averaged over the last `window` steps."""
-        last = self.rows[-window:]
-        keys = [key for key in self.fields or [] if key not in ("step", "seconds")]
-        means = {}
-        for key in keys:
-            values = [row[key] for row in last if math.isfinite(row.get(key, math.nan))]
-            means[key] = math.fsum(values) / len(values) if values else None
-        return means
-
-    def close(self) -> None:
-        self.handle.close()
-
-
 # ---------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-class _StopRequest:
-    signum: int | None = None
-
-
-@contextlib.contextmanager
-def _stop_on_signals():
-    """SIGINT and SIGTERM set a flag that the loop checks after each step; a second one stops
-    at once (the last checkpoint stays whole: checkpoints are replaced atomically)."""
-    request = _StopRequest()
-    if threading.current_thread() is not threading.main_thread():
-        yield request  # signal handlers can only be installed from the main thread
-        return
-
-    def handler(signum, frame):
-        if request.signum is not None:
-            raise KeyboardInterrupt
-        request.signum = signum
-
-    previous = {signum: signal.signal(signum, handler)
-                for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield request
-    finally:
-        for signum, old_handler in previous.items():
-            signal.signal(signum, old_handler)
 
 
 def _build_loop(loop_cls: type[TrainingLoop], config: dict, device: str) -> TrainingLoop:
@@ -587,7 +421,7 @@ class _Run:
                  f"{self.start_step} -> {steps}, into {self.out}")
         disable = None if self.progress is None else not self.progress  # None: terminals only
         try:
-            with _stop_on_signals() as stop, tqdm(total=steps, initial=self.start_step,
+            with stop_on_signals() as stop, tqdm(total=steps, initial=self.start_step,
                                                   disable=disable, unit="step", file=sys.stderr,
                                                   dynamic_ncols=True) as bar:
                 for step in range(self.start_step, steps):

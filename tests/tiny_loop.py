@@ -21,7 +21,8 @@ import minigen
 import minigen.functional as F
 from minigen import nn, optim, viz
 from minigen.checkpoint import load_checkpoint
-from minigen.run import TrainingLoop, default_config
+from minigen.loop import TrainingLoop
+from minigen.run import default_config
 
 
 class TinyLoop(TrainingLoop):
