@@ -12,6 +12,7 @@ from minigen.creation import (arange, bool_, float32, float64, full, int32, int6
 from minigen.ops.elementwise import where
 from minigen.ops.shape import cat, stack
 from minigen.gradcheck import GradcheckError, gradcheck, gradgradcheck
+from minigen.fusion import fusion, fusion_enabled, set_fusion
 from minigen import functional
 from minigen.checkpoint import CheckpointError, inspect_checkpoint, load_checkpoint, save_checkpoint
 from minigen import nn, optim
