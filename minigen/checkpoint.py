@@ -8,10 +8,10 @@ loading is a CheckpointError whose message is one line naming the file and the f
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
-import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 
@@ -19,9 +19,13 @@ import h5py
 import numpy as np
 
 from . import backend
+from .files import WriteError, temp_prefix, write_atomically
 
 FORMAT_NAME = "minigen-checkpoint"
-FORMAT_VERSION = 1
+# Version 2 added a Fletcher-32 checksum on every array and a digest of the whole content;
+# version 1 files still load, with a note that they cannot be verified.
+FORMAT_VERSION = 2
+FIRST_CHECKSUMMED_VERSION = 2
 # The objects a checkpoint restores in place, each by name: anything with state_dict() and
 # load_state_dict(). Models are checked key by key and shape by shape before loading.
 SECTIONS = ("models", "optimizers", "schedulers", "ema")
@@ -30,6 +34,10 @@ SECTIONS = ("models", "optimizers", "schedulers", "ema")
 LIST_MARKER = "__list__"  # the group was a Python list; members are named 0, 1, ...
 INT_KEYS = "__int_keys__"  # JSON list of member names that were int keys in the dict
 RESERVED_NAMES = (LIST_MARKER, INT_KEYS)
+# Root attributes of the digest: CHECKSUMS is a JSON object holding the SHA-256 of every part of
+# the content (each group's attributes, each array's dtype, shape and bytes); DIGEST is the
+# SHA-256 of that JSON text, so damage to the record itself is seen too.
+CHECKSUMS, DIGEST = "checksums", "digest"
 
 
 class CheckpointError(Exception):
@@ -113,7 +121,11 @@ def _write_value(group: h5py.Group, name: str, value, where: str) -> None:
         if array.dtype == object:
             raise CheckpointError(f"{where} is an array of Python objects; a checkpoint holds "
                                   "numeric and bool arrays only")
-        group.create_dataset(name, data=array)
+        # Fletcher-32 needs chunked storage, which HDF5 refuses for 0-d arrays; the content
+        # digest covers those.
+        checked = array.ndim > 0
+        group.create_dataset(name, data=array, chunks=True if checked else None,
+                             fletcher32=checked)
     elif _is_json_leaf(value):
         group.attrs[name] = json.dumps(value)
     elif isinstance(value, (dict, list, tuple)):
@@ -132,13 +144,16 @@ def _members(group: h5py.Group):
         yield name, member
 
 
-def read_tree(group: h5py.Group) -> dict | list:
-    """The nested structure that write_tree stored in `group`, with NumPy arrays."""
+def read_tree(group: h5py.Group, arrays: dict | None = None) -> dict | list:
+    """The nested structure that write_tree stored in `group`, with NumPy arrays (taken from
+    `arrays`, HDF5 path -> array, when the file was verified and read already)."""
     int_keys = set(json.loads(group.attrs.get(INT_KEYS, "[]")))
     values = {}
     for name, member in _members(group):
         if isinstance(member, h5py.Group):
-            values[name] = read_tree(member)
+            values[name] = read_tree(member, arrays)
+        elif arrays is not None:
+            values[name] = arrays[member.name]
         else:
             values[name] = member[...]  # [...] keeps 0-d arrays as arrays, not scalars
     for name, text in group.attrs.items():
@@ -160,28 +175,7 @@ def _state_dict_of(owner, section: str, name: str):
 
 
 def _temp_pattern(path: str) -> re.Pattern:
-    return re.compile(re.escape(f".{os.path.basename(path)}.") + r".*\.tmp")
-
-
-def _new_file_mode(path: str) -> int:
-    """Keep an existing checkpoint's permissions; a new one gets the usual 0o666 minus umask
-    (mkstemp would otherwise leave it readable by its owner only)."""
-    if os.path.exists(path):
-        return os.stat(path).st_mode & 0o777
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _fsync_directory(directory: str) -> None:
-    """Make the rename itself durable; Windows cannot open a directory, and needs no fsync."""
-    if os.name == "nt":
-        return
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    return re.compile(re.escape(temp_prefix(path)) + r".*\.tmp")
 
 
 def save_checkpoint(path: str | os.PathLike, models: dict | None = None,
@@ -190,57 +184,32 @@ def save_checkpoint(path: str | os.PathLike, models: dict | None = None,
                     schedulers: dict | None = None, extra: dict | None = None) -> None:
     """Save objects (name -> object with state_dict()) and the run's state to one HDF5 file.
 
-    The file is written under a temporary name in the same folder, flushed to disk, then renamed
-    over `path`, so a process killed at any moment leaves either the old or the new checkpoint
-    whole. Temporary files left by an earlier killed save of the same path are removed after a
+    The file is built in memory (HDF5's core driver, so HDF5 never meets a failing disk), every
+    array with a Fletcher-32 checksum and the root with a digest of the whole content; its bytes
+    are then written under a temporary name in the same folder with plain file I/O, synced, and
+    renamed over `path`, so a process killed at any moment leaves either the old or the new
+    checkpoint whole. A full disk or another write error is one CheckpointError line naming the
+    bytes needed and free; the temporary file is removed and the previous checkpoint untouched.
+    Temporary files left by an earlier killed save of the same path are removed after a
     successful save (one process saves a given path at a time). `config` must be
     JSON-serialisable; `extra` is any nested structure of arrays, numbers, strings, lists, dicts.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     owners = {"models": models, "optimizers": optimizers, "schedulers": schedulers, "ema": ema}
     try:
         config_json = json.dumps(config or {}, default=_plain_or_path)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"cannot save {path}: the config is not JSON-serialisable "
                               f"({error}); pass numbers, strings, lists and dicts") from None
-    mode = _new_file_mode(path)
-    descriptor, temp_path = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
-                                             suffix=".tmp")
-    os.close(descriptor)
     try:
-        # No HDF5 file locks: the temporary file is ours alone, and locks fail on some
-        # network filesystems with errors that would hide the real problem.
-        with h5py.File(temp_path, "w", track_order=True, locking=False) as file:
-            file.attrs["format"] = FORMAT_NAME
-            file.attrs["format_version"] = FORMAT_VERSION
-            file.attrs["minigen_version"] = minigen_version()
-            file.attrs["saved_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            file.attrs["step"] = int(step)
-            file.attrs["config"] = config_json
-            file.attrs["rng_state"] = json.dumps(backend.get_rng_state(), default=_plain_or_path)
-            for section in SECTIONS:
-                section_group = file.create_group(section, track_order=True)
-                for name, owner in (owners[section] or {}).items():
-                    member = _member_name(name, section)
-                    write_tree(section_group.create_group(member, track_order=True),
-                               _state_dict_of(owner, section, name), f"{section}/{member}")
-            write_tree(file.create_group("extra", track_order=True), extra or {}, "extra")
-        with open(temp_path, "rb+") as written:
-            os.fsync(written.fileno())
-        os.chmod(temp_path, mode)
-        os.replace(temp_path, path)
-        _fsync_directory(directory)
-    except BaseException as error:  # KeyboardInterrupt too: never leave the temp file behind
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
-        if isinstance(error, CheckpointError):
-            raise CheckpointError(f"cannot save {path}: {error}") from None
-        if isinstance(error, OSError):
-            raise CheckpointError(f"cannot save {path}: {error}; the previous checkpoint (if any) "
-                                  "is untouched") from error
-        raise
+        image = _file_image(owners, step, config_json, extra)
+    except CheckpointError as error:
+        raise CheckpointError(f"cannot save {path}: {error}") from None
+    try:
+        write_atomically(path, image, kept="; the previous checkpoint (if any) is untouched")
+    except WriteError as error:
+        raise CheckpointError(str(error).replace("cannot write", "cannot save", 1)) from None
     pattern = _temp_pattern(path)
     for leftover in os.listdir(directory):
         if pattern.fullmatch(leftover):
@@ -248,6 +217,33 @@ def save_checkpoint(path: str | os.PathLike, models: dict | None = None,
                 os.remove(os.path.join(directory, leftover))
             except FileNotFoundError:
                 pass
+
+
+def _file_image(owners: dict, step: int, config_json: str, extra: dict | None) -> bytes:
+    """The bytes of a checkpoint file, built in memory: HDF5's core driver with no backing
+    store never touches the disk. libver v110 gives checksummed object headers and B-trees, so
+    damaged metadata is refused as well as damaged arrays."""
+    with h5py.File(f"checkpoint-in-memory-{id(owners)}.h5", "w", driver="core",
+                   backing_store=False, track_order=True, libver=("v110", "latest")) as file:
+        file.attrs["format"] = FORMAT_NAME
+        file.attrs["format_version"] = FORMAT_VERSION
+        file.attrs["minigen_version"] = minigen_version()
+        file.attrs["saved_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        file.attrs["step"] = int(step)
+        file.attrs["config"] = config_json
+        file.attrs["rng_state"] = json.dumps(backend.get_rng_state(), default=_plain_or_path)
+        for section in SECTIONS:
+            section_group = file.create_group(section, track_order=True)
+            for name, owner in (owners[section] or {}).items():
+                member = _member_name(name, section)
+                write_tree(section_group.create_group(member, track_order=True),
+                           _state_dict_of(owner, section, name), f"{section}/{member}")
+        write_tree(file.create_group("extra", track_order=True), extra or {}, "extra")
+        checksums = json.dumps(_content_checksums(file, {}), sort_keys=True)
+        file.attrs[CHECKSUMS] = checksums
+        file.attrs[DIGEST] = hashlib.sha256(checksums.encode()).hexdigest()
+        file.flush()
+        return bytes(file.id.get_file_image())
 
 
 def _plain_or_path(value):
@@ -303,7 +299,7 @@ def open_checkpoint_file(path: str, require_format: bool = True) -> h5py.File:
         return file
     try:
         _check_format(file, path)
-    except (OSError, KeyError, ValueError, TypeError) as error:  # KeyError: a garbled header
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as error:  # KeyError: a garbled header
         file.close()
         raise CheckpointError(f"{path} is damaged: {_one_line(error)}; use an earlier "
                               "checkpoint") from None
@@ -329,10 +325,116 @@ def _check_format(file: h5py.File, path: str) -> None:
                               "upgrade minigen to load it")
 
 
+# ---------------------------------------------------------------------------------------
+# Verifying: every array's Fletcher-32 checksum (HDF5 checks it on reading) and the SHA-256 of
+# every part of the content against the record saved in the root.
+# ---------------------------------------------------------------------------------------
+class _DamagedArray(Exception):
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+
+def _value_bytes(value) -> bytes:
+    """A canonical byte string of an attribute value (str, bytes, NumPy scalar or array)."""
+    if isinstance(value, str):
+        return b"str:" + value.encode("utf-8", "surrogatepass")
+    if isinstance(value, bytes):
+        return b"bytes:" + value
+    array = np.asarray(value)
+    if array.dtype == object:
+        return b"object:" + repr(array.tolist()).encode("utf-8", "surrogatepass")
+    return f"{array.dtype.str}{array.shape}:".encode() + array.tobytes()
+
+
+def _attributes_sum(attrs, skip: tuple = ()) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(attrs.keys()):
+        if name not in skip:
+            digest.update(name.encode("utf-8", "surrogatepass") + b"\0")
+            digest.update(_value_bytes(attrs[name]) + b"\0")
+    return digest.hexdigest()
+
+
+def _content_checksums(file: h5py.File, arrays: dict) -> dict[str, str]:
+    """SHA-256 of every part of the content, by HDF5 path: "GROUP@" for a group's attributes,
+    "DATASET" for an array (dtype, shape, bytes, attributes). Reads every array into `arrays`;
+    an array whose Fletcher-32 checksum fails raises _DamagedArray naming it."""
+    sums = {}
+
+    def visit(group: h5py.Group) -> None:
+        sums[f"{group.name}@"] = _attributes_sum(group.attrs, (CHECKSUMS, DIGEST)
+                                                 if group.name == "/" else ())
+        for _, member in _members(group):
+            if isinstance(member, h5py.Group):
+                visit(member)
+                continue
+            try:
+                data = member[...]
+            except OSError:  # HDF5: "filter returned failure during read"
+                raise _DamagedArray(member.name.lstrip("/")) from None
+            arrays[member.name] = data
+            digest = hashlib.sha256(f"{data.dtype.str}{data.shape}:".encode())
+            digest.update(np.ascontiguousarray(data).tobytes())
+            digest.update(_attributes_sum(member.attrs).encode())
+            sums[member.name] = digest.hexdigest()
+
+    visit(file)
+    return sums
+
+
+def _describe_part(key: str, expected: dict, found: dict) -> str:
+    if key == "/@":
+        what = "the root attributes (format, step, config, RNG state)"
+    elif key.endswith("@"):
+        what = f"the attributes of {key[:-1].lstrip('/')}/"
+    else:
+        what = f"the array {key.lstrip('/')}"
+    if key not in found:
+        return f"{what} is missing"
+    if key not in expected:
+        return f"{what} is not in its checksum record"
+    return f"{what} does not match its SHA-256 in the content digest"
+
+
+def verify_checkpoint(file: h5py.File, path: str) -> tuple[dict | None, str | None]:
+    """(arrays, note): every array of a checked file, by HDF5 path, and None; or (None, note)
+    for a file of a format version before checksums. Raises CheckpointError naming the
+    damaged part."""
+    version = int(file.attrs["format_version"])
+    if version < FIRST_CHECKSUMMED_VERSION:
+        return None, (f"note: {path} has checkpoint format version {version}, from before "
+                      "checkpoints carried checksums: it loads, but damage to it cannot be "
+                      "detected (a run resumed from it saves checksummed checkpoints)")
+    record, digest = file.attrs.get(CHECKSUMS), file.attrs.get(DIGEST)
+    try:
+        intact = (isinstance(record, str) and isinstance(digest, str)
+                  and hashlib.sha256(record.encode("utf-8", "surrogatepass")).hexdigest() == digest)
+        expected = json.loads(record) if intact else None
+    except ValueError:
+        intact = False
+    if not intact or not isinstance(expected, dict):
+        raise CheckpointError(f"{path} is damaged: its checksum record (the root attributes "
+                              f"{CHECKSUMS!r} and {DIGEST!r}) is missing or does not match; "
+                              "use an earlier checkpoint")
+    arrays = {}
+    try:
+        found = _content_checksums(file, arrays)
+    except _DamagedArray as damaged:
+        raise CheckpointError(f"{path} is damaged: the array {damaged.name} fails its "
+                              "Fletcher-32 checksum; use an earlier checkpoint") from None
+    for key in sorted(set(expected) | set(found)):
+        if expected.get(key) != found.get(key):
+            raise CheckpointError(f"{path} is damaged: {_describe_part(key, expected, found)}; "
+                                  "use an earlier checkpoint")
+    return arrays, None
+
+
 def _read_everything(file: h5py.File, path: str, sections: dict) -> dict:
     """Read the requested sections and the root state into memory (so the file can close)."""
     state = {}
     try:
+        arrays, state["note"] = verify_checkpoint(file, path)
         for section, owners in sections.items():
             group = file.get(section)
             held = list(group.keys()) if group is not None else []
@@ -342,8 +444,8 @@ def _read_everything(file: h5py.File, path: str, sections: dict) -> dict:
                                 "schedulers": "scheduler", "ema": "EMA"}[section]
                     raise CheckpointError(f"{path} has no {singular} {name!r} (it holds: "
                                           f"{', '.join(held) or 'none'})")
-            state[section] = {name: read_tree(group[name]) for name in owners}
-        state["extra"] = read_tree(file["extra"]) if "extra" in file else {}
+            state[section] = {name: read_tree(group[name], arrays) for name in owners}
+        state["extra"] = read_tree(file["extra"], arrays) if "extra" in file else {}
         state["step"] = int(file.attrs.get("step", 0))
         state["config"] = json.loads(file.attrs.get("config", "{}"))
         state["rng_state"] = json.loads(file.attrs.get("rng_state", "{}"))
@@ -351,7 +453,7 @@ def _read_everything(file: h5py.File, path: str, sections: dict) -> dict:
         state["format_version"] = int(file.attrs["format_version"])
     except CheckpointError:
         raise
-    except (OSError, KeyError, ValueError, TypeError) as error:  # unreadable blocks, bad JSON
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as error:  # unreadable blocks, bad JSON
         raise CheckpointError(f"{path} is damaged: {_one_line(error)}; use an earlier "
                               "checkpoint") from None
     return state
@@ -391,8 +493,11 @@ def load_checkpoint(path: str | os.PathLike, models: dict | None = None,
                     strict: bool = True) -> dict:
     """Restore the named objects in place from `path` and return the rest of the run's state.
 
-    Returns {"step", "config", "rng_state", "extra", "minigen_version", "format_version"}.
-    Models are checked (keys with `strict`, shapes always) before any object is changed; arrays
+    Returns {"step", "config", "rng_state", "extra", "minigen_version", "format_version",
+    "verified", "note"}. The whole file is verified first (every array's Fletcher-32 checksum
+    and the content digest) and a damaged one refused naming the damaged part; a file of a
+    format version before checksums loads with verified False and a note saying so. Models are
+    checked (keys with `strict`, shapes always) before any object is changed; arrays
     arrive as NumPy and each object's load_state_dict moves them to its own device. With
     `restore_rng` the default generators continue exactly where the saved run left them.
     """
@@ -415,8 +520,10 @@ def load_checkpoint(path: str | os.PathLike, models: dict | None = None,
                                       f"{type(error).__name__}: {_one_line(error)}") from error
     if restore_rng and state["rng_state"]:
         backend.set_rng_state(state["rng_state"])
-    return {key: state[key] for key in ("step", "config", "rng_state", "extra",
-                                        "minigen_version", "format_version")}
+    result = {key: state[key] for key in ("step", "config", "rng_state", "extra",
+                                          "minigen_version", "format_version", "note")}
+    result["verified"] = state["note"] is None
+    return result
 
 
 # ---------------------------------------------------------------------------------------
@@ -451,12 +558,14 @@ def _describe_group(group: h5py.Group, depth: int, lines: list, totals: dict) ->
 
 def inspect_checkpoint(path: str | os.PathLike) -> str:
     """A readable listing: root attributes (config pretty-printed), groups, datasets with
-    dtype, shape and size, and totals. Lists any HDF5 file, saying when it is not minigen's."""
+    dtype, shape and size, and totals, then "verified: ..." once every array's checksum and
+    the content digest match (a damaged file raises CheckpointError naming what is damaged).
+    Lists any HDF5 file, saying when it is not minigen's."""
     path = os.fspath(path)
     with open_checkpoint_file(path, require_format=False) as file:
         try:
             return "\n".join(_listing(file, path))
-        except (OSError, KeyError, ValueError) as error:
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as error:
             raise CheckpointError(f"{path} is damaged: {_one_line(error)}; use an earlier "
                                   "checkpoint") from None
 
@@ -476,7 +585,7 @@ def _listing(file: h5py.File, path: str) -> list[str]:
         if config:
             lines.extend("  " + line for line in json.dumps(config, indent=2).splitlines())
         described = {"format", "format_version", "minigen_version", "saved_at", "step",
-                     "config", "rng_state"}
+                     "config", "rng_state", CHECKSUMS, DIGEST}
     else:
         lines.append("(not a minigen checkpoint: no 'format' attribute; listing it anyway)")
     for name, value in file.attrs.items():
@@ -485,4 +594,9 @@ def _listing(file: h5py.File, path: str) -> list[str]:
     totals = {"datasets": 0, "bytes": 0}
     _describe_group(file, 0, lines, totals)
     lines.append(f"total: {totals['datasets']} arrays, {_human_bytes(totals['bytes'])}")
+    if file.attrs.get("format") == FORMAT_NAME:
+        arrays, note = verify_checkpoint(file, path)
+        lines.append(note or f"verified: {len(arrays)} arrays match their Fletcher-32 "
+                             f"checksums, and the content its digest (SHA-256 "
+                             f"{file.attrs[DIGEST][:16]}...)")
     return lines
