@@ -18,7 +18,7 @@ from minigen.models.denoiser_mlp import MLPDenoiser
 from minigen.models.unet import UNet
 from minigen.nn.utils import clip_grad_norm_
 from minigen.optim import EMA, AdamW, LinearWarmup
-from minigen.loop import TrainingLoop
+from minigen.loop import TrainingLoop, gradient_norm
 
 SAMPLERS = ("ddpm", "ddim")
 SAMPLE_CHUNK = 256          # images denoised together when sampling
@@ -172,6 +172,10 @@ class DDPMLoop(TrainingLoop):
         if self.config["grad_clip"] > 0:
             scalars["grad_norm"] = float(clip_grad_norm_(self.model.parameters(),
                                                          self.config["grad_clip"]).item())
+            grad_norm = scalars["grad_norm"]
+        else:
+            grad_norm = gradient_norm(self.model.parameters())
+        self.check_finite(loss=scalars["loss"], grad_norm=grad_norm)
         self.optimizer.step()
         self.lr_schedule.step()
         self.ema.update()

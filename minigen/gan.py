@@ -18,7 +18,7 @@ from minigen import backend, editing
 from minigen.models.dcgan import DCGANDiscriminator, DCGANGenerator, dcgan_init
 from minigen.models.mlp import MLPDiscriminator, MLPGenerator
 from minigen.optim import Adam
-from minigen.loop import TrainingLoop
+from minigen.loop import TrainingLoop, gradient_norm
 from minigen.tensor import Tensor
 
 LOSSES = ("nonsaturating", "minimax", "hinge", "wgan-gp")
@@ -93,16 +93,6 @@ def gradient_penalty(discriminator, real: Tensor, fake: Tensor,
 
 
 # --- the loop -------------------------------------------------------------------------------
-def gradient_norm(parameters) -> float:
-    """The L2 norm of all gradients of `parameters` taken together (0.0 when none has one)."""
-    total = 0.0
-    for param in parameters:
-        if param.grad is not None:
-            grad = param.grad.data
-            total += float((grad * grad).sum())
-    return total ** 0.5
-
-
 class GANLoop(TrainingLoop):
     """The adversarial loop: k discriminator steps on real data against G(z).detach(), then
     one generator step through the (now updated) discriminator (Goodfellow et al., 2014,
@@ -240,6 +230,7 @@ class GANLoop(TrainingLoop):
         stats = {"loss_d": float(loss.item()), "d_real": self._read_out(real_logits.detach()),
                  "d_fake": self._read_out(fake_logits.detach()),
                  "grad_norm_d": gradient_norm(self.discriminator.parameters())}
+        self.check_finite(loss_d=stats["loss_d"], grad_norm_d=stats["grad_norm_d"])
         self.d_optimizer.step()
         return stats
 
@@ -257,6 +248,7 @@ class GANLoop(TrainingLoop):
             self.discriminator.requires_grad_(True)
         stats = {"loss_g": float(loss.item()),
                  "grad_norm_g": gradient_norm(self.generator.parameters())}
+        self.check_finite(loss_g=stats["loss_g"], grad_norm_g=stats["grad_norm_g"])
         self.g_optimizer.step()
         return stats
 

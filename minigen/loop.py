@@ -1,12 +1,17 @@
 """The training-loop protocol: what a loop (DDPM, GAN, or any subclass) gives the harness.
 
 `TrainingLoop` is the base class that minigen.ddpm and minigen.gan implement; `UserError` and
-`TrainingInterrupted` are the two ways a run ends early that a user can cause. The harness
+`TrainingInterrupted` are the two ways a run ends early that a user can cause. A loop calls
+`check_finite` with a step's loss and gradient norm before it applies the update: a NaN or an
+infinity raises `NonFiniteStep`, and the harness stops the run or skips the step. The harness
 (minigen.run) calls a loop through this protocol only, so the loops never import the harness.
 """
 from __future__ import annotations
 
+import math
 import signal
+
+import numpy as np
 
 
 class UserError(Exception):
@@ -25,6 +30,28 @@ class TrainingInterrupted(Exception):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum  # the shell's convention for "killed by signal N"
+
+
+class NonFiniteStep(Exception):
+    """A step's loss or gradient norm is NaN or infinite. Raised by TrainingLoop.check_finite
+    before the optimizer applies the update, so skipping the step leaves the weights as they
+    were. quantity: the scalar's name; scalars: every scalar the loop had for the step."""
+
+    def __init__(self, quantity: str, value: float, scalars: dict):
+        self.quantity, self.value, self.scalars = quantity, value, dict(scalars)
+        super().__init__(f"{quantity} is {value}")
+
+
+def gradient_norm(parameters) -> float:
+    """The L2 norm of all gradients of `parameters` taken together (0.0 when none has one),
+    summed in float64 so that large but finite float32 gradients do not overflow."""
+    total = 0.0
+    for param in parameters:
+        if param.grad is not None:
+            grad = param.grad.data.astype(np.float64) if param.grad.data.dtype != np.float64 \
+                else param.grad.data
+            total += float((grad * grad).sum())
+    return math.sqrt(total)
 
 
 class TrainingLoop:
@@ -75,6 +102,16 @@ class TrainingLoop:
         """One iteration on `batch` (Tensor on the loop's device; labels Tensor or None).
         Returns the scalars to log as Python floats, e.g. {"loss": 0.03, "lr": 2e-4}."""
         raise NotImplementedError(f"{type(self).__name__} must define train_step()")
+
+    def check_finite(self, **scalars: float) -> None:
+        """Call with a step's loss and gradient norm (Python floats), after backward and before
+        the optimizer step: a NaN or infinite one raises NonFiniteStep, so the bad update is
+        never applied. The harness then stops the run (the last checkpoint kept as it was), or
+        with --on-nonfinite skip counts the step as skipped and goes on. A loop with several
+        optimizers checks before each step, as mixed-precision trainers skip each on its own."""
+        for quantity, value in scalars.items():
+            if not math.isfinite(value):
+                raise NonFiniteStep(quantity, value, scalars)
 
     def sample(self, n: int, **options):
         """n samples as a NumPy array: images in [-1, 1] (n, C, H, W), points (n, D)."""

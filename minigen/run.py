@@ -10,6 +10,7 @@ minigen.cli is a thin command line over it.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -22,6 +23,9 @@ import minigen
 from minigen import backend
 from minigen.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minigen.data import KNOWN_DATASETS, Batcher, Dataset, load_dataset
+from minigen.divergence import (NONFINITE_MODES, NonFiniteGuard, TrainingDiverged,  # noqa: F401
+                                nonfinite_weight)
+from minigen.files import write_atomically
 from minigen.loop import TrainingInterrupted, TrainingLoop, UserError  # noqa: F401 (re-exported)
 from minigen.signals import stop_on_signals
 from minigen.steplog import FINAL_WINDOW, StepLog  # noqa: F401 (re-exported)
@@ -40,13 +44,13 @@ POINT_EVAL_SAMPLES = 2500  # ... and of toy points: the mode-coverage papers' co
 # Options a resumed run takes from the command line; every other option comes from the
 # checkpoint (the run keeps the settings it was trained with).
 RESUMABLE_OPTIONS = ("steps", "out", "device", "resume", "force", "data_dir",
-                     "checkpoint_every", "sample_every", "eval_samples")
+                     "checkpoint_every", "sample_every", "eval_samples", "on_nonfinite")
 # What the harness adds to the options from the dataset and the loop.
 DATA_KEYS = ("loop", "data_kind", "data_shape", "num_classes")
 # Options that do not change the trained weights: ignored when deciding whether an output
 # folder holds the same run.
 NOT_IDENTITY = ("out", "resume", "force", "data_dir", "checkpoint_every", "sample_every",
-                "eval_samples") + DATA_KEYS
+                "eval_samples", "on_nonfinite") + DATA_KEYS
 
 
 # ---------------------------------------------------------------------------------------
@@ -89,6 +93,10 @@ def add_common_arguments(parser, loop_cls: type[TrainingLoop]) -> None:
                         help="samples drawn at the end for metrics.json's quality measures "
                              f"(default: {EVAL_SAMPLES} for images, {POINT_EVAL_SAMPLES} for "
                              "points; 0: none)")
+    parser.add_argument("--on-nonfinite", choices=NONFINITE_MODES, default="stop",
+                        help="a step whose loss or gradient norm is NaN or infinite: stop the "
+                             "run (the last checkpoint kept as it was), or skip the step without "
+                             "applying its update, counted in log.csv's 'skipped' column")
 
 
 def _parser_defaults(add) -> dict:
@@ -268,7 +276,9 @@ def write_samples(samples: np.ndarray, path: str | os.PathLike,
     coordinates) when `dataset` holds points."""
     path = os.fspath(path)
     if path.endswith(".npy"):
-        np.save(path, samples)
+        buffer = io.BytesIO()
+        np.save(buffer, samples)
+        write_atomically(path, buffer.getvalue())
     elif samples.ndim == 2:
         reference = dataset if dataset is not None and dataset.kind == "points" else None
         viz.save_scatter(samples[:, :2], path,
@@ -341,12 +351,12 @@ def train(loop_cls: type[TrainingLoop], options: dict, explicit: set | None = No
     prepare_out_dir(out, config, say)
     config.update(data_kind=dataset.kind, data_shape=list(dataset.shape),
                   num_classes=dataset.num_classes)
-    (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    write_atomically(out / CONFIG, json.dumps(config, indent=2) + "\n")
 
     device = backend.check_device(config["device"])
     minigen.manual_seed(config["seed"])
     loop = _build_loop(loop_cls, config, device)
-    start_step, seconds_before = 0, 0.0
+    start_step, seconds_before, skipped = 0, 0.0, 0
     if config.get("resume"):
         try:
             state = load_checkpoint(config["resume"], models=loop.models(),
@@ -354,17 +364,22 @@ def train(loop_cls: type[TrainingLoop], options: dict, explicit: set | None = No
         except CheckpointError as error:
             raise UserError(str(error)) from None
         start_step, seconds_before = state["step"], float(state["extra"].get("seconds", 0.0))
+        skipped = int(state["extra"].get("skipped_steps", 0))
+        if state["note"]:
+            say(state["note"])
         if start_step > config["steps"]:
             raise UserError(f"{config['resume']} is at step {start_step}, beyond --steps "
                             f"{config['steps']}; --steps is the total to reach, pass more")
-    return _Run(loop, config, dataset, out, start_step, seconds_before, progress, say).run()
+    return _Run(loop, config, dataset, out, start_step, seconds_before, progress, say,
+                skipped).run()
 
 
 class _Run:
     """One training run from `start_step` to config["steps"], writing into `out`."""
 
     def __init__(self, loop: TrainingLoop, config: dict, dataset: Dataset, out: Path,
-                 start_step: int, seconds_before: float, progress: bool | None, say):
+                 start_step: int, seconds_before: float, progress: bool | None, say,
+                 skipped: int = 0):
         self.loop, self.config, self.dataset, self.out = loop, config, dataset, out
         self.start_step, self.seconds_before, self.say = start_step, seconds_before, say
         self.progress = progress
@@ -377,6 +392,8 @@ class _Run:
         self.sample_every = config["checkpoint_every"] if every is None else every
         self.log = StepLog(out / LOG, start_step)
         self.started = time.perf_counter()
+        self.guard = NonFiniteGuard(loop, config, config.get("on_nonfinite", "stop"), skipped)
+        self.saved_step = start_step if config.get("resume") else None
 
     def seconds(self) -> float:
         return self.seconds_before + time.perf_counter() - self.started
@@ -392,15 +409,31 @@ class _Run:
         return minigen.Tensor(batch), None
 
     def save(self, step: int) -> None:
+        bad_weight = nonfinite_weight(self.loop)
+        if bad_weight is not None:
+            self.diverged(f"after step {step - 1} the weight {bad_weight} holds NaN or inf "
+                          "although every loss and gradient norm was finite")
+        extra = {"seconds": self.seconds()}
+        if self.guard.skipped:
+            extra["skipped_steps"] = self.guard.skipped
         try:
             save_checkpoint(self.out / CHECKPOINT, models=self.loop.models(),
                             optimizers=self.loop.optimizers(), ema=self.loop.emas(), step=step,
-                            config=self.config, extra={"seconds": self.seconds()})
+                            config=self.config, extra=extra)
         except CheckpointError as error:
             raise UserError(str(error)) from None
+        self.saved_step = step
         if self.log.rows:
             viz.save_loss_curves(self.log.rows, self.out / LOSS, keys=self.log.loss_keys(),
                                  title=f"{self.config['loop']} on {self.config['dataset']}")
+
+    def diverged(self, reason: str):
+        """Stop the run: the reason, what the last checkpoint holds, and what to try."""
+        checkpoint = self.out / CHECKPOINT
+        kept = (f"{checkpoint} keeps step {self.saved_step}" if self.saved_step is not None
+                else f"nothing was saved over {checkpoint}" if checkpoint.exists()
+                else "no checkpoint was written")
+        raise TrainingDiverged(f"{reason}; {kept}; {self.guard.advice()}")
 
     def pictures(self) -> None:
         samples = draw_samples(self.loop, PICTURE_COUNT, self.picture_options, PICTURE_SEED)
@@ -426,9 +459,11 @@ class _Run:
                                                   dynamic_ncols=True) as bar:
                 for step in range(self.start_step, steps):
                     batch, labels = self.batch(step)
-                    scalars = self.loop.train_step(batch, labels, step)
+                    scalars, stop_reason = self.guard.step(batch, labels, step)
                     done = step + 1
                     self.log.append(step, scalars, self.seconds())
+                    if stop_reason:
+                        self.diverged(stop_reason)
                     bar.set_postfix({**{key: f"{value:.4g}" for key, value in scalars.items()},
                                      "img/s": f"{self.images_per_second(done):.0f}"},
                                     refresh=False)
@@ -458,12 +493,15 @@ class _Run:
                    "seconds": round(seconds, 3),
                    "images_per_second": round(config["batch_size"] * steps / max(seconds, 1e-9), 1),
                    "final": self.log.final()}
+        if self.guard.skipping:
+            summary["skipped_steps"] = self.guard.skipped
         measures = quality_measures(self.loop, self.dataset, config["eval_samples"],
                                     self.picture_options, PICTURE_SEED + 1)
-        (self.out / METRICS).write_text(json.dumps({**(measures or {}), "training": summary},
-                                                   indent=2, default=_json_default) + "\n")
-        self.say(f"done: {steps} steps in {seconds:.1f} s ({summary['images_per_second']:.0f} "
-                 f"img/s); {self.out}: "
+        write_atomically(self.out / METRICS, json.dumps({**(measures or {}), "training": summary},
+                                                        indent=2, default=_json_default) + "\n")
+        skipped = f" ({self.guard.skipped} skipped)" if self.guard.skipping else ""
+        self.say(f"done: {steps} steps{skipped} in {seconds:.1f} s "
+                 f"({summary['images_per_second']:.0f} img/s); {self.out}: "
                  f"{', '.join(name for name in RUN_FILES if (self.out / name).exists())}")
         return summary
 
@@ -479,7 +517,9 @@ def load_trained(path: str, loop_cls: type[TrainingLoop], device: str = "cpu"
         raise UserError(str(error)) from None
     loop = _build_loop(loop_cls, config, device)
     try:
-        load_checkpoint(path, models=loop.models(), ema=loop.emas(), restore_rng=False)
+        state = load_checkpoint(path, models=loop.models(), ema=loop.emas(), restore_rng=False)
     except CheckpointError as error:
         raise UserError(str(error)) from None
+    if state["note"]:
+        _say(state["note"])
     return loop, config, step

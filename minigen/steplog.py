@@ -1,14 +1,19 @@
 """log.csv, the per-step record of a run, kept in memory too for loss.png and metrics.json.
 
-The harness (minigen.run) appends one row per step and reads the final averages from it.
+The harness (minigen.run) appends one row per step and reads the final averages from it. A
+failing write (a full disk) is a WriteError naming log.csv, the bytes needed and the bytes free.
 """
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
+from minigen.files import WriteError, describe_write_error
+
 FINAL_WINDOW = 50  # metrics.json reports scalars averaged over the last steps
+COUNTERS = ("skipped",)  # running counts, not scalars to average or plot
 
 
 class StepLog:
@@ -20,18 +25,23 @@ class StepLog:
 
     def __init__(self, path: Path, start_step: int):
         self.path, self.rows, self.fields = path, [], None
+        self.failed = False
         if start_step > 0 and path.is_file():
             with open(path, newline="") as handle:
                 reader = csv.DictReader(handle)
                 self.fields = reader.fieldnames
                 self.rows = [self._parse(row) for row in reader
                              if row.get("step", "").isdigit() and int(row["step"]) < start_step]
-        self.handle = open(path, "w", newline="")
         self.writer = None
+        try:
+            self.handle = open(path, "w", newline="")
+        except OSError as error:
+            raise WriteError(describe_write_error(path, error, 0)) from None
         if self.fields:
             self._start_writer()
-            self.writer.writerows(self.rows)
-            self.handle.flush()
+            text = io.StringIO()
+            csv.DictWriter(text, self.fields, extrasaction="ignore").writerows(self.rows)
+            self._write(text.getvalue(), lambda: self.writer.writerows(self.rows))
 
     @staticmethod
     def _parse(row: dict) -> dict:
@@ -46,7 +56,18 @@ class StepLog:
     def _start_writer(self) -> None:
         self.writer = csv.DictWriter(self.handle, self.fields, extrasaction="ignore")
         if self.handle.tell() == 0:
-            self.writer.writeheader()
+            self._write(",".join(self.fields) + "\r\n", self.writer.writeheader)
+
+    def _write(self, text: str, write) -> None:
+        """Run `write` (which writes `text` into the file) and flush, so a killed run keeps
+        its log up to the last step; a failure names the file and the bytes of `text`."""
+        try:
+            write()
+            self.handle.flush()
+        except OSError as error:
+            self.failed = True
+            raise WriteError(describe_write_error(self.path, error, len(text.encode()),
+                                                  "; the rows before it are kept")) from None
 
     def append(self, step: int, scalars: dict, seconds: float) -> None:
         row = {"step": step, **{key: float(value) for key, value in scalars.items()},
@@ -54,18 +75,19 @@ class StepLog:
         if self.writer is None:
             self.fields = list(row)
             self._start_writer()
-        self.writer.writerow(row)
-        self.handle.flush()  # a killed run keeps its log up to the last step
+        text = io.StringIO()
+        csv.DictWriter(text, self.fields, extrasaction="ignore").writerow(row)
+        self._write(text.getvalue(), lambda: self.writer.writerow(row))
         self.rows.append(row)
 
     def loss_keys(self) -> list[str]:
-        keys = [key for key in self.fields or [] if key not in ("step", "seconds")]
+        keys = [key for key in self.fields or [] if key not in ("step", "seconds", *COUNTERS)]
         return [key for key in keys if "loss" in key] or [key for key in keys if key != "lr"]
 
     def final(self, window: int = FINAL_WINDOW) -> dict:
         """Each scalar averaged over the last `window` steps."""
         last = self.rows[-window:]
-        keys = [key for key in self.fields or [] if key not in ("step", "seconds")]
+        keys = [key for key in self.fields or [] if key not in ("step", "seconds", *COUNTERS)]
         means = {}
         for key in keys:
             values = [row[key] for row in last if math.isfinite(row.get(key, math.nan))]
@@ -73,4 +95,8 @@ class StepLog:
         return means
 
     def close(self) -> None:
-        self.handle.close()
+        try:
+            self.handle.close()
+        except OSError as error:
+            if not self.failed:  # else the failure was reported already; the rows are gone
+                raise WriteError(describe_write_error(self.path, error, 0)) from None

@@ -2,10 +2,13 @@
 
 Images go straight to PNG with Pillow; plots are drawn with matplotlib on an Agg canvas
 attached to each figure, so neither pyplot nor the user's chosen backend is touched.
-Inputs may be NumPy or CuPy arrays (or anything with `.numpy()`, such as a Tensor).
+Inputs may be NumPy or CuPy arrays (or anything with `.numpy()`, such as a Tensor). Each
+picture is rendered in memory and written whole (minigen.files), so a full disk is one line
+naming the file and the previous picture stays as it was.
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 from typing import Iterable, Mapping
@@ -13,8 +16,23 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from minigen import backend
+from minigen.files import write_atomically
 
 GRID_MIN_PIXELS = 48  # small images are enlarged until a side has at least this many pixels
+
+
+def _extension(path: str | os.PathLike) -> str:
+    extension = os.path.splitext(os.fspath(path))[1].lower()
+    if not extension:
+        raise ValueError(f"{os.fspath(path)}: no file extension to choose the picture format "
+                         "by; end the name in .png")
+    return extension
+
+
+def _write_figure(figure, path: str | os.PathLike, dpi: int) -> None:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, dpi=dpi, format=_extension(path)[1:])
+    write_atomically(path, buffer.getvalue())
 
 
 def _as_numpy(array) -> np.ndarray:
@@ -58,7 +76,15 @@ def save_image_grid(images, path: str | os.PathLike, nrow: int | None = None, pa
     """Write images (N, C, H, W) in [-1, 1] as one PNG grid (see make_grid)."""
     from PIL import Image
 
-    Image.fromarray(make_grid(images, nrow, padding, scale, pad_value)).save(path)
+    extension = _extension(path)
+    image_format = Image.registered_extensions().get(extension)
+    if image_format is None:
+        raise ValueError(f"{os.fspath(path)}: Pillow cannot write {extension} files; end the "
+                         "name in .png")
+    buffer = io.BytesIO()
+    Image.fromarray(make_grid(images, nrow, padding, scale, pad_value)).save(buffer,
+                                                                             image_format)
+    write_atomically(path, buffer.getvalue())
 
 
 def save_strip(images, path: str | os.PathLike, padding: int = 1,
@@ -138,7 +164,7 @@ def save_scatter(points, path: str | os.PathLike, true_points=None, centres=None
     if heading:
         axes.set_title(heading, fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, dpi=dpi)
+    _write_figure(figure, path, dpi)
 
 
 def _series(log) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -211,4 +237,4 @@ def save_loss_curves(log, path: str | os.PathLike, keys: Iterable[str] | None = 
     if title:
         axes.set_title(title, fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    _write_figure(figure, path, 100)
