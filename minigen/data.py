@@ -5,11 +5,18 @@ points as float32 (N, D), with labels and a fixed held-out split. Sources: the 8
 bundled with scikit-learn (the default, nothing downloaded), MNIST / Fashion-MNIST (see
 minigen.idx), toy mixtures of Gaussians for GANs, and any .npy / .npz file or folder of PNGs.
 `Batcher` draws the mini-batches; `Dataset.to("cuda")` puts the arrays on the GPU first.
+A damaged or malformed file is a ValueError naming it (the zip and PNG CRC-32s are checked),
+never a traceback from NumPy, zipfile or Pillow.
 """
 from __future__ import annotations
 
 import dataclasses
+import io
+import math
 import os
+import struct
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -155,9 +162,46 @@ def _to_nchw(images: np.ndarray, source: Path) -> np.ndarray:
                      "nor images (N, H, W), (N, C, H, W) or (N, H, W, C) with C = 1 or 3")
 
 
+def _check_arrays(source: Path, samples: np.ndarray, labels, test, test_labels) -> None:
+    """Refuse what would fail later, or train on garbage: non-numeric or empty arrays, NaN
+    or infinite values, labels that are not class indices, splits of different shapes."""
+    named = {"samples": samples, "labels": labels, "test samples": test,
+             "test labels": test_labels}
+    for what, array in named.items():
+        if array is None:
+            continue
+        if array.dtype.kind not in "biuf" or array.ndim == 0:
+            raise ValueError(f"{source}: the {what} are an array of {array.dtype} and shape "
+                             f"{array.shape}; pass numbers (uint8 images, float images or "
+                             "points, integer labels)")
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise ValueError(f"{source}: the {what} hold NaN or infinite values; the file is "
+                             "damaged or the array was saved before it was cleaned")
+    if len(samples) < 2:
+        raise ValueError(f"{source}: {len(samples)} samples; a dataset needs at least 2 (one "
+                         "to train on, one held out)")
+    if test is not None and test.shape[1:] != samples.shape[1:]:
+        raise ValueError(f"{source}: the test samples have shape {test.shape[1:]} but the "
+                         f"training samples {samples.shape[1:]}; save both splits alike")
+    for what, array, count in (("labels", labels, len(samples)),
+                               ("test labels", test_labels, None if test is None else len(test))):
+        if array is None:
+            continue
+        if array.ndim != 1 or (count is not None and len(array) != count):
+            found = f"{len(array)} {what}" if array.ndim == 1 else f"{what} of shape {array.shape}"
+            raise ValueError(f"{source}: {count} samples but {found}; pass one class index "
+                             "per sample")
+        if array.size and (array.min() < 0 or (array.dtype.kind == "f"
+                                               and not np.all(array == np.round(array)))):
+            raise ValueError(f"{source}: the {what} hold values that are not class indices "
+                             "0, 1, 2, ...; pass integer classes")
+
+
 def _from_array(name: str, source: Path, samples: np.ndarray, labels, test=None,
                 test_labels=None) -> Dataset:
     """A Dataset from arrays read from a file: points stay as they are, images are scaled."""
+    _check_arrays(source, samples, None if labels is None else np.asarray(labels), test,
+                  None if test_labels is None else np.asarray(test_labels))
     kind = "points" if samples.ndim == 2 else "images"
     if kind == "images":
         samples = _to_unit_range(_to_nchw(samples, source), source)
@@ -187,22 +231,111 @@ _NPZ_TEST_KEYS = ("test", "x_test")
 _NPZ_TEST_LABEL_KEYS = ("test_labels", "y_test")
 
 
+# What reading a damaged .npy / .npz raises inside NumPy and zipfile.
+_ARRAY_FILE_ERRORS = (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error,
+                      struct.error, TypeError, SyntaxError, MemoryError, UnicodeDecodeError)
+
+
+def _damaged(path: Path, error: BaseException) -> ValueError:
+    text = " ".join(str(error).split())[:200]
+    return ValueError(f"{path}: cannot read it: the file is damaged or not what its name says "
+                      f"({type(error).__name__}: {text}); write it again")
+
+
+def _read_npy(handle, path: Path, size: int) -> np.ndarray:
+    """One .npy array from an open file of `size` bytes, its header checked against the size
+    first (a damaged header must not make NumPy allocate what the file cannot hold)."""
+    version = np.lib.format.read_magic(handle)
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read_header is None:
+        raise ValueError(f".npy format version {version[0]}.{version[1]}, which minigen does not "
+                         "read (1.0 and 2.0 hold numeric arrays)")
+    shape, fortran_order, dtype = read_header(handle)
+    if dtype.hasobject:
+        raise ValueError("it holds Python objects, which minigen does not unpickle")
+    expected, found = math.prod(shape) * dtype.itemsize, size - handle.tell()
+    if found != expected:
+        raise ValueError(f"the header announces shape {shape} of {dtype} ({expected} bytes) "
+                         f"but {found} bytes follow it")
+    data = handle.read(expected)
+    array = np.frombuffer(data, dtype=dtype, count=math.prod(shape))
+    return array.reshape(shape, order="F" if fortran_order else "C").copy()
+
+
 def _array_file(path: Path) -> Dataset:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; pass the path of an existing .npy "
                                 "or .npz array of images (N, H, W) / (N, C, H, W) or points (N, D)")
+    try:
+        if path.suffix == ".npy":
+            with open(path, "rb") as handle:
+                arrays = {"x": _read_npy(handle, path, path.stat().st_size)}
+        else:
+            with zipfile.ZipFile(path) as archive:
+                arrays = {}
+                for info in archive.infolist():
+                    if info.filename.endswith(".npy"):
+                        with archive.open(info) as handle:  # checks the CRC-32 at the end
+                            arrays[info.filename[:-4]] = _read_npy(handle, path, info.file_size)
+                            handle.read()  # to the end of the member, so its CRC-32 is checked
+    except _ARRAY_FILE_ERRORS as error:
+        raise _damaged(path, error) from None
+
+    def first(keys):
+        return next((arrays[key] for key in keys if key in arrays), None)
+
+    samples = first(_NPZ_SAMPLE_KEYS)
+    if samples is None:
+        raise ValueError(f"{path}: no array named {' / '.join(_NPZ_SAMPLE_KEYS)} (the file "
+                         f"holds {', '.join(arrays) or 'nothing'}); save the images "
+                         "under 'x' (and labels under 'y')")
     if path.suffix == ".npy":
-        return _from_array(path.stem, path, np.load(path), None)
-    with np.load(path) as archive:
-        def first(keys):
-            return next((archive[key] for key in keys if key in archive.files), None)
-        samples = first(_NPZ_SAMPLE_KEYS)
-        if samples is None:
-            raise ValueError(f"{path}: no array named {' / '.join(_NPZ_SAMPLE_KEYS)} (the file "
-                             f"holds {', '.join(archive.files) or 'nothing'}); save the images "
-                             "under 'x' (and labels under 'y')")
-        return _from_array(path.stem, path, samples, first(_NPZ_LABEL_KEYS),
-                           first(_NPZ_TEST_KEYS), first(_NPZ_TEST_LABEL_KEYS))
+        return _from_array(path.stem, path, samples, None)
+    return _from_array(path.stem, path, samples, first(_NPZ_LABEL_KEYS),
+                       first(_NPZ_TEST_KEYS), first(_NPZ_TEST_LABEL_KEYS))
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _check_png(file: Path, data: bytes) -> None:
+    """Walk the PNG chunks and check each one's CRC-32 (Pillow skips those of the pixel
+    data), so a damaged PNG is refused rather than read with changed pixels."""
+    if not data.startswith(_PNG_SIGNATURE):
+        raise ValueError(f"{file}: not a PNG file (it does not start with the PNG signature); "
+                         "convert it to PNG or remove it from the folder")
+    position = len(_PNG_SIGNATURE)
+    while True:
+        if position + 12 > len(data):
+            raise ValueError(f"{file}: truncated: the PNG ends at byte {len(data)} before its "
+                             "IEND chunk; copy or write the image again")
+        length, kind = struct.unpack(">I4s", data[position:position + 8])
+        end = position + 12 + length
+        if end > len(data):
+            raise ValueError(f"{file}: truncated or damaged: a PNG chunk at byte {position} "
+                             f"announces {length} bytes, more than the file holds; copy or "
+                             "write the image again")
+        if zlib.crc32(data[position + 4:end - 4]) != int.from_bytes(data[end - 4:end], "big"):
+            raise ValueError(f"{file}: damaged: the PNG chunk {kind!r} at byte {position} "
+                             "fails its CRC-32; copy or write the image again")
+        if kind == b"IEND":
+            return
+        position = end
+
+
+def _read_png(file: Path):
+    """(pixels (H, W) or (H, W, 3) uint8, size) of one PNG, checked; ValueError naming it."""
+    from PIL import Image
+
+    data = file.read_bytes()
+    _check_png(file, data)
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+            gray = image.mode in _GRAYSCALE_MODES
+            return np.asarray(image.convert("L" if gray else "RGB")), image.size
+    except Exception as error:  # Pillow raises many types (SyntaxError, OSError, ...) on bad data
+        raise _damaged(file, error) from None
 
 
 _GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "F"}
@@ -210,8 +343,6 @@ _GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 def _png_folder(folder: Path) -> Dataset:
     """Every PNG in `folder` (no labels), or in its subfolders (one class per subfolder)."""
-    from PIL import Image
-
     files = sorted(folder.glob("*.png"))
     class_names = []
     if not files:
@@ -223,13 +354,12 @@ def _png_folder(folder: Path) -> Dataset:
                                 "put the images there (one subfolder per class for labels)")
     arrays, size = [], None
     for file in files:
-        with Image.open(file) as image:
-            size = size or (image.size, file)
-            if image.size != size[0]:
-                raise ValueError(f"{file}: size {image.size} differs from {size[0]} of "
-                                 f"{size[1]}; all images of a dataset must have one size")
-            gray = image.mode in _GRAYSCALE_MODES
-            arrays.append(np.asarray(image.convert("L" if gray else "RGB")))
+        pixels, image_size = _read_png(file)
+        size = size or (image_size, file)
+        if image_size != size[0]:
+            raise ValueError(f"{file}: size {image_size} differs from {size[0]} of "
+                             f"{size[1]}; all images of a dataset must have one size")
+        arrays.append(pixels)
     if any(array.ndim == 3 for array in arrays):  # some colour: every image becomes RGB
         arrays = [np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a for a in arrays]
     stacked = np.stack(arrays)  # (N, H, W) or (N, H, W, 3), uint8

@@ -9,6 +9,7 @@ when it is not. minigen.data turns the arrays into a Dataset.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import tempfile
@@ -50,9 +51,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     raw = path.read_bytes()
     if raw[:2] == _GZIP_MAGIC:
-        try:
+        try:  # gzip checks its CRC-32 and length, so damage to a .gz file is always seen
             raw = gzip.decompress(raw)
-        except (EOFError, OSError, zlib.error) as error:
+        except (EOFError, OSError, zlib.error, MemoryError) as error:
             raise ValueError(f"{path}: the gzip stream is truncated or corrupt ({error}); "
                              "delete the file and download it again") from None
     if len(raw) < 4:
@@ -70,7 +71,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
                          f"file ends after {len(raw)} bytes; download it again")
     shape = struct.unpack(f">{ndim}I", raw[4:header_size])
     dtype = IDX_DTYPES[type_code]
-    expected = int(np.prod(shape)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: a damaged header cannot overflow
     found = len(raw) - header_size
     if found < expected:
         raise ValueError(f"{path}: truncated: the header announces shape {shape} "
@@ -79,7 +80,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if found > expected:
         raise ValueError(f"{path}: {found - expected} bytes after the data announced by the "
                          f"header (shape {shape}); the file is corrupt or not an IDX file")
-    data = np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape)), offset=header_size)
+    data = np.frombuffer(raw, dtype=dtype, count=math.prod(shape), offset=header_size)
     return data.reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -174,6 +175,13 @@ def load_idx_dataset(name: str, data_dir=None):
             raise ValueError(f"{label_path}: expected labels of 1 dimension (count,) but the "
                              f"file holds shape {labels.shape}; are the images and labels "
                              "files swapped?")
+        if images.dtype != np.uint8:
+            raise ValueError(f"{image_path}: the images are {images.dtype}, but MNIST's are "
+                             "unsigned bytes (type code 0x08); the file is damaged or another "
+                             "dataset's")
+        if labels.size and (labels.min() < 0 or labels.max() > 9):
+            raise ValueError(f"{label_path}: labels span {labels.min()}..{labels.max()}, but "
+                             "MNIST's classes are 0..9; the file is damaged or another dataset's")
         if len(images) != len(labels):
             raise ValueError(f"{name}: {image_path} holds {len(images)} images but "
                              f"{label_path} holds {len(labels)} labels; one of them is from "
