@@ -179,9 +179,11 @@ def load_idx_dataset(name: str, data_dir=None):
             raise ValueError(f"{image_path}: the images are {images.dtype}, but MNIST's are "
                              "unsigned bytes (type code 0x08); the file is damaged or another "
                              "dataset's")
-        if labels.size and (labels.min() < 0 or labels.max() > 9):
-            raise ValueError(f"{label_path}: labels span {labels.min()}..{labels.max()}, but "
-                             "MNIST's classes are 0..9; the file is damaged or another dataset's")
+        if labels.dtype != np.uint8 or (labels.size and labels.max() > 9):
+            raise ValueError(f"{label_path}: labels of type {labels.dtype} spanning "
+                             f"{labels.min() if labels.size else '-'}..."
+                             f"{labels.max() if labels.size else '-'}, but MNIST's are bytes "
+                             "0..9; the file is damaged or another dataset's")
         if len(images) != len(labels):
             raise ValueError(f"{name}: {image_path} holds {len(images)} images but "
                              f"{label_path} holds {len(labels)} labels; one of them is from "
