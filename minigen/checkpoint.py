@@ -207,7 +207,9 @@ def save_checkpoint(path: str | os.PathLike, models: dict | None = None,
     except CheckpointError as error:
         raise CheckpointError(f"cannot save {path}: {error}") from None
     try:
-        write_atomically(path, image, kept="; the previous checkpoint (if any) is untouched")
+        kept = ("; the previous checkpoint is untouched" if os.path.exists(path)
+                else "; no checkpoint was written")
+        write_atomically(path, image, kept=kept)
     except WriteError as error:
         raise CheckpointError(str(error).replace("cannot write", "cannot save", 1)) from None
     pattern = _temp_pattern(path)
@@ -596,7 +598,7 @@ def _listing(file: h5py.File, path: str) -> list[str]:
     lines.append(f"total: {totals['datasets']} arrays, {_human_bytes(totals['bytes'])}")
     if file.attrs.get("format") == FORMAT_NAME:
         arrays, note = verify_checkpoint(file, path)
-        lines.append(note or f"verified: {len(arrays)} arrays match their Fletcher-32 "
-                             f"checksums, and the content its digest (SHA-256 "
-                             f"{file.attrs[DIGEST][:16]}...)")
+        lines.append(note or f"verified: all {len(arrays)} arrays pass their Fletcher-32 "
+                             "checksums and the content matches its SHA-256 digest "
+                             f"({file.attrs[DIGEST][:16]}...)")
     return lines

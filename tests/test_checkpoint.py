@@ -466,7 +466,8 @@ def test_inspect_lists_groups_shapes_dtypes_sizes_and_config(checkpoint_path):
     assert "float32" in weight_line and "(4, 3)" in weight_line and "48 B" in weight_line
     assert any("@lr = 0.001" in line for line in lines)
     assert lines[-2].startswith("total: ")
-    assert lines[-1].startswith("verified: 16 arrays match their Fletcher-32 checksums")
+    assert lines[-1].startswith("verified: all 16 arrays pass their Fletcher-32 checksums and "
+                                "the content matches its SHA-256 digest")
 
 
 def test_inspect_of_a_bad_file_raises_the_same_clear_error(tmp_path):
