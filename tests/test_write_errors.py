@@ -24,7 +24,8 @@ import pytest
 import minigen.files
 from minigen.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minigen.files import WriteError, write_atomically
-from tiny_loop import TESTS_DIR, subprocess_env
+from minigen.run import train
+from tiny_loop import TESTS_DIR, TinyLoop, cheap_plots, subprocess_env, tiny_config  # noqa: F401
 
 
 class Holder:
@@ -97,13 +98,12 @@ def test_a_checkpoint_over_the_file_size_limit_is_one_line_and_keeps_the_previou
     np.testing.assert_array_equal(model.state["weight"], np.full(100, 7.0, np.float32))
 
 
-def test_a_run_that_cannot_save_exits_2_with_one_line_and_keeps_its_last_checkpoint(tmp_path):
+def test_a_run_that_cannot_save_exits_2_with_one_line_and_keeps_its_last_checkpoint(
+        tmp_path, cheap_plots):
     out = tmp_path / "run"
     common = ["-m", "minigen", "train", "tiny", "--out", str(out), "--eval-samples", "0",
               "--hidden", "512"]
-    first = subprocess.run([sys.executable, *common, "--steps", "5"], env=subprocess_env(),
-                           capture_output=True, text=True, timeout=120)
-    assert first.returncode == 0, first.stderr
+    train(TinyLoop, tiny_config(out, steps=5, hidden=512), say=lambda _: None)
     checkpoint = out / "checkpoint.h5"
     before = checkpoint.read_bytes()
     limit = len(before) // 2
