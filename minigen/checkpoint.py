@@ -387,16 +387,16 @@ def _content_checksums(file: h5py.File, arrays: dict) -> dict[str, str]:
 
 def _describe_part(key: str, expected: dict, found: dict) -> str:
     if key == "/@":
-        what = "the root attributes (format, step, config, RNG state)"
+        what, verb = "the root attributes (format, step, config, RNG state)", ("are", "do")
     elif key.endswith("@"):
-        what = f"the attributes of {key[:-1].lstrip('/')}/"
+        what, verb = f"the attributes of {key[:-1].lstrip('/')}/", ("are", "do")
     else:
-        what = f"the array {key.lstrip('/')}"
+        what, verb = f"the array {key.lstrip('/')}", ("is", "does")
     if key not in found:
-        return f"{what} is missing"
+        return f"{what} {verb[0]} missing"
     if key not in expected:
-        return f"{what} is not in its checksum record"
-    return f"{what} does not match its SHA-256 in the content digest"
+        return f"{what} {verb[0]} not in its checksum record"
+    return f"{what} {verb[1]} not match the SHA-256 in the content digest"
 
 
 def verify_checkpoint(file: h5py.File, path: str) -> tuple[dict | None, str | None]:
