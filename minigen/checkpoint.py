@@ -301,7 +301,8 @@ def open_checkpoint_file(path: str, require_format: bool = True) -> h5py.File:
         return file
     try:
         _check_format(file, path)
-    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as error:  # KeyError: a garbled header
+    # KeyError: a garbled header; RuntimeError: h5py on damaged attribute storage
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as error:
         file.close()
         raise CheckpointError(f"{path} is damaged: {_one_line(error)}; use an earlier "
                               "checkpoint") from None
@@ -455,7 +456,8 @@ def _read_everything(file: h5py.File, path: str, sections: dict) -> dict:
         state["format_version"] = int(file.attrs["format_version"])
     except CheckpointError:
         raise
-    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as error:  # unreadable blocks, bad JSON
+    # unreadable blocks, bad JSON, damaged attribute storage
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as error:
         raise CheckpointError(f"{path} is damaged: {_one_line(error)}; use an earlier "
                               "checkpoint") from None
     return state

@@ -231,8 +231,8 @@ def test_damaged_copies_load_intact_or_are_refused_in_one_line(name):
     code = ("import faulthandler, json, sys; faulthandler.enable(); "
             "from test_fuzz_loaders import fuzz; "
             f"print(json.dumps(fuzz({name!r}, {COPIES[name]})))")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [tests_dir,
-                                                                      os.environ.get("PYTHONPATH")])))
+    paths = [tests_dir, os.environ.get("PYTHONPATH")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, paths)))
     try:
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                 timeout=TIMEOUT_S, env=env)

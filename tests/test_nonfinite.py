@@ -19,7 +19,7 @@ from minigen.gan import GANLoop
 from minigen.loop import NonFiniteStep, gradient_norm
 from minigen.run import TrainingDiverged, default_config, train
 from minigen.tensor import Tensor
-from tiny_loop import TinyLoop, cheap_plots, load_tiny, tiny_config  # noqa: F401
+from tiny_loop import TinyLoop, cheap_plots, load_tiny  # noqa: F401 (cheap_plots: a fixture)
 
 pytestmark = pytest.mark.usefixtures("cheap_plots")
 
@@ -53,7 +53,8 @@ class PoisonedLoop(TinyLoop):
             weight.grad = Tensor(weight.grad.data * np.float32(np.inf))
         scalars = {"loss": float(loss.item()), "lr": self.config["lr"]}
         if kind != "unchecked":
-            self.check_finite(loss=scalars["loss"], grad_norm=gradient_norm(self.model.parameters()))
+            self.check_finite(loss=scalars["loss"],
+                              grad_norm=gradient_norm(self.model.parameters()))
         self.optimizer.step()
         if poisoned and kind == "weight":
             self.model[0].weight.data[0, 0] = np.inf
@@ -106,8 +107,8 @@ def test_a_stopped_run_leaves_the_last_good_checkpoint_byte_for_byte(tmp_path):
     assert load_tiny(poisoned / "checkpoint.h5")[1]["step"] == 5
     for name, value in weights_of(poisoned / "checkpoint.h5").items():
         np.testing.assert_array_equal(value, weights_of(clean / "checkpoint.h5")[name])
-    assert np.isfinite(np.concatenate([v.ravel() for v in weights_of(poisoned /
-                                                                     "checkpoint.h5").values()])).all()
+    kept = weights_of(poisoned / "checkpoint.h5").values()
+    assert np.isfinite(np.concatenate([value.ravel() for value in kept])).all()
     assert saved == (poisoned / "checkpoint.h5").read_bytes()
     assert not (poisoned / "metrics.json").exists()
 

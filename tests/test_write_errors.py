@@ -72,7 +72,8 @@ SAVE_BIG = """
         def state_dict(self): return self.state
 
     try:
-        save_checkpoint(sys.argv[1], models={"G": Holder({"weight": np.zeros(200_000, np.float32)})})
+        save_checkpoint(sys.argv[1],
+                        models={"G": Holder({"weight": np.zeros(200_000, np.float32)})})
     except CheckpointError as error:
         print(error)
         sys.exit(3)
@@ -98,8 +99,8 @@ def test_a_checkpoint_over_the_file_size_limit_is_one_line_and_keeps_the_previou
     np.testing.assert_array_equal(model.state["weight"], np.full(100, 7.0, np.float32))
 
 
-def test_a_run_that_cannot_save_exits_2_with_one_line_and_keeps_its_last_checkpoint(
-        tmp_path, cheap_plots):
+@pytest.mark.usefixtures("cheap_plots")
+def test_a_run_that_cannot_save_exits_2_with_one_line_and_keeps_its_last_checkpoint(tmp_path):
     out = tmp_path / "run"
     common = ["-m", "minigen", "train", "tiny", "--out", str(out), "--eval-samples", "0",
               "--hidden", "512"]
