@@ -404,6 +404,9 @@ def verify_checkpoint(file: h5py.File, path: str) -> tuple[dict | None, str | No
     """(arrays, note): every array of a checked file, by HDF5 path, and None; or (None, note)
     for a file of a format version before checksums. Raises CheckpointError naming the
     damaged part."""
+    if file.attrs.get("format_version") is None:
+        raise CheckpointError(f"{path} has no 'format_version' attribute; the file is damaged, "
+                              "use an earlier checkpoint")
     version = int(file.attrs["format_version"])
     if version < FIRST_CHECKSUMMED_VERSION:
         return None, (f"note: {path} has checkpoint format version {version}, from before "
@@ -577,7 +580,12 @@ def inspect_checkpoint(path: str | os.PathLike) -> str:
 def _listing(file: h5py.File, path: str) -> list[str]:
     lines = [f"{path}  ({_human_bytes(os.path.getsize(path))} on disk)"]
     described = set()
-    if file.attrs.get("format") == FORMAT_NAME:
+    ours = file.attrs.get("format") == FORMAT_NAME
+    if ours:  # verified first, so that damage is named rather than met while listing
+        arrays, note = verify_checkpoint(file, path)
+        verdict = note or (f"verified: all {len(arrays)} arrays pass their Fletcher-32 "
+                           "checksums and the content matches its SHA-256 digest "
+                           f"({file.attrs[DIGEST][:16]}...)")
         lines.append(f"format: {FORMAT_NAME} version {file.attrs.get('format_version')}, "
                      f"written by minigen {file.attrs.get('minigen_version')} at "
                      f"{file.attrs.get('saved_at')}")
@@ -598,9 +606,6 @@ def _listing(file: h5py.File, path: str) -> list[str]:
     totals = {"datasets": 0, "bytes": 0}
     _describe_group(file, 0, lines, totals)
     lines.append(f"total: {totals['datasets']} arrays, {_human_bytes(totals['bytes'])}")
-    if file.attrs.get("format") == FORMAT_NAME:
-        arrays, note = verify_checkpoint(file, path)
-        lines.append(note or f"verified: all {len(arrays)} arrays pass their Fletcher-32 "
-                             "checksums and the content matches its SHA-256 digest "
-                             f"({file.attrs[DIGEST][:16]}...)")
+    if ours:
+        lines.append(verdict)
     return lines
