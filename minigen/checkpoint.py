@@ -5,13 +5,21 @@ Layout: /models/<name>/<state-dict path> (one dataset per tensor), /optimizers/<
 versions, the step, the config and the RNG states as JSON. Arrays are stored as host NumPy, so
 a checkpoint written on the GPU loads on a CPU-only machine. Every problem a user can meet when
 loading is a CheckpointError whose message is one line naming the file and the fix.
+
+Integrity (format version 2): every array carries HDF5's Fletcher-32 checksum, the root
+attributes a SHA-256 of every part of the content, and a header in HDF5's user block the
+length and SHA-256 of the whole file and a CRC-32 of each array's stored bytes. The header is
+checked before HDF5 parses anything, so a damaged file is refused naming the damaged array and
+never reaches HDF5 (which can loop forever on damaged metadata).
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
+import zlib
 from datetime import datetime, timezone
 from importlib import metadata
 
@@ -38,6 +46,12 @@ RESERVED_NAMES = (LIST_MARKER, INT_KEYS)
 # the content (each group's attributes, each array's dtype, shape and bytes); DIGEST is the
 # SHA-256 of that JSON text, so damage to the record itself is seen too.
 CHECKSUMS, DIGEST = "checksums", "digest"
+# Since version 2 the file starts with minigen's own header, in HDF5's user block (which HDF5
+# skips): the length and SHA-256 of the HDF5 bytes after it and the offset, size and CRC-32 of
+# every array's stored bytes. It is checked before HDF5 reads a byte, so HDF5 never parses a
+# damaged file (on damaged metadata it can loop forever), and the damaged array is named.
+HEADER_MAGIC = b"minigen checkpoint\n"
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 class CheckpointError(Exception):
@@ -245,7 +259,43 @@ def _file_image(owners: dict, step: int, config_json: str, extra: dict | None) -
         file.attrs[CHECKSUMS] = checksums
         file.attrs[DIGEST] = hashlib.sha256(checksums.encode()).hexdigest()
         file.flush()
-        return bytes(file.id.get_file_image())
+        regions = _array_regions(file)
+        image = bytes(file.id.get_file_image())
+    manifest = json.dumps({"format_version": FORMAT_VERSION, "length": len(image),
+                           "sha256": hashlib.sha256(image).hexdigest(),
+                           "arrays": [[name, offset, size,
+                                       zlib.crc32(image[offset:offset + size])]
+                                      for name, offset, size in regions]},
+                          separators=(",", ":")).encode()
+    header = HEADER_MAGIC + manifest + b"\n" + hashlib.sha256(manifest).hexdigest().encode()
+    header += b"\n"
+    return header.ljust(_header_size(len(header)), b" ") + image
+
+
+def _header_size(length: int) -> int:
+    """HDF5's user block is 512 bytes or a larger power of two."""
+    size = 512
+    while size < length:
+        size *= 2
+    return size
+
+
+def _array_regions(file: h5py.File) -> list:
+    """[name, offset, size] of the stored bytes of every array (each chunk of it) in the file;
+    tiny arrays kept inside HDF5's object headers have none (the SHA-256 covers them)."""
+    regions = []
+
+    def visit(name: str, item) -> None:
+        if not isinstance(item, h5py.Dataset):
+            return
+        if item.chunks:
+            for index in range(item.id.get_num_chunks()):
+                info = item.id.get_chunk_info(index)
+                regions.append([name, info.byte_offset, info.size])
+        elif item.id.get_offset() is not None:
+            regions.append([name, item.id.get_offset(), item.id.get_storage_size()])
+    file.visititems(visit)
+    return regions
 
 
 def _plain_or_path(value):
@@ -281,18 +331,24 @@ def open_checkpoint_file(path: str, require_format: bool = True) -> h5py.File:
     if not os.access(path, os.R_OK):
         raise CheckpointError(f"{path} cannot be read (permission denied); check the file's "
                               "owner and permissions")
-    if not h5py.is_hdf5(path):
-        with open(path, "rb") as handle:
-            head = handle.read(512)
+    with open(path, "rb") as handle:
+        data = handle.read()
+    checked = _check_header(data, path)
+    if not checked and not data.startswith(HDF5_SIGNATURE):
+        if h5py.is_hdf5(path):  # an HDF5 file after a user block that is not minigen's header
+            raise CheckpointError(f"{path} is damaged: its first bytes are not minigen's "
+                                  "header but HDF5 data follows them (a damaged header, or "
+                                  "another program's file); use an earlier checkpoint")
         try:
-            head.decode("utf-8")
+            data[:512].decode("utf-8")
             looks_like = "it looks like a text file"
         except UnicodeDecodeError:
             looks_like = "it does not start with the HDF5 signature"
         raise CheckpointError(f"{path} is not an HDF5 file ({looks_like}), so not a minigen "
                               "checkpoint; pass a .h5 file written by `minigen train`")
     try:
-        file = h5py.File(path, "r", locking=False)  # files are replaced whole, never edited
+        # HDF5 reads the bytes checked above, from memory: never a file changed since.
+        file = h5py.File(io.BytesIO(data), "r", locking=False)
     except OSError as error:
         raise CheckpointError(f"{path} is truncated or damaged: HDF5 cannot open it "
                               f"({_one_line(error)}); it was probably cut short by a crash or an "
@@ -310,6 +366,45 @@ def open_checkpoint_file(path: str, require_format: bool = True) -> h5py.File:
         file.close()
         raise
     return file
+
+
+def _check_header(data: bytes, path: str) -> bool:
+    """Check minigen's header and the HDF5 bytes after it; False for a file without one
+    (format version 1, or another program's HDF5 file). Raises CheckpointError naming what is
+    damaged: the header, the length, an array, or HDF5's structure between the arrays."""
+    if not data.startswith(HEADER_MAGIC):
+        return False
+    lines = data[len(HEADER_MAGIC):len(HEADER_MAGIC) + (1 << 24)].split(b"\n", 2)
+    manifest = None
+    if len(lines) == 3 and hashlib.sha256(lines[0]).hexdigest().encode() == lines[1]:
+        manifest = json.loads(lines[0])
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{path} is truncated or damaged: its header (the first bytes, "
+                              "which hold the checksums) is cut short or damaged; use an "
+                              "earlier checkpoint")
+    if manifest["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format version "
+                              f"{manifest['format_version']}, but minigen {minigen_version()} "
+                              f"reads versions up to {FORMAT_VERSION}; upgrade minigen to load it")
+    image = data[_header_size(len(HEADER_MAGIC) + len(lines[0]) + len(lines[1]) + 2):]
+    if len(image) < manifest["length"]:
+        raise CheckpointError(f"{path} is truncated or damaged: it holds {len(image):,} bytes "
+                              f"after its header, but was saved with {manifest['length']:,}; it "
+                              "was probably cut short by a crash or an incomplete copy, use an "
+                              "earlier checkpoint")
+    if len(image) > manifest["length"]:
+        raise CheckpointError(f"{path} is damaged: it holds {len(image):,} bytes after its "
+                              f"header, but was saved with {manifest['length']:,} (it was "
+                              "changed after saving); use an earlier checkpoint")
+    if hashlib.sha256(image).hexdigest() == manifest["sha256"]:
+        return True
+    for name, offset, size, crc in manifest["arrays"]:
+        if zlib.crc32(image[offset:offset + size]) != crc:
+            raise CheckpointError(f"{path} is damaged: the array {name} fails its checksum; "
+                                  "use an earlier checkpoint")
+    raise CheckpointError(f"{path} is damaged: its HDF5 structure (the bytes between the "
+                          "arrays: names, shapes, attributes such as the step and config) does "
+                          "not match its SHA-256; use an earlier checkpoint")
 
 
 def _check_format(file: h5py.File, path: str) -> None:

@@ -13,6 +13,7 @@ import sys
 import textwrap
 import time
 from collections import OrderedDict
+from unittest import mock
 
 import h5py
 import numpy as np
@@ -251,12 +252,9 @@ def corrupt(kind: str, good_path: str, tmp_path) -> str:
     elif kind == "foreign_hdf5":
         with h5py.File(path, "w") as file:
             file["weights"] = np.ones(3)
-    elif kind == "newer_version":
-        data = open(good_path, "rb").read()
-        with open(path, "wb") as handle:
-            handle.write(data)
-        with h5py.File(path, "r+") as file:
-            file.attrs["format_version"] = FORMAT_VERSION + 1
+    elif kind == "newer_version":  # as a later minigen would write it
+        with mock.patch("minigen.checkpoint.FORMAT_VERSION", FORMAT_VERSION + 1):
+            save_checkpoint(path, models={"G": make_model(0)})
     return path
 
 
@@ -387,20 +385,19 @@ SAVE_FOREVER = textwrap.dedent("""
     from minigen.checkpoint import save_checkpoint
     path, first_step = sys.argv[1], int(sys.argv[2])
 
-    # The file is built in memory and written in a few ms: slow the writes down (64 KiB per
-    # call, 1 ms apart) so that most kills land while the temporary file is being written.
+    # The file is built in memory and written in a few ms: slow the writes down (1 MiB per
+    # call, 20 ms apart) so that most kills land while the temporary file is being written.
     class SlowOs:
         def __getattr__(self, name): return getattr(os, name)
         def write(self, descriptor, data):
-            time.sleep(0.001)
-            return os.write(descriptor, data[:65536])
+            time.sleep(0.02)
+            return os.write(descriptor, data[:1 << 20])
     minigen.files.os = SlowOs()
 
     class Holder:
         def __init__(self, state): self.state = state
         def state_dict(self): return self.state
 
-    print("saving", flush=True)
     for step in range(first_step, first_step + 100_000):
         # Every array holds the step, so a loaded file shows whether it is one whole version.
         model = {f"layer{i}.weight": np.full((512, 1024), step, np.float32) for i in range(4)}
@@ -408,6 +405,8 @@ SAVE_FOREVER = textwrap.dedent("""
         optimizer = {"state": {0: {"step": step, "exp_avg": np.full(1000, step, np.float64)}}}
         save_checkpoint(path, models={"G": Holder(model)}, optimizers={"opt": Holder(optimizer)},
                         step=step, config={"step_again": step})
+        if step == first_step:
+            print("saved once", flush=True)  # then the parent picks a moment to kill
 """)
 
 
@@ -440,7 +439,7 @@ def test_process_killed_while_saving_leaves_the_previous_checkpoint_whole(tmp_pa
         first_step = 1000 * (round_index + 1)
         child = subprocess.Popen([sys.executable, str(script), path, str(first_step)],
                                  stdout=subprocess.PIPE)
-        assert child.stdout.readline() == b"saving\n"
+        assert child.stdout.readline() == b"saved once\n"
         time.sleep(delays.uniform(0.1, 0.6))
         child.send_signal(signal.SIGKILL)
         child.wait()
@@ -508,12 +507,12 @@ def test_a_damaged_array_is_refused_naming_it(checkpoint_path):
         with pytest.raises(CheckpointError) as caught:
             read()
         assert str(caught.value) == (f"{checkpoint_path} is damaged: the array "
-                                     "models/D/fc1.weight fails its Fletcher-32 checksum; use an "
-                                     "earlier checkpoint")
+                                     "models/D/fc1.weight fails its checksum; use an earlier "
+                                     "checkpoint")
     assert_same_tree(model.parameters, before)
 
 
-@pytest.mark.parametrize("edit, phrase", [
+EDITS = [
     (lambda file: file.attrs.__setitem__("step", 121),
      "the root attributes (format, step, config, RNG state) do not match the SHA-256"),
     (lambda file: file["models/G/bn.num_batches_tracked"].write_direct(np.array(8, np.int64)),
@@ -525,13 +524,31 @@ def test_a_damaged_array_is_refused_naming_it(checkpoint_path):
     (lambda file: file.attrs.__setitem__("checksums", "{}"),
      "its checksum record (the root attributes 'checksums' and 'digest') is missing or does "
      "not match"),
-])
-def test_content_changed_behind_the_checksums_is_refused_naming_the_part(edit, phrase,
-                                                                        checkpoint_path):
+]
+
+
+@pytest.mark.parametrize("edit", [edit for edit, _ in EDITS])
+def test_a_file_edited_after_saving_is_refused_before_hdf5_reads_it(edit, checkpoint_path):
     with h5py.File(checkpoint_path, "r+") as file:
         edit(file)
     with pytest.raises(CheckpointError) as caught:
         load_checkpoint(checkpoint_path, models={"G": make_model()})
+    message = str(caught.value)
+    assert message.startswith(f"{checkpoint_path} is damaged: ") and "\n" not in message
+
+
+@pytest.mark.parametrize("edit, phrase", EDITS)
+def test_the_content_digest_inside_the_hdf5_file_names_the_changed_part(edit, phrase,
+                                                                      checkpoint_path):
+    """The SHA-256 of each part, kept in the root attributes, checked once HDF5 opens a file
+    whose bytes passed the header's checks."""
+    import io
+    from minigen.checkpoint import verify_checkpoint
+    image = io.BytesIO(open(checkpoint_path, "rb").read())
+    with h5py.File(image, "r+") as file:
+        edit(file)
+    with h5py.File(image, "r") as file, pytest.raises(CheckpointError) as caught:
+        verify_checkpoint(file, checkpoint_path)
     assert str(caught.value).startswith(f"{checkpoint_path} is damaged: {phrase}")
 
 
@@ -569,5 +586,5 @@ def test_minigen_inspect_says_verified_or_names_the_damage(checkpoint_path, caps
     assert main(["inspect", checkpoint_path]) == 2
     captured = capsys.readouterr()
     assert captured.err == (f"minigen: error: {checkpoint_path} is damaged: the array "
-                            "optimizers/G/state/0/exp_avg fails its Fletcher-32 checksum; use an "
-                            "earlier checkpoint\n")
+                            "optimizers/G/state/0/exp_avg fails its checksum; use an earlier "
+                            "checkpoint\n")
