@@ -398,10 +398,12 @@ def _check_header(data: bytes, path: str) -> bool:
                               "changed after saving); use an earlier checkpoint")
     if hashlib.sha256(image).hexdigest() == manifest["sha256"]:
         return True
-    for name, offset, size, crc in manifest["arrays"]:
-        if zlib.crc32(image[offset:offset + size]) != crc:
-            raise CheckpointError(f"{path} is damaged: the array {name} fails its checksum; "
-                                  "use an earlier checkpoint")
+    damaged = list(dict.fromkeys(name for name, offset, size, crc in manifest["arrays"]
+                                 if zlib.crc32(image[offset:offset + size]) != crc))
+    if damaged:
+        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+        raise CheckpointError(f"{path} is damaged: the array {damaged[0]} fails its "
+                              f"checksum{more}; use an earlier checkpoint")
     raise CheckpointError(f"{path} is damaged: its HDF5 structure (the bytes between the "
                           "arrays: names, shapes, attributes such as the step and config) does "
                           "not match its SHA-256; use an earlier checkpoint")
