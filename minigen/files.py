@@ -97,7 +97,7 @@ def write_atomically(path: str | os.PathLike, data: bytes | str, kept: str | Non
     Writes a temporary file in the same folder with plain file I/O, syncs it, renames it over
     `path` and syncs the folder. On any OSError the temporary file is removed, `path` is left
     as it was, and a WriteError says what failed (see describe_write_error), ending with
-    `kept` (default: that `path` was left as it was).
+    `kept` (default: that the previous file is untouched, or that none was written).
     """
     path = os.fspath(path)
     if isinstance(data, str):
@@ -105,7 +105,8 @@ def write_atomically(path: str | os.PathLike, data: bytes | str, kept: str | Non
     directory = os.path.dirname(os.path.abspath(path))
     temp_path = None
     if kept is None:
-        kept = f"; {os.path.basename(path)} was left as it was"
+        kept = (f"; the previous {os.path.basename(path)} is untouched" if os.path.exists(path)
+                else f"; no {os.path.basename(path)} was written")
     try:
         os.makedirs(directory, exist_ok=True)
         mode = new_file_mode(path)

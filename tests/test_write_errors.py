@@ -152,7 +152,7 @@ def test_pictures_and_the_log_over_the_file_size_limit_are_one_line_each(tmp_pat
     picture, log, rows = result.stdout.strip().splitlines()
     assert picture.startswith(f"cannot write {tmp_path / 'samples.png'}: the file is larger "
                               "than the process's file size limit (EFBIG): it needs ")
-    assert picture.endswith("; samples.png was left as it was")
+    assert picture.endswith("; the previous samples.png is untouched")
     assert (tmp_path / "samples.png").read_bytes() == b"the previous picture"
     assert log.startswith(f"cannot write {tmp_path / 'log.csv'}: the file is larger than the "
                           "process's file size limit (EFBIG): it needs ")
