@@ -6,27 +6,25 @@ versions, the step, the config and the RNG states as JSON. Arrays are stored as 
 a checkpoint written on the GPU loads on a CPU-only machine. Every problem a user can meet when
 loading is a CheckpointError whose message is one line naming the file and the fix.
 
-Integrity (format version 2): every array carries HDF5's Fletcher-32 checksum, the root
-attributes a SHA-256 of every part of the content, and a header in HDF5's user block the
-length and SHA-256 of the whole file and a CRC-32 of each array's stored bytes. The header is
-checked before HDF5 parses anything, so a damaged file is refused naming the damaged array and
-never reaches HDF5 (which can loop forever on damaged metadata).
+Integrity (format version 2, minigen.checksums): every array carries HDF5's Fletcher-32
+checksum, the root attributes a SHA-256 of every part of the content, and a header in HDF5's
+user block the SHA-256 of the whole file and a CRC-32 of each array's stored bytes, checked
+before HDF5 parses anything: a damaged file is refused naming the damaged array.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 import re
-import zlib
 from datetime import datetime, timezone
 from importlib import metadata
 
 import h5py
 import numpy as np
 
-from . import backend
+from . import backend, checksums
+from .checksums import members as _members
 from .files import WriteError, temp_prefix, write_atomically
 
 FORMAT_NAME = "minigen-checkpoint"
@@ -42,16 +40,7 @@ SECTIONS = ("models", "optimizers", "schedulers", "ema")
 LIST_MARKER = "__list__"  # the group was a Python list; members are named 0, 1, ...
 INT_KEYS = "__int_keys__"  # JSON list of member names that were int keys in the dict
 RESERVED_NAMES = (LIST_MARKER, INT_KEYS)
-# Root attributes of the digest: CHECKSUMS is a JSON object holding the SHA-256 of every part of
-# the content (each group's attributes, each array's dtype, shape and bytes); DIGEST is the
-# SHA-256 of that JSON text, so damage to the record itself is seen too.
-CHECKSUMS, DIGEST = "checksums", "digest"
-# Since version 2 the file starts with minigen's own header, in HDF5's user block (which HDF5
-# skips): the length and SHA-256 of the HDF5 bytes after it and the offset, size and CRC-32 of
-# every array's stored bytes. It is checked before HDF5 reads a byte, so HDF5 never parses a
-# damaged file (on damaged metadata it can loop forever), and the damaged array is named.
-HEADER_MAGIC = b"minigen checkpoint\n"
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+CHECKSUMS, DIGEST = checksums.CHECKSUMS, checksums.DIGEST  # the content digest's root attributes
 
 
 class CheckpointError(Exception):
@@ -147,15 +136,6 @@ def _write_value(group: h5py.Group, name: str, value, where: str) -> None:
     else:
         raise CheckpointError(f"{where} is a {type(value).__name__}, which a checkpoint cannot "
                               "hold (use arrays, numbers, strings, None, lists or dicts)")
-
-
-def _members(group: h5py.Group):
-    """(name, group or dataset) pairs; a member whose header is unreadable raises OSError
-    (h5py itself yields None for it)."""
-    for name, member in group.items():
-        if member is None:
-            raise OSError(f"cannot open '{group.name.rstrip('/')}/{name}'")
-        yield name, member
 
 
 def read_tree(group: h5py.Group, arrays: dict | None = None) -> dict | list:
@@ -255,47 +235,11 @@ def _file_image(owners: dict, step: int, config_json: str, extra: dict | None) -
                 write_tree(section_group.create_group(member, track_order=True),
                            _state_dict_of(owner, section, name), f"{section}/{member}")
         write_tree(file.create_group("extra", track_order=True), extra or {}, "extra")
-        checksums = json.dumps(_content_checksums(file, {}), sort_keys=True)
-        file.attrs[CHECKSUMS] = checksums
-        file.attrs[DIGEST] = hashlib.sha256(checksums.encode()).hexdigest()
+        checksums.add_content_digest(file)
         file.flush()
-        regions = _array_regions(file)
+        regions = checksums.array_regions(file)
         image = bytes(file.id.get_file_image())
-    manifest = json.dumps({"format_version": FORMAT_VERSION, "length": len(image),
-                           "sha256": hashlib.sha256(image).hexdigest(),
-                           "arrays": [[name, offset, size,
-                                       zlib.crc32(image[offset:offset + size])]
-                                      for name, offset, size in regions]},
-                          separators=(",", ":")).encode()
-    header = HEADER_MAGIC + manifest + b"\n" + hashlib.sha256(manifest).hexdigest().encode()
-    header += b"\n"
-    return header.ljust(_header_size(len(header)), b" ") + image
-
-
-def _header_size(length: int) -> int:
-    """HDF5's user block is 512 bytes or a larger power of two."""
-    size = 512
-    while size < length:
-        size *= 2
-    return size
-
-
-def _array_regions(file: h5py.File) -> list:
-    """[name, offset, size] of the stored bytes of every array (each chunk of it) in the file;
-    tiny arrays kept inside HDF5's object headers have none (the SHA-256 covers them)."""
-    regions = []
-
-    def visit(name: str, item) -> None:
-        if not isinstance(item, h5py.Dataset):
-            return
-        if item.chunks:
-            for index in range(item.id.get_num_chunks()):
-                info = item.id.get_chunk_info(index)
-                regions.append([name, info.byte_offset, info.size])
-        elif item.id.get_offset() is not None:
-            regions.append([name, item.id.get_offset(), item.id.get_storage_size()])
-    file.visititems(visit)
-    return regions
+    return checksums.with_header(image, regions, FORMAT_VERSION)
 
 
 def _plain_or_path(value):
@@ -333,8 +277,11 @@ def open_checkpoint_file(path: str, require_format: bool = True) -> h5py.File:
                               "owner and permissions")
     with open(path, "rb") as handle:
         data = handle.read()
-    checked = _check_header(data, path)
-    if not checked and not data.startswith(HDF5_SIGNATURE):
+    try:
+        checked = checksums.check_header(data, FORMAT_VERSION, minigen_version())
+    except checksums.Refused as refused:
+        raise CheckpointError(f"{path} {refused}") from None
+    if not checked and not data.startswith(checksums.HDF5_SIGNATURE):
         if h5py.is_hdf5(path):  # an HDF5 file after a user block that is not minigen's header
             raise CheckpointError(f"{path} is damaged: its first bytes are not minigen's "
                                   "header but HDF5 data follows them (a damaged header, or "
@@ -368,47 +315,6 @@ def open_checkpoint_file(path: str, require_format: bool = True) -> h5py.File:
     return file
 
 
-def _check_header(data: bytes, path: str) -> bool:
-    """Check minigen's header and the HDF5 bytes after it; False for a file without one
-    (format version 1, or another program's HDF5 file). Raises CheckpointError naming what is
-    damaged: the header, the length, an array, or HDF5's structure between the arrays."""
-    if not data.startswith(HEADER_MAGIC):
-        return False
-    lines = data[len(HEADER_MAGIC):len(HEADER_MAGIC) + (1 << 24)].split(b"\n", 2)
-    manifest = None
-    if len(lines) == 3 and hashlib.sha256(lines[0]).hexdigest().encode() == lines[1]:
-        manifest = json.loads(lines[0])
-    if not isinstance(manifest, dict):
-        raise CheckpointError(f"{path} is truncated or damaged: its header (the first bytes, "
-                              "which hold the checksums) is cut short or damaged; use an "
-                              "earlier checkpoint")
-    if manifest["format_version"] > FORMAT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint format version "
-                              f"{manifest['format_version']}, but minigen {minigen_version()} "
-                              f"reads versions up to {FORMAT_VERSION}; upgrade minigen to load it")
-    image = data[_header_size(len(HEADER_MAGIC) + len(lines[0]) + len(lines[1]) + 2):]
-    if len(image) < manifest["length"]:
-        raise CheckpointError(f"{path} is truncated or damaged: it holds {len(image):,} bytes "
-                              f"after its header, but was saved with {manifest['length']:,}; it "
-                              "was probably cut short by a crash or an incomplete copy, use an "
-                              "earlier checkpoint")
-    if len(image) > manifest["length"]:
-        raise CheckpointError(f"{path} is damaged: it holds {len(image):,} bytes after its "
-                              f"header, but was saved with {manifest['length']:,} (it was "
-                              "changed after saving); use an earlier checkpoint")
-    if hashlib.sha256(image).hexdigest() == manifest["sha256"]:
-        return True
-    damaged = list(dict.fromkeys(name for name, offset, size, crc in manifest["arrays"]
-                                 if zlib.crc32(image[offset:offset + size]) != crc))
-    if damaged:
-        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
-        raise CheckpointError(f"{path} is damaged: the array {damaged[0]} fails its "
-                              f"checksum{more}; use an earlier checkpoint")
-    raise CheckpointError(f"{path} is damaged: its HDF5 structure (the bytes between the "
-                          "arrays: names, shapes, attributes such as the step and config) does "
-                          "not match its SHA-256; use an earlier checkpoint")
-
-
 def _check_format(file: h5py.File, path: str) -> None:
     if file.attrs.get("format") != FORMAT_NAME:
         found = file.attrs.get("format")
@@ -426,77 +332,8 @@ def _check_format(file: h5py.File, path: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# Verifying: every array's Fletcher-32 checksum (HDF5 checks it on reading) and the SHA-256 of
-# every part of the content against the record saved in the root.
+# Verifying and reading
 # ---------------------------------------------------------------------------------------
-class _DamagedArray(Exception):
-    def __init__(self, name: str):
-        super().__init__(name)
-        self.name = name
-
-
-def _value_bytes(value) -> bytes:
-    """A canonical byte string of an attribute value (str, bytes, NumPy scalar or array)."""
-    if isinstance(value, str):
-        return b"str:" + value.encode("utf-8", "surrogatepass")
-    if isinstance(value, bytes):
-        return b"bytes:" + value
-    array = np.asarray(value)
-    if array.dtype == object:
-        return b"object:" + repr(array.tolist()).encode("utf-8", "surrogatepass")
-    return f"{array.dtype.str}{array.shape}:".encode() + array.tobytes()
-
-
-def _attributes_sum(attrs, skip: tuple = ()) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(attrs.keys()):
-        if name not in skip:
-            digest.update(name.encode("utf-8", "surrogatepass") + b"\0")
-            digest.update(_value_bytes(attrs[name]) + b"\0")
-    return digest.hexdigest()
-
-
-def _content_checksums(file: h5py.File, arrays: dict) -> dict[str, str]:
-    """SHA-256 of every part of the content, by HDF5 path: "GROUP@" for a group's attributes,
-    "DATASET" for an array (dtype, shape, bytes, attributes). Reads every array into `arrays`;
-    an array whose Fletcher-32 checksum fails raises _DamagedArray naming it."""
-    sums = {}
-
-    def visit(group: h5py.Group) -> None:
-        sums[f"{group.name}@"] = _attributes_sum(group.attrs, (CHECKSUMS, DIGEST)
-                                                 if group.name == "/" else ())
-        for _, member in _members(group):
-            if isinstance(member, h5py.Group):
-                visit(member)
-                continue
-            try:
-                data = member[...]
-            except OSError:  # HDF5: "filter returned failure during read"
-                raise _DamagedArray(member.name.lstrip("/")) from None
-            arrays[member.name] = data
-            digest = hashlib.sha256(f"{data.dtype.str}{data.shape}:".encode())
-            digest.update(np.ascontiguousarray(data).tobytes())
-            digest.update(_attributes_sum(member.attrs).encode())
-            sums[member.name] = digest.hexdigest()
-
-    visit(file)
-    return sums
-
-
-def _describe_part(key: str, expected: dict, found: dict) -> str:
-    if key == "/@":
-        what, verb = "the root attributes (format, step, config, RNG state)", ("are", "do")
-    elif key.endswith("@"):
-        what, verb = f"the attributes of {key[:-1].lstrip('/')}/", ("are", "do")
-    else:
-        what, verb = f"the array {key.lstrip('/')}", ("is", "does")
-    if key not in found:
-        return f"{what} {verb[0]} missing"
-    if key not in expected:
-        return f"{what} {verb[0]} not in its checksum record"
-    return f"{what} {verb[1]} not match the SHA-256 in the content digest"
-
-
 def verify_checkpoint(file: h5py.File, path: str) -> tuple[dict | None, str | None]:
     """(arrays, note): every array of a checked file, by HDF5 path, and None; or (None, note)
     for a file of a format version before checksums. Raises CheckpointError naming the
@@ -509,28 +346,10 @@ def verify_checkpoint(file: h5py.File, path: str) -> tuple[dict | None, str | No
         return None, (f"note: {path} has checkpoint format version {version}, from before "
                       "checkpoints carried checksums: it loads, but damage to it cannot be "
                       "detected (a run resumed from it saves checksummed checkpoints)")
-    record, digest = file.attrs.get(CHECKSUMS), file.attrs.get(DIGEST)
     try:
-        intact = (isinstance(record, str) and isinstance(digest, str)
-                  and hashlib.sha256(record.encode("utf-8", "surrogatepass")).hexdigest() == digest)
-        expected = json.loads(record) if intact else None
-    except ValueError:
-        intact = False
-    if not intact or not isinstance(expected, dict):
-        raise CheckpointError(f"{path} is damaged: its checksum record (the root attributes "
-                              f"{CHECKSUMS!r} and {DIGEST!r}) is missing or does not match; "
-                              "use an earlier checkpoint")
-    arrays = {}
-    try:
-        found = _content_checksums(file, arrays)
-    except _DamagedArray as damaged:
-        raise CheckpointError(f"{path} is damaged: the array {damaged.name} fails its "
-                              "Fletcher-32 checksum; use an earlier checkpoint") from None
-    for key in sorted(set(expected) | set(found)):
-        if expected.get(key) != found.get(key):
-            raise CheckpointError(f"{path} is damaged: {_describe_part(key, expected, found)}; "
-                                  "use an earlier checkpoint")
-    return arrays, None
+        return checksums.verify_content_digest(file), None
+    except checksums.Refused as refused:
+        raise CheckpointError(f"{path} {refused}") from None
 
 
 def _read_everything(file: h5py.File, path: str, sections: dict) -> dict:
