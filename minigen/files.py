@@ -43,9 +43,10 @@ def free_bytes(directory: str | os.PathLike) -> int | None:
     return stats.f_bavail * stats.f_frsize
 
 
-def describe_write_error(path: str | os.PathLike, error: OSError, needed: int,
+def describe_write_error(path: str | os.PathLike, error: OSError, needed: int | None,
                          after: str = "") -> str:
-    """One line: which file, why it failed, the bytes it needed and the bytes free, the fix."""
+    """One line: which file, why it failed, the bytes it needed (None: not known, as when the
+    file cannot be created) and the bytes free, the fix."""
     path = os.fspath(path)
     cause, fix = _CAUSES.get(error.errno, (f"{error.strerror or error} "
                                            f"({errno.errorcode.get(error.errno, error.errno)})",
@@ -61,8 +62,8 @@ def describe_write_error(path: str | os.PathLike, error: OSError, needed: int,
                 limit = f", limit {soft:,} bytes"
         except (ImportError, OSError, ValueError):
             pass
-    return (f"cannot write {path}: {cause}: it needs {needed:,} bytes and {free_text} bytes are "
-            f"free{limit}; {fix}{after}")
+    needs = "" if needed is None else f"it needs {needed:,} bytes and "
+    return f"cannot write {path}: {cause}: {needs}{free_text} bytes are free{limit}; {fix}{after}"
 
 
 def _fsync_directory(directory: str) -> None:

@@ -36,7 +36,7 @@ class StepLog:
         try:
             self.handle = open(path, "w", newline="")
         except OSError as error:
-            raise WriteError(describe_write_error(path, error, 0)) from None
+            raise WriteError(describe_write_error(path, error, None)) from None
         if self.fields:
             self._start_writer()
             text = io.StringIO()
@@ -99,4 +99,4 @@ class StepLog:
             self.handle.close()
         except OSError as error:
             if not self.failed:  # else the failure was reported already; the rows are gone
-                raise WriteError(describe_write_error(self.path, error, 0)) from None
+                raise WriteError(describe_write_error(self.path, error, None)) from None
