@@ -34,6 +34,7 @@ RUN_FILES = (CHECKPOINT, SAMPLES, LOSS, METRICS, CONFIG, LOG)
 
 PICTURE_COUNT = 64        # samples drawn for samples.png
 PICTURE_SEED = 12345      # pictures use their own seed, so every refresh shows the same noise
+MEASURE_SEED = PICTURE_SEED + 1  # the seed of train's final measures, and eval's default
 EVAL_SAMPLES = 500        # samples drawn for the quality measures of images (train's end, eval)
 POINT_EVAL_SAMPLES = 2500  # ... and of toy points: the mode-coverage papers' count
 
@@ -65,16 +66,24 @@ def add_common_arguments(parser, loop_cls: type[TrainingLoop]) -> None:
                              "continues up to it)")
     parser.add_argument("--batch-size", type=int, default=loop_cls.default_batch_size,
                         help="samples per training step")
-    parser.add_argument("--lr", type=float, default=loop_cls.default_lr, help="learning rate")
+    lr_default = f" (default: {loop_cls.default_lr_help})" if loop_cls.default_lr is None \
+        and loop_cls.default_lr_help else ""
+    parser.add_argument("--lr", type=float, default=loop_cls.default_lr,
+                        help=f"learning rate{lr_default}")
     parser.add_argument("--device", choices=backend.DEVICES, default="cpu",
                         help="where to train (cuda needs CuPy and an NVIDIA GPU)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds the weights, the noise and the batch order")
+    flags = _parser_defaults(loop_cls.add_arguments)
+    suffix = "".join(f"[-{key.replace('_', '-')}]" if isinstance(flags.get(key), bool)
+                     else f"[-{key.upper()}]" for key in loop_cls.run_name_options)
+    if suffix:
+        suffix += " (the bracketed parts when those options are not at their defaults)"
     parser.add_argument("--out", default=None, metavar="DIR",
-                        help="output folder (default: runs/LOOP-DATASET, or the checkpoint's "
-                             "folder with --resume). A folder holding a run with other settings "
-                             "is refused unless --resume or --force; one holding a run with the "
-                             "same settings is trained again (same seed, same result)")
+                        help=f"output folder (default: runs/{loop_cls.name}-DATASET{suffix}; "
+                             "with --resume, the checkpoint's folder). A folder holding a run "
+                             "with other settings is refused unless --force; one holding a run "
+                             "with the same settings is trained again (same seed, same result)")
     parser.add_argument("--resume", default=None, metavar="CKPT",
                         help="continue the run saved in CKPT up to --steps, with its settings")
     parser.add_argument("--force", action="store_true",
@@ -178,9 +187,20 @@ def resumed_options(loop_cls: type[TrainingLoop], options: dict, explicit: set |
     return merged
 
 
-def _default_out(loop_cls: type[TrainingLoop], dataset: str) -> str:
-    name = Path(dataset).stem if dataset not in KNOWN_DATASETS else dataset
-    return os.path.join("runs", f"{loop_cls.name}-{name}")
+def default_out(loop_cls: type[TrainingLoop], config: dict) -> str:
+    """runs/LOOP-DATASET, then each of the loop's run_name_options that differs from its
+    default: a flag by its name (runs/ddpm-digits-conditional), another option by its value
+    (runs/gan-ring8-wgan-gp)."""
+    dataset = config["dataset"]
+    parts = [loop_cls.name, Path(dataset).stem if dataset not in KNOWN_DATASETS else dataset]
+    defaults = default_config(loop_cls)
+    for key in loop_cls.run_name_options:
+        value = config.get(key, defaults.get(key))
+        if _json_equal(value, defaults.get(key)):
+            continue
+        flag = key.replace("_", "-")
+        parts.append(flag if value is True else f"no-{flag}" if value is False else str(value))
+    return os.path.join("runs", "-".join(parts))
 
 
 def _saved_run_config(out: Path) -> dict | None:
@@ -196,6 +216,17 @@ def _saved_run_config(out: Path) -> dict | None:
         except UserError:
             return {"checkpoint.h5": "unreadable"}
     return None
+
+
+def _resuming_gives(saved: dict, config: dict, differing: list[str]) -> bool:
+    """Whether resuming the saved run would give the run `config` asks for: only options a
+    resumed run takes from the command line differ, and --steps does not go back."""
+    if not set(differing) <= set(RESUMABLE_OPTIONS):
+        return False
+    try:
+        return int(config["steps"]) >= int(saved.get("steps", 0))
+    except (TypeError, ValueError):
+        return False
 
 
 def prepare_out_dir(out: Path, config: dict, say) -> None:
@@ -216,9 +247,13 @@ def prepare_out_dir(out: Path, config: dict, say) -> None:
             if differing:
                 shown = ", ".join(f"{key} {saved.get(key)!r} -> {config.get(key)!r}"
                                   for key in differing[:3])
-                raise UserError(f"{out} holds another run ({shown}); pass --resume "
-                                f"{out / CHECKPOINT} to continue it, --force to overwrite it, "
-                                "or --out to choose another folder")
+                if _resuming_gives(saved, config, differing):
+                    raise UserError(f"{out} holds another run ({shown}); pass --resume "
+                                    f"{out / CHECKPOINT} to continue it, --force to overwrite "
+                                    "it, or --out to choose another folder")
+                raise UserError(f"{out} holds another run ({shown}), which --resume would "
+                                "continue with its own settings; pass --out DIR to train this "
+                                "one beside it, or --force to overwrite it")
             say(f"{out} holds a run with the same settings: training it again from step 0 "
                 f"(use --resume {out / CHECKPOINT} to continue it instead)")
     out.mkdir(parents=True, exist_ok=True)
@@ -309,13 +344,51 @@ def default_eval_samples(dataset: Dataset) -> int:
 def quality_measures(loop: TrainingLoop, dataset: Dataset, n: int | None, options: dict,
                      seed: int) -> dict | None:
     """minigen.metrics.evaluate on n samples (None: the dataset kind's default), or None
-    when n is 0."""
+    when n is 0; with a class_label in the sampling options, minigen.metrics.class_measures
+    (the share read as that class, FID against the held-out images of that class). The
+    result records how the samples were drawn (see sampling_record)."""
     from minigen import metrics
     if n is None:
         n = default_eval_samples(dataset)
     if n <= 0:
         return None
-    return metrics.evaluate(draw_samples(loop, n, options, seed), dataset)
+    samples = draw_samples(loop, n, options, seed)
+    if options.get("class_label") is not None:  # samples of one class: measured against it
+        measures = metrics.class_measures(samples, dataset, int(options["class_label"]))
+    else:
+        measures = metrics.evaluate(samples, dataset)
+    return {**measures, "sampling": sampling_record(options, seed)}
+
+
+def sampling_record(options: dict, seed: int) -> dict:
+    """How measured samples were drawn (the seed and the sampler's options), so two measures
+    of one checkpoint can be told apart: metrics.json and `minigen eval` both record it."""
+    return {"seed": seed, **{key: value for key, value in options.items()
+                             if value is not None and key != "trajectory"}}
+
+
+def measures_line(measures: dict | None) -> str:
+    """The headline of quality measures in a few words (empty when there are none)."""
+    if not measures:
+        return ""
+    parts = []
+    if measures.get("fid") is not None:
+        floor = measures.get("fid_floor")
+        parts.append(f"FID {measures['fid']:.1f}" + (f" (floor {floor:.1f})" if floor else ""))
+    if measures.get("class_histogram") and "classes_covered" in measures:
+        parts.append(f"{measures['classes_covered']}/{len(measures['class_histogram'])} classes")
+    if measures.get("num_modes"):
+        parts.append(f"{measures['modes_covered']}/{measures['num_modes']} modes, "
+                     f"{100 * measures['high_quality_fraction']:.1f}% high quality")
+    if "data_mean" in measures:
+        parts.append(f"mean {measures['mean']:.3f}, std {measures['std']:.3f} (data "
+                     f"{measures['data_mean']:.3f}, {measures['data_std']:.3f})")
+    if not parts and measures.get("distance_to_data") is not None:
+        parts.append(f"distance to data {measures['distance_to_data']:.3g} (floor "
+                     f"{measures['distance_to_data_floor']:.3g})")
+    if not parts:
+        return ""
+    return ", ".join(parts) + (f" on {measures['n']} samples" if "n" in measures else "")
 
 
 def train(loop_cls: type[TrainingLoop], options: dict, explicit: set | None = None,
@@ -331,7 +404,7 @@ def train(loop_cls: type[TrainingLoop], options: dict, explicit: set | None = No
         options = resumed_options(loop_cls, options, explicit)
     _check_options(options)
     config = dict(options, loop=loop_cls.name)
-    config["out"] = config.get("out") or _default_out(loop_cls, config["dataset"])
+    config["out"] = config.get("out") or default_out(loop_cls, config)
     out = Path(config["out"])
     dataset = load_run_data(config)
     if config["batch_size"] > len(dataset.train):
@@ -358,6 +431,28 @@ def train(loop_cls: type[TrainingLoop], options: dict, explicit: set | None = No
             raise UserError(f"{config['resume']} is at step {start_step}, beyond --steps "
                             f"{config['steps']}; --steps is the total to reach, pass more")
     return _Run(loop, config, dataset, out, start_step, seconds_before, progress, say).run()
+
+
+# The bar leaves out tqdm's steps/s (img/s in the postfix says the speed), so that at 80 columns
+# the bar itself keeps its width beside the losses.
+BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
+BAR_VALUES = 3  # losses shown on the bar; every scalar is in log.csv
+
+
+def bar_postfix(scalars: dict, images_per_second: float) -> str:
+    """The progress bar's values: the losses (at most BAR_VALUES, 3 digits) and img/s."""
+    keys = [key for key in scalars if "loss" in key] or list(scalars)
+    shown = ", ".join(f"{key} {scalars[key]:.3g}" for key in keys[:BAR_VALUES])
+    return f"{shown}, {images_per_second:.0f} img/s" if shown else f"{images_per_second:.0f} img/s"
+
+
+def terminal_columns() -> int | None:
+    """The width stderr's terminal reports (0 for some, e.g. a pseudo-terminal never sized);
+    None when stderr is no terminal."""
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 class _Run:
@@ -417,21 +512,23 @@ class _Run:
         config, steps = self.config, self.config["steps"]
         data = self.dataset
         self.say(f"training {config['loop']} on {data.name} ({len(data.train)} {data.kind}, "
+                 f"{len(data.test)} more held out for the measures, "
                  f"{'x'.join(map(str, data.shape))}) on {config['device']}: steps "
                  f"{self.start_step} -> {steps}, into {self.out}")
         disable = None if self.progress is None else not self.progress  # None: terminals only
+        if disable is not True and terminal_columns() == 0:
+            disable = True  # a terminal that reports no width shows no bar: status lines instead
         try:
             with stop_on_signals() as stop, tqdm(total=steps, initial=self.start_step,
                                                   disable=disable, unit="step", file=sys.stderr,
-                                                  dynamic_ncols=True) as bar:
+                                                  dynamic_ncols=True, bar_format=BAR_FORMAT) as bar:
                 for step in range(self.start_step, steps):
                     batch, labels = self.batch(step)
                     scalars = self.loop.train_step(batch, labels, step)
                     done = step + 1
                     self.log.append(step, scalars, self.seconds())
-                    bar.set_postfix({**{key: f"{value:.4g}" for key, value in scalars.items()},
-                                     "img/s": f"{self.images_per_second(done):.0f}"},
-                                    refresh=False)
+                    bar.set_postfix_str(bar_postfix(scalars, self.images_per_second(done)),
+                                        refresh=False)
                     bar.update()
                     if stop.signum is not None:
                         self.save(done)
@@ -445,6 +542,8 @@ class _Run:
                             self.say(self.status(done, scalars))
                     if self.sample_every and done % self.sample_every == 0:
                         self.pictures()
+            self.say(f"step {steps}: writing {CHECKPOINT}, {LOSS} and {SAMPLES} "
+                     f"({PICTURE_COUNT} samples)")
             self.save(steps)
             self.pictures()
             return self.finish()
@@ -458,12 +557,18 @@ class _Run:
                    "seconds": round(seconds, 3),
                    "images_per_second": round(config["batch_size"] * steps / max(seconds, 1e-9), 1),
                    "final": self.log.final()}
-        measures = quality_measures(self.loop, self.dataset, config["eval_samples"],
-                                    self.picture_options, PICTURE_SEED + 1)
+        n = config["eval_samples"]
+        n = default_eval_samples(self.dataset) if n is None else n
+        if n > 0:
+            self.say(f"measuring sample quality for {METRICS} on {n} samples (seed "
+                     f"{MEASURE_SEED}; `minigen eval` repeats it)")
+        measures = quality_measures(self.loop, self.dataset, n, self.picture_options,
+                                    MEASURE_SEED)
         (self.out / METRICS).write_text(json.dumps({**(measures or {}), "training": summary},
                                                    indent=2, default=_json_default) + "\n")
+        headline = measures_line(measures)
         self.say(f"done: {steps} steps in {seconds:.1f} s ({summary['images_per_second']:.0f} "
-                 f"img/s); {self.out}: "
+                 f"img/s){'; ' + headline if headline else ''}; {self.out}: "
                  f"{', '.join(name for name in RUN_FILES if (self.out / name).exists())}")
         return summary
 
