@@ -263,6 +263,8 @@ def sample_command(args) -> int:
         raise UserError(f"--out {args.out}: pass a file name ending in .png (a picture) or .npy "
                         "(the raw array)")
     loop, config, _, options = trained_loop(args)
+    if options.get("trajectory"):
+        Path(options["trajectory"]).parent.mkdir(parents=True, exist_ok=True)
     samples = _draw(loop, args.n, options, args.seed)
     dataset = None
     if config.get("data_kind") == "points" and args.out.endswith(".png"):
