@@ -339,6 +339,14 @@ def test_inspect_summarises_models_with_parameter_counts_step_and_config(capsys,
     assert len(out.splitlines()) < 20
 
 
+def test_inspect_lists_an_hdf5_file_that_is_not_a_checkpoint_in_full(capsys, tmp_path):
+    import h5py
+    with h5py.File(tmp_path / "other.h5", "w") as file:
+        file["weights"] = np.zeros((3, 4), np.float32)
+    code, out, _ = minigen_main(capsys, "inspect", tmp_path / "other.h5")
+    assert code == 0 and "not a minigen checkpoint" in out and "weights" in out
+
+
 # --- demo --------------------------------------------------------------------------------
 @pytest.fixture
 def demos(tmp_path, monkeypatch):
