@@ -33,7 +33,7 @@ from minigen.tensor import Tensor
 from _demo import demo_parser, figure_paths
 
 # What `minigen demo` lists: the time of a default run on an idle 2-core CPU.
-RUNTIME = "about 8 min"
+RUNTIME = "5 to 10 min"
 
 # The example: keep the top half of a 3, regenerate the bottom half as an 8. For
 # contrast, the same with the right half kept, which a 3 shares with an 8.
