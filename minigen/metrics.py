@@ -4,7 +4,8 @@
 `feature_fid` fits those Gaussians to the penultimate features of a small classifier trained
 with minigen itself (minigen.models.classifier), and `fid_floor` measures real against real.
 `mode_coverage` is the VEEGAN rule for mixtures of Gaussians. `evaluate` picks the measures
-that fit a dataset and returns a JSON-able dict (what `minigen eval` prints).
+that fit a dataset and returns a JSON-able dict (what `minigen eval` prints), `class_measures`
+those of samples asked for one class, and `headline` says either in a few words.
 """
 from __future__ import annotations
 
@@ -225,3 +226,30 @@ def evaluate(samples, dataset, n: int | None = None) -> dict:
     else:
         measures = _point_measures(samples.astype(np.float64), dataset)
     return {"n": int(len(samples)), **measures}
+
+
+def headline(measures: dict | None) -> str:
+    """The measures of `evaluate` (or class_measures) in a few words, for the last line of a
+    run (empty when there are none)."""
+    if not measures:
+        return ""
+    parts = []
+    if measures.get("read_as_class") is not None:
+        parts.append(f"{100 * measures['read_as_class']:.1f}% read as class {measures['class']}")
+    if measures.get("fid") is not None:
+        floor = measures.get("fid_floor")
+        parts.append(f"FID {measures['fid']:.1f}" + (f" (floor {floor:.1f})" if floor else ""))
+    if measures.get("class_histogram") and "classes_covered" in measures:
+        parts.append(f"{measures['classes_covered']}/{len(measures['class_histogram'])} classes")
+    if measures.get("num_modes"):
+        parts.append(f"{measures['modes_covered']}/{measures['num_modes']} modes, "
+                     f"{100 * measures['high_quality_fraction']:.1f}% high quality")
+    if "data_mean" in measures:
+        parts.append(f"mean {measures['mean']:.3f}, std {measures['std']:.3f} (data "
+                     f"{measures['data_mean']:.3f}, {measures['data_std']:.3f})")
+    if not parts and measures.get("distance_to_data") is not None:
+        parts.append(f"distance to data {measures['distance_to_data']:.3g} (floor "
+                     f"{measures['distance_to_data_floor']:.3g})")
+    if not parts:
+        return ""
+    return ", ".join(parts) + (f" on {measures['n']} samples" if "n" in measures else "")

@@ -24,7 +24,8 @@ from minigen.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minigen.data import KNOWN_DATASETS, Batcher, Dataset, load_dataset
 from minigen.loop import TrainingInterrupted, TrainingLoop, UserError  # noqa: F401 (re-exported)
 from minigen.signals import stop_on_signals
-from minigen.steplog import FINAL_WINDOW, StepLog  # noqa: F401 (re-exported)
+from minigen.steplog import (BAR_FORMAT, FINAL_WINDOW, StepLog, bar_postfix,  # noqa: F401
+                             terminal_columns)
 from minigen import viz
 
 # What a run folder holds.
@@ -367,30 +368,6 @@ def sampling_record(options: dict, seed: int) -> dict:
                              if value is not None and key != "trajectory"}}
 
 
-def measures_line(measures: dict | None) -> str:
-    """The headline of quality measures in a few words (empty when there are none)."""
-    if not measures:
-        return ""
-    parts = []
-    if measures.get("fid") is not None:
-        floor = measures.get("fid_floor")
-        parts.append(f"FID {measures['fid']:.1f}" + (f" (floor {floor:.1f})" if floor else ""))
-    if measures.get("class_histogram") and "classes_covered" in measures:
-        parts.append(f"{measures['classes_covered']}/{len(measures['class_histogram'])} classes")
-    if measures.get("num_modes"):
-        parts.append(f"{measures['modes_covered']}/{measures['num_modes']} modes, "
-                     f"{100 * measures['high_quality_fraction']:.1f}% high quality")
-    if "data_mean" in measures:
-        parts.append(f"mean {measures['mean']:.3f}, std {measures['std']:.3f} (data "
-                     f"{measures['data_mean']:.3f}, {measures['data_std']:.3f})")
-    if not parts and measures.get("distance_to_data") is not None:
-        parts.append(f"distance to data {measures['distance_to_data']:.3g} (floor "
-                     f"{measures['distance_to_data_floor']:.3g})")
-    if not parts:
-        return ""
-    return ", ".join(parts) + (f" on {measures['n']} samples" if "n" in measures else "")
-
-
 def train(loop_cls: type[TrainingLoop], options: dict, explicit: set | None = None,
           progress: bool | None = None, say=_say) -> dict:
     """Run `minigen train` in-process; returns the training summary written to metrics.json.
@@ -431,28 +408,6 @@ def train(loop_cls: type[TrainingLoop], options: dict, explicit: set | None = No
             raise UserError(f"{config['resume']} is at step {start_step}, beyond --steps "
                             f"{config['steps']}; --steps is the total to reach, pass more")
     return _Run(loop, config, dataset, out, start_step, seconds_before, progress, say).run()
-
-
-# The bar leaves out tqdm's steps/s (img/s in the postfix says the speed), so that at 80 columns
-# the bar itself keeps its width beside the losses.
-BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
-BAR_VALUES = 3  # losses shown on the bar; every scalar is in log.csv
-
-
-def bar_postfix(scalars: dict, images_per_second: float) -> str:
-    """The progress bar's values: the losses (at most BAR_VALUES, 3 digits) and img/s."""
-    keys = [key for key in scalars if "loss" in key] or list(scalars)
-    shown = ", ".join(f"{key} {scalars[key]:.3g}" for key in keys[:BAR_VALUES])
-    return f"{shown}, {images_per_second:.0f} img/s" if shown else f"{images_per_second:.0f} img/s"
-
-
-def terminal_columns() -> int | None:
-    """The width stderr's terminal reports (0 for some, e.g. a pseudo-terminal never sized);
-    None when stderr is no terminal."""
-    try:
-        return os.get_terminal_size(sys.stderr.fileno()).columns
-    except (AttributeError, OSError, ValueError):
-        return None
 
 
 class _Run:
@@ -566,7 +521,8 @@ class _Run:
                                     MEASURE_SEED)
         (self.out / METRICS).write_text(json.dumps({**(measures or {}), "training": summary},
                                                    indent=2, default=_json_default) + "\n")
-        headline = measures_line(measures)
+        from minigen import metrics
+        headline = metrics.headline(measures)
         self.say(f"done: {steps} steps in {seconds:.1f} s ({summary['images_per_second']:.0f} "
                  f"img/s){'; ' + headline if headline else ''}; {self.out}: "
                  f"{', '.join(name for name in RUN_FILES if (self.out / name).exists())}")

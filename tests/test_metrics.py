@@ -206,6 +206,19 @@ def test_class_measures_name_a_class_the_data_does_not_have(trained, digits, lab
         metrics.class_measures(digits.train[:10], digits, label)
 
 
+def test_the_headline_of_image_measures_names_fid_floor_and_classes():
+    line = metrics.headline({"n": 500, "fid": 16.71, "fid_floor": 11.24,
+                              "class_histogram": [50] * 10, "classes_covered": 10})
+    assert line == "FID 16.7 (floor 11.2), 10/10 classes on 500 samples"
+    assert metrics.headline(None) == ""
+
+
+def test_the_headline_of_class_measures_names_the_share_read_as_the_class():
+    line = metrics.headline({"n": 100, "class": 7, "read_as_class": 0.984, "fid": 30.0,
+                             "fid_floor": 25.0, "class_histogram": [1] * 10})
+    assert line == "98.4% read as class 7, FID 30.0 (floor 25.0) on 100 samples"
+
+
 @pytest.mark.parametrize("name, extra", [("ring8", {"modes_covered", "high_quality_fraction"}),
                                          ("grid25", {"modes_covered", "num_modes"}),
                                          ("gauss1d", {"mean", "std", "data_mean", "data_std"}),

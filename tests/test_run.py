@@ -179,13 +179,6 @@ def test_the_end_of_training_says_what_it_does_and_ends_with_the_measures(tmp_pa
     assert "; 7/8 modes, 82.5% high quality on 40 samples; " in messages[-1]
 
 
-def test_the_headline_of_image_measures_names_fid_floor_and_classes():
-    line = run.measures_line({"n": 500, "fid": 16.71, "fid_floor": 11.24,
-                              "class_histogram": [50] * 10, "classes_covered": 10})
-    assert line == "FID 16.7 (floor 11.2), 10/10 classes on 500 samples"
-    assert run.measures_line(None) == ""
-
-
 def test_the_progress_bar_is_quiet_when_stderr_is_not_a_terminal(tmp_path, capsys):
     train(TinyLoop, tiny_config(tmp_path, steps=3), say=lambda _: None)  # capsys: not a tty
     assert capsys.readouterr().err == ""
