@@ -23,9 +23,10 @@ import numpy as np
 import minigen
 from minigen import __version__, backend, editing, viz
 from minigen.checkpoint import CheckpointError, inspect_checkpoint, summarize_checkpoint
-from minigen.run import (EVAL_SAMPLES, MEASURE_SEED, POINT_EVAL_SAMPLES, TrainingInterrupted,
-                         UserError, add_common_arguments, draw_samples, load_run_data, load_trained, quality_measures,
+from minigen.run import (EVAL_SAMPLES, POINT_EVAL_SAMPLES, TrainingInterrupted, UserError, add_common_arguments,
+                         draw_samples, load_run_data, load_trained, quality_measures,
                          read_checkpoint_config, sample_defaults, train, write_samples)
+from minigen.run import MEASURE_SEED
 
 # `minigen train NAME` -> the TrainingLoop subclass, as "module:Class".
 LOOPS = {"ddpm": "minigen.ddpm:DDPMLoop", "gan": "minigen.gan:GANLoop"}
