@@ -93,9 +93,11 @@ def bar_postfix(scalars: dict, images_per_second: float) -> str:
 
 
 def terminal_columns() -> int | None:
-    """The width stderr's terminal reports (0 for some, e.g. a pseudo-terminal never sized);
+    """The width stderr's terminal reports, as the bar can use it: 0 when it reports no width
+    or no height (a pseudo-terminal never sized does), where tqdm would show nothing at all;
     None when stderr is no terminal."""
     try:
-        return os.get_terminal_size(sys.stderr.fileno()).columns
+        size = os.get_terminal_size(sys.stderr.fileno())
     except (AttributeError, OSError, ValueError):
         return None
+    return size.columns if size.lines > 0 else 0

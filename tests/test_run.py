@@ -157,6 +157,30 @@ def test_the_gan_progress_bar_keeps_its_bar_readable_at_80_to_120_columns(column
         assert len(bar) >= 8 and line.endswith("412 img/s]"), line
 
 
+@pytest.mark.parametrize("rows, columns, usable", [(24, 80, 80), (0, 80, 0), (24, 0, 0)])
+def test_a_terminal_that_reports_no_width_or_no_height_counts_as_zero_columns(
+        monkeypatch, rows, columns, usable):
+    import fcntl
+    import os
+    import struct
+    import termios
+    leader, follower = os.openpty()
+    try:
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+        with os.fdopen(os.dup(follower), "w") as terminal:
+            monkeypatch.setattr("sys.stderr", terminal)
+            assert run.terminal_columns() == usable
+    finally:
+        os.close(leader)
+        os.close(follower)
+
+
+def test_stderr_that_is_no_terminal_has_no_columns(tmp_path, monkeypatch):
+    with open(tmp_path / "log", "w") as file:
+        monkeypatch.setattr("sys.stderr", file)
+        assert run.terminal_columns() is None
+
+
 def test_a_terminal_of_zero_columns_gets_the_plain_status_lines(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(run, "terminal_columns", lambda: 0)
     messages = []
