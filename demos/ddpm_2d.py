@@ -25,7 +25,7 @@ from minigen.metrics import mode_coverage
 from _demo import demo_parser, figure_paths
 
 # What `minigen demo` lists: the time of a default run on an idle 2-core CPU.
-RUNTIME = "about 1 min"
+RUNTIME = "1 to 3 min"
 
 EVAL_SAMPLES = 2500
 
