@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -21,8 +20,11 @@ from minigen.data import Batcher, load_dataset
 from minigen.gan import GANLoop
 from minigen.run import default_config
 from minigen.viz import make_grid
+from _demo import demo_parser, figure_paths
 
-DOCS_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
+# What `minigen demo` lists: the time of a default run on an idle 2-core CPU.
+RUNTIME = "about 2 min"
+
 SHOWN = 16  # samples per grid
 
 
@@ -54,17 +56,19 @@ def draw(grids: list, real: np.ndarray, path: str) -> None:
     figure.savefig(path)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--steps", type=int, default=2000)
+def build_parser() -> argparse.ArgumentParser:
+    parser = demo_parser(__doc__, "dcgan_digits")
+    parser.add_argument("--steps", type=int, default=2000,
+                        help="training steps (one D and one G step each)")
     parser.add_argument("--show-at", type=int, nargs="+", default=[0, 100, 300, 700, 1200],
                         help="steps whose samples get a row (the last step always does)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/demos/dcgan_digits")
-    parser.add_argument("--figure", default=str(DOCS_IMAGES / "dcgan_digits.png"),
-                        help="also write the figure here ('' to skip)")
-    args = parser.parse_args()
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds the weights, the batches and the shown noise")
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     os.makedirs(args.out, exist_ok=True)
     started = time.perf_counter()
 
@@ -88,9 +92,8 @@ def main() -> None:
                   f"  D(x) {scalars['d_real']:.3f}  D(G(z)) {scalars['d_fake']:.3f}  "
                   f"{(time.perf_counter() - started) / step:.3f} s/step", flush=True)
 
-    paths = [os.path.join(args.out, "dcgan_digits.png")] + ([args.figure] if args.figure else [])
+    paths = figure_paths(args, "dcgan_digits")
     for path in paths:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         draw(grids, data.test[:SHOWN], path)
     minigen.save_checkpoint(os.path.join(args.out, "checkpoint.h5"), models=loop.models(),
                             optimizers=loop.optimizers(), step=args.steps, config=config)

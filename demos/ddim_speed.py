@@ -22,22 +22,27 @@ from minigen import metrics, viz
 from minigen.data import load_dataset
 
 from _trained_ddpm import MAIN_JOB_CHECKPOINT, load_or_train
+from _demo import demo_parser, figure_paths
+
+# What `minigen demo` lists: the time of a default run on an idle 2-core CPU.
+RUNTIME = "about 5 min; 6 min more to train the main job when runs/ddpm-digits has none"
 
 DDIM_STEPS = (100, 50, 20, 10)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = demo_parser(__doc__, "ddim_speed")
     parser.add_argument("--checkpoint", default=MAIN_JOB_CHECKPOINT,
                         help="a DDPM checkpoint (trained first with the main job's settings "
                              "if missing)")
     parser.add_argument("--n", type=int, default=128, help="samples per sampler")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/demos/ddim_speed")
-    parser.add_argument("--figure", default="docs/images/ddim_speed.png",
-                        help="also write the grids (one row of 16 per sampler) here ('' to skip)")
-    args = parser.parse_args()
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds the sampling noise (the same for every sampler)")
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     os.makedirs(args.out, exist_ok=True)
     loop = load_or_train(args.checkpoint)
     dataset = load_dataset("digits")
@@ -58,9 +63,8 @@ def main() -> None:
               f"{quality['fid']:.2f} (floor {quality['fid_floor']:.2f}), classes covered "
               f"{quality['classes_covered']}/10", flush=True)
 
-    paths = [os.path.join(args.out, "ddim_speed.png")] + ([args.figure] if args.figure else [])
+    paths = figure_paths(args, "ddim_speed")  # one row of 16 per sampler
     for path in paths:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         viz.save_image_grid(np.concatenate(rows), path, nrow=16)
     print(f"wrote {', '.join(paths)} (rows: {', '.join(label for label, _, _ in results)})")
     ancestral_seconds = results[0][1]

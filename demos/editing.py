@@ -30,6 +30,10 @@ from minigen import diffusion, editing, metrics, run, viz
 from minigen.ddpm import DDPMLoop
 from minigen.models.classifier import classify, load_classifier
 from minigen.tensor import Tensor
+from _demo import demo_parser, figure_paths
+
+# What `minigen demo` lists: the time of a default run on an idle 2-core CPU.
+RUNTIME = "5 to 10 min"
 
 # The example: keep the top half of a 3, regenerate the bottom half as an 8. For
 # contrast, the same with the right half kept, which a 3 shares with an 8.
@@ -245,9 +249,8 @@ def draw_figure(path, samples, inpainting, img2img_rows, targets, args) -> None:
     figure.savefig(path)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = demo_parser(__doc__, "editing")
     parser.add_argument("--ckpt", default=None,
                         help="a checkpoint of `minigen train ddpm --conditional` (default: "
                              "train one into OUT/model, or reuse the one there)")
@@ -259,7 +262,8 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=30, help="samples per class and w")
     parser.add_argument("--edit-count", type=int, default=100,
                         help="test digits edited for the inpainting and img2img tables")
-    parser.add_argument("--strengths", type=float, nargs="+", default=[0.2, 0.4, 0.6, 0.8, 1.0])
+    parser.add_argument("--strengths", type=float, nargs="+", default=[0.2, 0.4, 0.6, 0.8, 1.0],
+                        help="SDEdit strengths of the image-to-image table")
     parser.add_argument("--sampling-steps", type=int, default=25,
                         help="DDIM steps over the whole range 0..T")
     parser.add_argument("--jump-length", type=int, default=5, help="RePaint jump length")
@@ -268,13 +272,17 @@ def main() -> None:
                         help="completions of each held-out 3 in the 3-to-8 examples")
     parser.add_argument("--edit-guidance", type=float, default=3.0,
                         help="guidance scale when an edit asks for a class")
-    parser.add_argument("--picture-guidance", type=float, default=3.0)
-    parser.add_argument("--picture-columns", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/demos/editing")
-    parser.add_argument("--figure", default="docs/images/editing.png",
-                        help="also write the picture here ('' to skip)")
-    args = parser.parse_args()
+    parser.add_argument("--picture-guidance", type=float, default=3.0,
+                        help="guidance scale of the samples in the picture")
+    parser.add_argument("--picture-columns", type=int, default=8,
+                        help="samples per class in the picture")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds training, sampling and the edits")
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.picture_guidance not in args.guidances:
         args.guidances.append(args.picture_guidance)
     os.makedirs(args.out, exist_ok=True)
@@ -302,8 +310,7 @@ def main() -> None:
     img2img_table(loop, dataset, classifier, images, labels, targets, args)
 
     inpainting, img2img_rows = picture_rows(loop, dataset, images[:4], targets[:4], args)
-    for path in filter(None, [os.path.join(args.out, "editing.png"), args.figure]):
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    for path in figure_paths(args, "editing"):
         draw_figure(path, samples, inpainting, img2img_rows, targets[:4], args)
         print(f"\nwrote {path}")
     print(f"done in {time.perf_counter() - started:.0f} s")

@@ -22,8 +22,10 @@ DEVICES = ("cpu", "cuda")
 def cuda_status() -> str | None:
     """None when CUDA can be used, else one sentence saying what is missing."""
     if _cupy is None:
-        return ("CuPy is not installed (pip install 'minigen[cuda]' on a machine with an "
-                f"NVIDIA GPU); import failed with: {_cupy_import_error}")
+        # minigen is installed from its source tree (the name on the package index is
+        # another project's), so the hint is the editable install of the clone's extra.
+        return ("CuPy is not installed (pip install -e '.[cuda]' from the minigen clone, on a "
+                f"machine with an NVIDIA GPU); import failed with: {_cupy_import_error}")
     try:
         count = _cupy.cuda.runtime.getDeviceCount()
     except Exception as error:  # pragma: no cover - depends on the machine

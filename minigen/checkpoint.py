@@ -17,6 +17,7 @@ import io
 import json
 import os
 import re
+import textwrap
 from datetime import datetime, timezone
 from importlib import metadata
 
@@ -493,15 +494,53 @@ def inspect_checkpoint(path: str | os.PathLike) -> str:
                                   "checkpoint") from None
 
 
-def _listing(file: h5py.File, path: str) -> list[str]:
+def summarize_checkpoint(path: str | os.PathLike, parameter_counts: dict | None = None) -> str:
+    """A short listing: format, step, each object of each section with its size, the config,
+    and totals (inspect_checkpoint lists every array). parameter_counts: model name -> number of
+    parameters, shown beside the model (the file alone cannot tell parameters from buffers)."""
+    path = os.fspath(path)
+    parameter_counts = parameter_counts or {}
+    with open_checkpoint_file(path, require_format=False) as file:
+        try:
+            if file.attrs.get("format") != FORMAT_NAME:  # someone else's HDF5: list it all
+                return "\n".join(_listing(file, path))
+            verdict = _verdict(file, path)  # first: damage named, not met while listing
+            header = _header(file, path)
+            lines = header[:3]  # the file, its format, the step
+            totals = {"datasets": 0, "bytes": 0}
+            for section in SECTIONS:
+                if section not in file or not len(file[section]):
+                    continue
+                lines.append(f"{section}:")
+                for name, member in _members(file[section]):
+                    sizes = {"datasets": 0, "bytes": 0}
+                    if isinstance(member, h5py.Group):
+                        _describe_group(member, 0, [], sizes)
+                    else:
+                        sizes.update(datasets=1, bytes=member.nbytes)
+                    totals = {key: totals[key] + sizes[key] for key in totals}
+                    count = parameter_counts.get(name) if section == "models" else None
+                    shown = f"{count:,} parameters, " if count is not None else ""
+                    lines.append(f"  {name:<20} {shown}{sizes['datasets']} arrays, "
+                                 f"{_human_bytes(sizes['bytes'])}")
+            config = json.loads(file.attrs.get("config", "{}"))
+            pairs = ", ".join(f"{key}={json.dumps(value)}" for key, value in config.items())
+            lines.append("config:")
+            lines.extend(textwrap.wrap(pairs, 96, initial_indent="  ", subsequent_indent="  ",
+                                       break_on_hyphens=False))
+        except (OSError, KeyError, ValueError) as error:
+            raise CheckpointError(f"{path} is damaged: {_one_line(error)}; use an earlier "
+                                  "checkpoint") from None
+    lines.append(f"total: {totals['datasets']} arrays, {_human_bytes(totals['bytes'])} "
+                 "(--full lists every array)")
+    lines.append(verdict)
+    return "\n".join(lines)
+
+
+def _header(file: h5py.File, path: str) -> list[str]:
+    """The file, its format line, step, RNG states and config (minigen checkpoints)."""
     lines = [f"{path}  ({_human_bytes(os.path.getsize(path))} on disk)"]
-    described = set()
-    ours = file.attrs.get("format") == FORMAT_NAME
-    if ours:  # verified first, so that damage is named rather than met while listing
-        arrays, note = verify_checkpoint(file, path)
-        verdict = note or (f"verified: all {len(arrays)} arrays pass their Fletcher-32 "
-                           "checksums and the content matches its SHA-256 digest "
-                           f"({file.attrs[DIGEST][:16]}...)")
+    if file.attrs.get("format") == FORMAT_NAME:
         lines.append(f"format: {FORMAT_NAME} version {file.attrs.get('format_version')}, "
                      f"written by minigen {file.attrs.get('minigen_version')} at "
                      f"{file.attrs.get('saved_at')}")
@@ -512,6 +551,22 @@ def _listing(file: h5py.File, path: str) -> list[str]:
         lines.append("config:" + ("" if config else " {}"))
         if config:
             lines.extend("  " + line for line in json.dumps(config, indent=2).splitlines())
+    return lines
+
+
+def _verdict(file: h5py.File, path: str) -> str:
+    """Verifies a minigen checkpoint (CheckpointError naming the damage) and says so in a line."""
+    arrays, note = verify_checkpoint(file, path)
+    return note or (f"verified: all {len(arrays)} arrays pass their Fletcher-32 checksums and "
+                    f"the content matches its SHA-256 digest ({file.attrs[DIGEST][:16]}...)")
+
+
+def _listing(file: h5py.File, path: str) -> list[str]:
+    ours = file.attrs.get("format") == FORMAT_NAME
+    verdict = _verdict(file, path) if ours else None  # first: damage named, not met listing
+    lines = _header(file, path)
+    described = set()
+    if ours:
         described = {"format", "format_version", "minigen_version", "saved_at", "step",
                      "config", "rng_state", CHECKSUMS, DIGEST}
     else:

@@ -8,22 +8,25 @@ one line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import inspect
 import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
 
 import minigen
 from minigen import __version__, backend, editing, viz
-from minigen.checkpoint import CheckpointError, inspect_checkpoint
+from minigen.checkpoint import CheckpointError, inspect_checkpoint, summarize_checkpoint
 from minigen.run import (EVAL_SAMPLES, POINT_EVAL_SAMPLES, TrainingInterrupted, UserError, add_common_arguments,
                          draw_samples, load_run_data, load_trained, quality_measures,
                          read_checkpoint_config, sample_defaults, train, write_samples)
+from minigen.run import MEASURE_SEED
 
 # `minigen train NAME` -> the TrainingLoop subclass, as "module:Class".
 LOOPS = {"ddpm": "minigen.ddpm:DDPMLoop", "gan": "minigen.gan:GANLoop"}
@@ -99,9 +102,15 @@ class Parser(argparse.ArgumentParser):
 
 
 def _summary(docstring: str | None) -> str:
-    """The first sentence of a docstring, on one line."""
+    """The first sentence of a docstring, on one line: up to the first ". " that is outside
+    parentheses (so "(Ho et al. 2020)" stays whole)."""
     paragraph = " ".join(inspect.cleandoc(docstring or "").split("\n\n")[0].split())
-    return paragraph.split(". ")[0].rstrip(".")
+    depth = 0
+    for index, char in enumerate(paragraph):
+        depth += (char == "(") - (char == ")")
+        if char == "." and depth == 0 and paragraph[index + 1:index + 2] in (" ", ""):
+            return paragraph[:index]
+    return paragraph.rstrip(".")
 
 
 # ---------------------------------------------------------------------------------------
@@ -182,10 +191,11 @@ class SharedOptionGroup:
         return getattr(self.group, name)
 
 
-def add_sampling_arguments(parser: Parser, n_default: int, n_help: str) -> None:
+def add_sampling_arguments(parser: Parser, n_default: int, n_help: str, seed_default: int = 0,
+                           seed_help: str = "seeds the sampling noise") -> None:
     parser.add_argument("checkpoint", metavar="CKPT", help="a checkpoint.h5 written by train")
     parser.add_argument("--n", type=int, default=n_default, help=n_help)
-    parser.add_argument("--seed", type=int, default=0, help="seeds the sampling noise")
+    parser.add_argument("--seed", type=int, default=seed_default, help=seed_help)
     parser.add_argument("--device", choices=backend.DEVICES, default="cpu",
                         help="where to sample")
     taken: set[str] = set()
@@ -254,6 +264,8 @@ def sample_command(args) -> int:
         raise UserError(f"--out {args.out}: pass a file name ending in .png (a picture) or .npy "
                         "(the raw array)")
     loop, config, _, options = trained_loop(args)
+    if options.get("trajectory"):
+        Path(options["trajectory"]).parent.mkdir(parents=True, exist_ok=True)
     samples = _draw(loop, args.n, options, args.seed)
     dataset = None
     if config.get("data_kind") == "points" and args.out.endswith(".png"):
@@ -264,6 +276,9 @@ def sample_command(args) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_samples(samples, args.out, dataset)
     print(f"wrote {len(samples)} samples {tuple(samples.shape[1:])} to {args.out}", file=sys.stderr)
+    if options.get("trajectory"):
+        print(f"wrote the denoising trajectory to {options['trajectory']} (rows: samples; "
+              "columns: timesteps from pure noise, left, to the sample, right)", file=sys.stderr)
     return 0
 
 
@@ -272,9 +287,14 @@ def eval_parser(root: Parser, subparsers) -> None:
                               help="measure sample quality; prints one JSON object",
                               description="Measure the quality of a checkpoint's samples against "
                                           "the held-out data (feature FID with its real-vs-real "
-                                          "floor on images, mode coverage on mixtures).")
+                                          "floor on images, mode coverage on mixtures). With "
+                                          "--class C: the share of samples read as C, and FID "
+                                          "against the held-out images of class C. The JSON "
+                                          "records the seed and sampler options used.")
     add_sampling_arguments(parser, None, f"number of samples to measure (default: {EVAL_SAMPLES} "
-                                         f"for images, {POINT_EVAL_SAMPLES} for points)")
+                                         f"for images, {POINT_EVAL_SAMPLES} for points)",
+                           MEASURE_SEED, "seeds the sampling noise; the default is the seed of "
+                                         "the measures in train's metrics.json, so the two agree")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="folder with the dataset's files (default: the one used in training)")
 
@@ -418,15 +438,34 @@ def img2img_command(args) -> int:
 # ---------------------------------------------------------------------------------------
 def inspect_parser(root: Parser, subparsers) -> None:
     parser = root.add_command(subparsers, "inspect", inspect_command,
-                              help="list what a checkpoint holds",
-                              description="List a checkpoint: format, step, config, and every "
+                              help="say what a checkpoint holds",
+                              description="Summarise a checkpoint: format, step, each model with "
+                                          "its parameter count, the optimizers and EMAs with "
+                                          "their sizes, and the config. --full lists every "
                                           "array with its dtype, shape and size.")
     parser.add_argument("checkpoint", metavar="CKPT", help="a .h5 file")
+    parser.add_argument("--full", action="store_true",
+                        help="list every group and array (any HDF5 file)")
+
+
+def _parameter_counts(path: str) -> dict:
+    """Model name -> number of parameters, from the loop rebuilt out of the checkpoint's
+    config (the file alone cannot tell parameters from buffers); empty when it cannot be."""
+    try:
+        config, _ = read_checkpoint_config(path)
+        loop = load_trained(path, loop_class(config["loop"]))[0]
+    except (UserError, KeyError):
+        return {}
+    return {name: sum(int(np.prod(param.shape)) for param in model.parameters())
+            for name, model in loop.models().items()}
 
 
 def inspect_command(args) -> int:
     try:
-        print(inspect_checkpoint(args.checkpoint))
+        if args.full:
+            print(inspect_checkpoint(args.checkpoint))
+        else:
+            print(summarize_checkpoint(args.checkpoint, _parameter_counts(args.checkpoint)))
     except CheckpointError as error:
         raise UserError(str(error)) from None
     return 0
@@ -436,9 +475,38 @@ def available_demos() -> list[str]:
     return sorted(path.stem for path in DEMOS_DIR.glob("*.py") if not path.name.startswith("_"))
 
 
+def describe_demo(name: str) -> tuple[str, str]:
+    """(what the demo shows, how long it takes) from demos/NAME.py, read without running it:
+    the first sentence of its docstring and its RUNTIME string ("" where it has none)."""
+    try:
+        tree = ast.parse((DEMOS_DIR / f"{name}.py").read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return "", ""
+    runtime = ""
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(target, "id", None) == "RUNTIME"
+                                                for target in node.targets):
+            if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+                runtime = node.value.value
+    return _summary(ast.get_docstring(tree)), runtime
+
+
+def demo_listing(demos: list[str]) -> str:
+    """Per demo: its name and how long it takes, then what it shows, indented."""
+    lines = []
+    for name in demos:
+        summary, runtime = describe_demo(name)
+        lines.append(f"{name} ({runtime})" if runtime else name)
+        lines.extend(textwrap.wrap(summary, 96, initial_indent="    ", subsequent_indent="    "))
+    lines.append("Times: default settings on an idle 2-core CPU. Run one with `minigen demo NAME`;")
+    lines.append("`minigen demo NAME --help` lists its options.")
+    return "\n".join(lines)
+
+
 def demo_parser(root: Parser, subparsers) -> None:
     parser = root.add_command(subparsers, "demo", demo_command,
-                              help="run one of the demos (demos/NAME.py); lists them without NAME",
+                              help="run one of the demos (demos/NAME.py); without NAME, list "
+                                   "them with what each shows and how long it takes",
                               description=f"Run demos/NAME.py from the source repository "
                                           f"({DEMOS_DIR}); arguments after NAME go to the demo.")
     parser.add_argument("name", metavar="NAME", nargs="?", help="the demo to run")
@@ -452,7 +520,7 @@ def demo_command(args) -> int:
                         "source repository: clone it and install minigen from it with pip -e")
     demos = available_demos()
     if args.name is None:
-        print("\n".join(demos) if demos else f"(no demos in {DEMOS_DIR})")
+        print(demo_listing(demos) if demos else f"(no demos in {DEMOS_DIR})")
         return 0
     if args.name not in demos:
         raise UserError(f"no demo named {args.name!r}; available: {', '.join(demos) or 'none'}")

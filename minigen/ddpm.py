@@ -49,6 +49,7 @@ class DDPMLoop(TrainingLoop):
     default_batch_size = 64
     default_lr = 2e-3
     default_checkpoint_every = 1000
+    run_name_options = ("conditional", "schedule")
 
     @classmethod
     def add_arguments(cls, parser) -> None:
@@ -236,6 +237,4 @@ class DDPMLoop(TrainingLoop):
     def _write_trajectory(path: list, file: str) -> None:
         """Rows: samples; columns: states from pure noise (left) to the sample (right)."""
         states = np.stack([state[:TRAJECTORY_ROWS] for _, state in path], axis=1)  # (R, S, C, H, W)
-        rows, columns = states.shape[:2]
-        viz.save_image_grid(np.clip(states.reshape(rows * columns, *states.shape[2:]), -1, 1),
-                            file, nrow=columns)
+        viz.save_trajectory(states, [t for t, _ in path], file)  # columns labelled t=1000 .. t=0

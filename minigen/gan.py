@@ -111,6 +111,8 @@ class GANLoop(TrainingLoop):
     default_steps = 2000          # recognisable 8x8 digits in a few minutes on two cores
     default_batch_size = 64
     default_lr = None             # None: DEFAULT_LR for images, POINTS_LR for points
+    default_lr_help = f"{DEFAULT_LR:g} for images (DCGAN), {POINTS_LR:g} for points"
+    run_name_options = ("conditional", "loss")
 
     @classmethod
     def add_arguments(cls, parser) -> None:

@@ -72,6 +72,12 @@ class TrainingLoop:
     default_batch_size: int = 64
     default_lr: float = 2e-4
     default_checkpoint_every: int = 500
+    # Options that name the default output folder when they differ from their default
+    # (a flag by its name, any other option by its value): runs/ddpm-digits-conditional, so
+    # runs with different settings do not fight over one folder.
+    run_name_options: tuple[str, ...] = ()
+    # The default of --lr in words, for a loop whose default_lr is None (chosen from the data).
+    default_lr_help: str = ""
 
     @classmethod
     def add_arguments(cls, parser) -> None:

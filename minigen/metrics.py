@@ -4,7 +4,8 @@
 `feature_fid` fits those Gaussians to the penultimate features of a small classifier trained
 with minigen itself (minigen.models.classifier), and `fid_floor` measures real against real.
 `mode_coverage` is the VEEGAN rule for mixtures of Gaussians. `evaluate` picks the measures
-that fit a dataset and returns a JSON-able dict (what `minigen eval` prints).
+that fit a dataset and returns a JSON-able dict (what `minigen eval` prints), `class_measures`
+those of samples asked for one class, and `headline` says either in a few words.
 """
 from __future__ import annotations
 
@@ -160,6 +161,45 @@ def _image_measures(samples: np.ndarray, dataset) -> dict:
             "classifier_accuracy": held_out}
 
 
+def class_measures(samples, dataset, class_label: int) -> dict:
+    """The measures of samples asked to be of one class: the share the classifier reads as
+    that class, and feature FID against the held-out images of that class, with its floor
+    (that many training images of the class against the same held-out ones).
+
+    samples: images (N, C, H, W) in [-1, 1]; all of them are classified, the first as many
+    as the class has training images go into the FID (the floor needs that many). With a few
+    dozen held-out images per class (digits: about 30) the FID is noisy: compare it with the
+    floor, not across datasets.
+    """
+    samples = np.asarray(backend.to_numpy(samples), dtype=np.float32)
+    if len(samples) < 2:
+        raise ValueError(f"{len(samples)} sample(s); pass at least 2 for a feature FID")
+    if dataset.kind != "images" or dataset.train_labels is None or not dataset.num_classes:
+        raise ValueError(f"{dataset.name} has no labelled images, so there are no classes to "
+                         "measure; drop --class")
+    if not 0 <= class_label < dataset.num_classes:
+        raise ValueError(f"class {class_label}: {dataset.name} has classes 0 to "
+                         f"{dataset.num_classes - 1}")
+    classifier, held_out_accuracy = load_classifier(dataset)
+    histogram = class_histogram(samples, dataset, classifier)
+    train_labels, test_labels = (backend.to_numpy(labels) for labels in
+                                 (dataset.train_labels, dataset.test_labels))
+    train_of_class = np.flatnonzero(train_labels == class_label)
+    test_of_class = np.flatnonzero(test_labels == class_label)
+    xp = backend.array_module(dataset.train)
+    real_test = dataset.test[xp.asarray(test_of_class)]
+    fid_samples = samples[:len(train_of_class)]
+    chosen = np.sort(np.random.default_rng(0).permutation(train_of_class)[:len(fid_samples)])
+    return {"n": int(len(samples)), "class": int(class_label),
+            "read_as_class": histogram[class_label] / len(samples),
+            "class_histogram": histogram,
+            "fid": feature_fid(fid_samples, real_test, classifier),
+            "fid_floor": feature_fid(dataset.train[xp.asarray(chosen)], real_test, classifier),
+            "fid_n": int(len(fid_samples)),
+            "fid_against": f"the {len(test_of_class)} held-out images of class {class_label}",
+            "classifier_accuracy": held_out_accuracy}
+
+
 def evaluate(samples, dataset, n: int | None = None) -> dict:
     """The quality measures that fit `dataset`, as a JSON-able dict of plain Python values.
 
@@ -186,3 +226,30 @@ def evaluate(samples, dataset, n: int | None = None) -> dict:
     else:
         measures = _point_measures(samples.astype(np.float64), dataset)
     return {"n": int(len(samples)), **measures}
+
+
+def headline(measures: dict | None) -> str:
+    """The measures of `evaluate` (or class_measures) in a few words, for the last line of a
+    run (empty when there are none)."""
+    if not measures:
+        return ""
+    parts = []
+    if measures.get("read_as_class") is not None:
+        parts.append(f"{100 * measures['read_as_class']:.1f}% read as class {measures['class']}")
+    if measures.get("fid") is not None:
+        floor = measures.get("fid_floor")
+        parts.append(f"FID {measures['fid']:.1f}" + (f" (floor {floor:.1f})" if floor else ""))
+    if measures.get("class_histogram") and "classes_covered" in measures:
+        parts.append(f"{measures['classes_covered']}/{len(measures['class_histogram'])} classes")
+    if measures.get("num_modes"):
+        parts.append(f"{measures['modes_covered']}/{measures['num_modes']} modes, "
+                     f"{100 * measures['high_quality_fraction']:.1f}% high quality")
+    if "data_mean" in measures:
+        parts.append(f"mean {measures['mean']:.3f}, std {measures['std']:.3f} (data "
+                     f"{measures['data_mean']:.3f}, {measures['data_std']:.3f})")
+    if not parts and measures.get("distance_to_data") is not None:
+        parts.append(f"distance to data {measures['distance_to_data']:.3g} (floor "
+                     f"{measures['distance_to_data_floor']:.3g})")
+    if not parts:
+        return ""
+    return ", ".join(parts) + (f" on {measures['n']} samples" if "n" in measures else "")

@@ -28,7 +28,8 @@ from minigen.divergence import (NONFINITE_MODES, NonFiniteGuard, TrainingDiverge
 from minigen.files import write_atomically
 from minigen.loop import TrainingInterrupted, TrainingLoop, UserError  # noqa: F401 (re-exported)
 from minigen.signals import stop_on_signals
-from minigen.steplog import FINAL_WINDOW, StepLog  # noqa: F401 (re-exported)
+from minigen.steplog import (BAR_FORMAT, FINAL_WINDOW, StepLog, bar_postfix,  # noqa: F401
+                             terminal_columns)
 from minigen import viz
 
 # What a run folder holds.
@@ -38,6 +39,7 @@ RUN_FILES = (CHECKPOINT, SAMPLES, LOSS, METRICS, CONFIG, LOG)
 
 PICTURE_COUNT = 64        # samples drawn for samples.png
 PICTURE_SEED = 12345      # pictures use their own seed, so every refresh shows the same noise
+MEASURE_SEED = PICTURE_SEED + 1  # the seed of train's final measures, and eval's default
 EVAL_SAMPLES = 500        # samples drawn for the quality measures of images (train's end, eval)
 POINT_EVAL_SAMPLES = 2500  # ... and of toy points: the mode-coverage papers' count
 
@@ -69,16 +71,24 @@ def add_common_arguments(parser, loop_cls: type[TrainingLoop]) -> None:
                              "continues up to it)")
     parser.add_argument("--batch-size", type=int, default=loop_cls.default_batch_size,
                         help="samples per training step")
-    parser.add_argument("--lr", type=float, default=loop_cls.default_lr, help="learning rate")
+    lr_default = f" (default: {loop_cls.default_lr_help})" if loop_cls.default_lr is None \
+        and loop_cls.default_lr_help else ""
+    parser.add_argument("--lr", type=float, default=loop_cls.default_lr,
+                        help=f"learning rate{lr_default}")
     parser.add_argument("--device", choices=backend.DEVICES, default="cpu",
                         help="where to train (cuda needs CuPy and an NVIDIA GPU)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds the weights, the noise and the batch order")
+    flags = _parser_defaults(loop_cls.add_arguments)
+    suffix = "".join(f"[-{key.replace('_', '-')}]" if isinstance(flags.get(key), bool)
+                     else f"[-{key.upper()}]" for key in loop_cls.run_name_options)
+    if suffix:
+        suffix += " (the bracketed parts when those options are not at their defaults)"
     parser.add_argument("--out", default=None, metavar="DIR",
-                        help="output folder (default: runs/LOOP-DATASET, or the checkpoint's "
-                             "folder with --resume). A folder holding a run with other settings "
-                             "is refused unless --resume or --force; one holding a run with the "
-                             "same settings is trained again (same seed, same result)")
+                        help=f"output folder (default: runs/{loop_cls.name}-DATASET{suffix}; "
+                             "with --resume, the checkpoint's folder). A folder holding a run "
+                             "with other settings is refused unless --force; one holding a run "
+                             "with the same settings is trained again (same seed, same result)")
     parser.add_argument("--resume", default=None, metavar="CKPT",
                         help="continue the run saved in CKPT up to --steps, with its settings")
     parser.add_argument("--force", action="store_true",
@@ -186,9 +196,20 @@ def resumed_options(loop_cls: type[TrainingLoop], options: dict, explicit: set |
     return merged
 
 
-def _default_out(loop_cls: type[TrainingLoop], dataset: str) -> str:
-    name = Path(dataset).stem if dataset not in KNOWN_DATASETS else dataset
-    return os.path.join("runs", f"{loop_cls.name}-{name}")
+def default_out(loop_cls: type[TrainingLoop], config: dict) -> str:
+    """runs/LOOP-DATASET, then each of the loop's run_name_options that differs from its
+    default: a flag by its name (runs/ddpm-digits-conditional), another option by its value
+    (runs/gan-ring8-wgan-gp)."""
+    dataset = config["dataset"]
+    parts = [loop_cls.name, Path(dataset).stem if dataset not in KNOWN_DATASETS else dataset]
+    defaults = default_config(loop_cls)
+    for key in loop_cls.run_name_options:
+        value = config.get(key, defaults.get(key))
+        if _json_equal(value, defaults.get(key)):
+            continue
+        flag = key.replace("_", "-")
+        parts.append(flag if value is True else f"no-{flag}" if value is False else str(value))
+    return os.path.join("runs", "-".join(parts))
 
 
 def _saved_run_config(out: Path) -> dict | None:
@@ -204,6 +225,17 @@ def _saved_run_config(out: Path) -> dict | None:
         except UserError:
             return {"checkpoint.h5": "unreadable"}
     return None
+
+
+def _resuming_gives(saved: dict, config: dict, differing: list[str]) -> bool:
+    """Whether resuming the saved run would give the run `config` asks for: only options a
+    resumed run takes from the command line differ, and --steps does not go back."""
+    if not set(differing) <= set(RESUMABLE_OPTIONS):
+        return False
+    try:
+        return int(config["steps"]) >= int(saved.get("steps", 0))
+    except (TypeError, ValueError):
+        return False
 
 
 def prepare_out_dir(out: Path, config: dict, say) -> None:
@@ -224,9 +256,13 @@ def prepare_out_dir(out: Path, config: dict, say) -> None:
             if differing:
                 shown = ", ".join(f"{key} {saved.get(key)!r} -> {config.get(key)!r}"
                                   for key in differing[:3])
-                raise UserError(f"{out} holds another run ({shown}); pass --resume "
-                                f"{out / CHECKPOINT} to continue it, --force to overwrite it, "
-                                "or --out to choose another folder")
+                if _resuming_gives(saved, config, differing):
+                    raise UserError(f"{out} holds another run ({shown}); pass --resume "
+                                    f"{out / CHECKPOINT} to continue it, --force to overwrite "
+                                    "it, or --out to choose another folder")
+                raise UserError(f"{out} holds another run ({shown}), which --resume would "
+                                "continue with its own settings; pass --out DIR to train this "
+                                "one beside it, or --force to overwrite it")
             say(f"{out} holds a run with the same settings: training it again from step 0 "
                 f"(use --resume {out / CHECKPOINT} to continue it instead)")
     out.mkdir(parents=True, exist_ok=True)
@@ -319,13 +355,27 @@ def default_eval_samples(dataset: Dataset) -> int:
 def quality_measures(loop: TrainingLoop, dataset: Dataset, n: int | None, options: dict,
                      seed: int) -> dict | None:
     """minigen.metrics.evaluate on n samples (None: the dataset kind's default), or None
-    when n is 0."""
+    when n is 0; with a class_label in the sampling options, minigen.metrics.class_measures
+    (the share read as that class, FID against the held-out images of that class). The
+    result records how the samples were drawn (see sampling_record)."""
     from minigen import metrics
     if n is None:
         n = default_eval_samples(dataset)
     if n <= 0:
         return None
-    return metrics.evaluate(draw_samples(loop, n, options, seed), dataset)
+    samples = draw_samples(loop, n, options, seed)
+    if options.get("class_label") is not None:  # samples of one class: measured against it
+        measures = metrics.class_measures(samples, dataset, int(options["class_label"]))
+    else:
+        measures = metrics.evaluate(samples, dataset)
+    return {**measures, "sampling": sampling_record(options, seed)}
+
+
+def sampling_record(options: dict, seed: int) -> dict:
+    """How measured samples were drawn (the seed and the sampler's options), so two measures
+    of one checkpoint can be told apart: metrics.json and `minigen eval` both record it."""
+    return {"seed": seed, **{key: value for key, value in options.items()
+                             if value is not None and key != "trajectory"}}
 
 
 def train(loop_cls: type[TrainingLoop], options: dict, explicit: set | None = None,
@@ -341,7 +391,7 @@ def train(loop_cls: type[TrainingLoop], options: dict, explicit: set | None = No
         options = resumed_options(loop_cls, options, explicit)
     _check_options(options)
     config = dict(options, loop=loop_cls.name)
-    config["out"] = config.get("out") or _default_out(loop_cls, config["dataset"])
+    config["out"] = config.get("out") or default_out(loop_cls, config)
     out = Path(config["out"])
     dataset = load_run_data(config)
     if config["batch_size"] > len(dataset.train):
@@ -450,13 +500,16 @@ class _Run:
         config, steps = self.config, self.config["steps"]
         data = self.dataset
         self.say(f"training {config['loop']} on {data.name} ({len(data.train)} {data.kind}, "
+                 f"{len(data.test)} more held out for the measures, "
                  f"{'x'.join(map(str, data.shape))}) on {config['device']}: steps "
                  f"{self.start_step} -> {steps}, into {self.out}")
         disable = None if self.progress is None else not self.progress  # None: terminals only
+        if disable is not True and terminal_columns() == 0:
+            disable = True  # a terminal that reports no width shows no bar: status lines instead
         try:
             with stop_on_signals() as stop, tqdm(total=steps, initial=self.start_step,
                                                   disable=disable, unit="step", file=sys.stderr,
-                                                  dynamic_ncols=True) as bar:
+                                                  dynamic_ncols=True, bar_format=BAR_FORMAT) as bar:
                 for step in range(self.start_step, steps):
                     batch, labels = self.batch(step)
                     scalars, stop_reason = self.guard.step(batch, labels, step)
@@ -464,9 +517,8 @@ class _Run:
                     self.log.append(step, scalars, self.seconds())
                     if stop_reason:
                         self.diverged(stop_reason)
-                    bar.set_postfix({**{key: f"{value:.4g}" for key, value in scalars.items()},
-                                     "img/s": f"{self.images_per_second(done):.0f}"},
-                                    refresh=False)
+                    bar.set_postfix_str(bar_postfix(scalars, self.images_per_second(done)),
+                                        refresh=False)
                     bar.update()
                     if stop.signum is not None:
                         self.save(done)
@@ -480,6 +532,8 @@ class _Run:
                             self.say(self.status(done, scalars))
                     if self.sample_every and done % self.sample_every == 0:
                         self.pictures()
+            self.say(f"step {steps}: writing {CHECKPOINT}, {LOSS} and {SAMPLES} "
+                     f"({PICTURE_COUNT} samples)")
             self.save(steps)
             self.pictures()
             return self.finish()
@@ -495,13 +549,21 @@ class _Run:
                    "final": self.log.final()}
         if self.guard.skipping:
             summary["skipped_steps"] = self.guard.skipped
-        measures = quality_measures(self.loop, self.dataset, config["eval_samples"],
-                                    self.picture_options, PICTURE_SEED + 1)
+        n = config["eval_samples"]
+        n = default_eval_samples(self.dataset) if n is None else n
+        if n > 0:
+            self.say(f"measuring sample quality for {METRICS} on {n} samples (seed "
+                     f"{MEASURE_SEED}; `minigen eval` repeats it)")
+        measures = quality_measures(self.loop, self.dataset, n, self.picture_options,
+                                    MEASURE_SEED)
         write_atomically(self.out / METRICS, json.dumps({**(measures or {}), "training": summary},
                                                         indent=2, default=_json_default) + "\n")
+        from minigen import metrics
+        headline = metrics.headline(measures)
         skipped = f" ({self.guard.skipped} skipped)" if self.guard.skipping else ""
         self.say(f"done: {steps} steps{skipped} in {seconds:.1f} s "
-                 f"({summary['images_per_second']:.0f} img/s); {self.out}: "
+                 f"({summary['images_per_second']:.0f} img/s){'; ' + headline if headline else ''}; "
+                 f"{self.out}: "
                  f"{', '.join(name for name in RUN_FILES if (self.out / name).exists())}")
         return summary
 

@@ -1,4 +1,5 @@
-"""log.csv, the per-step record of a run, kept in memory too for loss.png and metrics.json.
+"""log.csv, the per-step record of a run, kept in memory too for loss.png and metrics.json,
+and the progress bar's short version of each step.
 
 The harness (minigen.run) appends one row per step and reads the final averages from it. A
 failing write (a full disk) is a WriteError naming log.csv, the bytes needed and the bytes free.
@@ -8,6 +9,8 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
+import sys
 from pathlib import Path
 
 from minigen.files import WriteError, describe_write_error
@@ -100,3 +103,27 @@ class StepLog:
         except OSError as error:
             if not self.failed:  # else the failure was reported already; the rows are gone
                 raise WriteError(describe_write_error(self.path, error, None)) from None
+
+
+# The bar leaves out tqdm's steps/s (img/s in the postfix says the speed), so that at 80 columns
+# the bar itself keeps its width beside the losses.
+BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
+BAR_VALUES = 3  # losses shown on the bar; every scalar is in log.csv
+
+
+def bar_postfix(scalars: dict, images_per_second: float) -> str:
+    """The progress bar's values: the losses (at most BAR_VALUES, 3 digits) and img/s."""
+    keys = [key for key in scalars if "loss" in key] or list(scalars)
+    shown = ", ".join(f"{key} {scalars[key]:.3g}" for key in keys[:BAR_VALUES])
+    return f"{shown}, {images_per_second:.0f} img/s" if shown else f"{images_per_second:.0f} img/s"
+
+
+def terminal_columns() -> int | None:
+    """The width stderr's terminal reports, as the bar can use it: 0 when it reports no width
+    or no height (a pseudo-terminal never sized does), where tqdm would show nothing at all;
+    None when stderr is no terminal."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):
+        return None
+    return size.columns if size.lines > 0 else 0

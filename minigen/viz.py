@@ -41,13 +41,23 @@ def _as_numpy(array) -> np.ndarray:
     return backend.to_numpy(array)
 
 
-def make_grid(images, nrow: int | None = None, padding: int = 1, scale: int | None = None,
-              pad_value: float = 0.0) -> np.ndarray:
+def _scale(height: int, width: int, scale: int | None) -> int:
+    return scale or max(1, GRID_MIN_PIXELS // max(height, width))
+
+
+def _padding(scale: int, padding: int | None) -> int:
+    """Default: half an enlarged pixel and at least 2, so neighbouring images never touch."""
+    return max(2, scale // 2) if padding is None else padding
+
+
+def make_grid(images, nrow: int | None = None, padding: int | None = None,
+              scale: int | None = None, pad_value: float = 0.0) -> np.ndarray:
     """Tile images (N, C, H, W) in [-1, 1], C in {1, 3}, into one uint8 picture.
 
     nrow images per row (default: a square-ish grid); each image enlarged `scale` times
     by repeating pixels (default: up to GRID_MIN_PIXELS); `padding` pixels of `pad_value`
-    (in [-1, 1]; 0 is mid grey) between and around them. Returns (H', W') or (H', W', 3).
+    (in [-1, 1]; 0 is mid grey) between and around them (default: max(2, scale // 2), 3 for
+    the 8x8 digits). Returns (H', W') or (H', W', 3).
     """
     images = _as_numpy(images).astype(np.float32)
     if images.ndim == 3:
@@ -56,7 +66,8 @@ def make_grid(images, nrow: int | None = None, padding: int = 1, scale: int | No
         raise ValueError(f"make_grid: expected images (N, C, H, W) with C = 1 or 3, got shape "
                          f"{images.shape}")
     count, channels, height, width = images.shape
-    scale = scale or max(1, GRID_MIN_PIXELS // max(height, width))
+    scale = _scale(height, width, scale)
+    padding = _padding(scale, padding)
     nrow = nrow or math.ceil(math.sqrt(count))
     rows = math.ceil(count / nrow)
     cell_h, cell_w = height * scale + padding, width * scale + padding
@@ -71,8 +82,9 @@ def make_grid(images, nrow: int | None = None, padding: int = 1, scale: int | No
     return pixels[0] if channels == 1 else pixels.transpose(1, 2, 0)
 
 
-def save_image_grid(images, path: str | os.PathLike, nrow: int | None = None, padding: int = 1,
-                    scale: int | None = None, pad_value: float = 0.0) -> None:
+def save_image_grid(images, path: str | os.PathLike, nrow: int | None = None,
+                    padding: int | None = None, scale: int | None = None,
+                    pad_value: float = 0.0) -> None:
     """Write images (N, C, H, W) in [-1, 1] as one PNG grid (see make_grid)."""
     from PIL import Image
 
@@ -87,10 +99,44 @@ def save_image_grid(images, path: str | os.PathLike, nrow: int | None = None, pa
     write_atomically(path, buffer.getvalue())
 
 
-def save_strip(images, path: str | os.PathLike, padding: int = 1,
+def save_strip(images, path: str | os.PathLike, padding: int | None = None,
                scale: int | None = None) -> None:
     """Write images (N, C, H, W) in [-1, 1] side by side in one row (e.g. a trajectory)."""
     save_image_grid(images, path, nrow=len(images), padding=padding, scale=scale)
+
+
+LABEL_HEIGHT = 14  # pixels of the band above a trajectory that names each column's timestep
+
+
+def save_trajectory(states, timesteps, path: str | os.PathLike, padding: int | None = None,
+                    scale: int | None = None) -> None:
+    """Write a denoising trajectory: states (R, S, C, H, W) in [-1, 1], one row per sample and
+    one column per state, under a band that labels each column with its timestep (S values,
+    e.g. t=1000 for the starting noise down to t=0 for the sample)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    states = _as_numpy(states)
+    timesteps = [int(t) for t in timesteps]
+    if states.ndim != 5 or len(timesteps) != states.shape[1]:
+        raise ValueError(f"save_trajectory: expected states (R, S, C, H, W) and S timesteps, "
+                         f"got shape {states.shape} and {len(timesteps)} timesteps")
+    rows, columns, channels, height, width = states.shape
+    scale = _scale(height, width, scale)
+    padding = _padding(scale, padding)
+    grid = make_grid(np.clip(states.reshape(rows * columns, channels, height, width), -1, 1),
+                     nrow=columns, padding=padding, scale=scale)
+    picture = Image.new(Image.fromarray(grid).mode,
+                        (grid.shape[1], grid.shape[0] + LABEL_HEIGHT), "white")
+    picture.paste(Image.fromarray(grid), (0, LABEL_HEIGHT))
+    draw, font = ImageDraw.Draw(picture), ImageFont.load_default()
+    cell = width * scale + padding
+    for column, t in enumerate(timesteps):
+        label = f"t={t}"
+        if draw.textlength(label, font=font) > cell:
+            label = str(t)
+        left = padding + column * cell + (width * scale - draw.textlength(label, font=font)) / 2
+        draw.text((left, 1), label, fill="black", font=font)
+    picture.save(path)
 
 
 def _figure(width_inches: float, height_inches: float, dpi: int):

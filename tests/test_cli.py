@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 
 import minigen.metrics
-from minigen import backend, cli
+from minigen import backend, cli, run
 from minigen.run import train
 from tiny_loop import (LOOP_SPEC, TinyLoop, cheap_plots, load_tiny, run_minigen,  # noqa: F401
                        subprocess_env, tiny_config)
@@ -66,7 +67,13 @@ def trained(tmp_path_factory):
                             "(default: samples.png)", "options of tiny checkpoints",
                             "--temperature TEMPERATURE", "(default: 1.0)"]),
     (["eval", "--help"], ["--n N number of samples to measure (default: 500 for images, 2500 for points)"]),
-    (["inspect", "--help"], ["CKPT"]),
+    (["inspect", "--help"], ["CKPT", "--full list every group and array"]),
+    (["train", "--help"], ["ddpm Denoising diffusion (Ho et al. 2020) with eps-, x0- or v-prediction"]),
+    (["train", "gan", "--help"], ["--lr LR learning rate (default: 0.0002 for images (DCGAN), "
+                                  "0.001 for points)",
+                                  "DATASET[-conditional][-LOSS] (the bracketed parts"]),
+    (["eval", "--help"], [f"(default: {run.MEASURE_SEED})", "so the two agree",
+                          "With --class C: the share of samples read as C"]),
     (["demo", "--help"], ["NAME", "ARGS"]),
 ])
 def test_help_of_each_command_lists_its_options_with_defaults(capsys, args, shown):
@@ -108,7 +115,12 @@ BAD_INPUTS = [
     ("steps not a number", ["train", "tiny", "--steps", "many"],
      "argument --steps: invalid int value: 'many' (see 'minigen train tiny --help')"),
     ("folder holding another run", ["train", "tiny", "--out", "{trained}/run", "--steps", "9"],
-     "{trained}/run holds another run (lr 0.02 -> 0.01, steps 3 -> 9); pass --resume"),
+     "{trained}/run holds another run (lr 0.02 -> 0.01, steps 3 -> 9), which --resume would "
+     "continue with its own settings; pass --out DIR to train this one beside it, or --force"),
+    ("folder holding a shorter run", ["train", "tiny", "--out", "{trained}/run", "--steps", "9",
+                                      "--lr", "0.02"],
+     "{trained}/run holds another run (steps 3 -> 9); pass --resume {trained}/run/checkpoint.h5 "
+     "to continue it, --force to overwrite it, or --out"),
     ("resume contradicting the checkpoint", ["train", "tiny", "--resume",
                                              "{trained}/run/checkpoint.h5", "--lr", "0.5"],
      "--lr 0.5 differs from the 0.02 that {trained}/run/checkpoint.h5 was trained with"),
@@ -149,6 +161,13 @@ def test_cuda_without_cupy_or_a_gpu_is_one_line(capsys, tmp_path):
     code, _, err = minigen_main(capsys, "train", "tiny", "--device", "cuda", "--out", tmp_path)
     assert code == 2 and len(err.splitlines()) == 1
     assert err.startswith("minigen: error: device 'cuda' was asked for, but CuPy is not installed")
+
+
+def test_the_cuda_hint_is_an_install_that_works_from_a_clone(monkeypatch):
+    # `minigen` on the package index is another project: the hint installs from the source tree
+    monkeypatch.setattr(backend, "_cupy", None)
+    assert "pip install -e '.[cuda]' from the minigen clone" in backend.cuda_status()
+    assert "minigen[cuda]" not in backend.cuda_status().replace("-e '.[cuda]'", "")
 
 
 def test_a_malformed_loop_registration_is_one_line(capsys, monkeypatch):
@@ -274,7 +293,23 @@ def test_eval_prints_one_json_object_of_the_quality_measures(capsys, trained, mo
     assert code == 0 and len(out.splitlines()) == 1
     assert json.loads(out) == {"checkpoint": str(trained / "run" / "checkpoint.h5"), "loop": "tiny",
                                "dataset": "ring8", "step": 3, "n": 30, "modes_covered": 5,
-                               "dataset_seen": "ring8"}
+                               "dataset_seen": "ring8",
+                               "sampling": {"seed": run.MEASURE_SEED, "temperature": 1.0}}
+
+
+def test_eval_gives_the_measures_of_metrics_json_and_another_seed_others(capsys, tmp_path):
+    out = tmp_path / "run"
+    train(TinyLoop, tiny_config(out, steps=3, eval_samples=40), say=lambda _: None)
+    recorded = json.loads((out / "metrics.json").read_text())
+    del recorded["training"]
+    code, printed, _ = minigen_main(capsys, "eval", out / "checkpoint.h5", "--n", 40)
+    measured = json.loads(printed)
+    assert code == 0 and measured["sampling"]["seed"] == run.MEASURE_SEED
+    assert {key: measured[key] for key in recorded} == recorded  # same seed: same numbers
+    _, printed, _ = minigen_main(capsys, "eval", out / "checkpoint.h5", "--n", 40, "--seed", 1)
+    other = json.loads(printed)
+    assert other["sampling"]["seed"] == 1
+    assert other["distance_to_data"] != recorded["distance_to_data"]
 
 
 def test_eval_of_zero_samples_says_so_in_one_line(capsys, trained):
@@ -289,10 +324,28 @@ def test_eval_of_points_draws_the_2500_samples_of_the_mode_coverage_papers(capsy
     assert code == 0 and json.loads(out)["n"] == 2500
 
 
-def test_inspect_lists_the_step_the_config_and_the_arrays(capsys, trained):
-    code, out, _ = minigen_main(capsys, "inspect", trained / "run" / "checkpoint.h5")
+def test_inspect_lists_the_step_the_config_and_the_arrays_with_full(capsys, trained):
+    code, out, _ = minigen_main(capsys, "inspect", trained / "run" / "checkpoint.h5", "--full")
     assert code == 0 and "step: 3" in out and '"loop": "tiny"' in out
     assert "denoiser/" in out and "0.weight" in out
+
+
+def test_inspect_summarises_models_with_parameter_counts_step_and_config(capsys, trained):
+    code, out, _ = minigen_main(capsys, "inspect", trained / "run" / "checkpoint.h5")
+    loop, _ = load_tiny(trained / "run" / "checkpoint.h5")
+    parameters = sum(param.data.size for param in loop.model.parameters())  # 2-16-2 MLP: 82
+    assert code == 0 and "step: 3" in out and 'loop="tiny"' in out
+    assert f"denoiser             {parameters:,} parameters, 4 arrays" in out
+    assert "0.weight" not in out and "--full lists every array" in out
+    assert len(out.splitlines()) < 20
+
+
+def test_inspect_lists_an_hdf5_file_that_is_not_a_checkpoint_in_full(capsys, tmp_path):
+    import h5py
+    with h5py.File(tmp_path / "other.h5", "w") as file:
+        file["weights"] = np.zeros((3, 4), np.float32)
+    code, out, _ = minigen_main(capsys, "inspect", tmp_path / "other.h5")
+    assert code == 0 and "not a minigen checkpoint" in out and "weights" in out
 
 
 # --- demo --------------------------------------------------------------------------------
@@ -314,8 +367,19 @@ def test_demo_runs_the_script_with_its_arguments_and_exit_code(capsys, tmp_path,
 
 
 def test_demo_without_a_name_lists_the_demos(capsys, demos):
+    (demos / "shows_a_thing.py").write_text('"""Shows a thing (Someone et al. 2020). More."""\n'
+                                            'RUNTIME = "about 3 s"\n')
     code, out, _ = minigen_main(capsys, "demo")
-    assert code == 0 and out.split() == ["echo_args"]
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == "echo_args"  # no docstring, no RUNTIME: the name alone
+    assert lines[1:3] == ["shows_a_thing (about 3 s)", "    Shows a thing (Someone et al. 2020)"]
+    assert "_shared" not in out and "minigen demo NAME --help" in out
+
+
+def test_every_demo_is_listed_with_what_it_shows_and_how_long_it_takes():
+    for name in cli.available_demos():
+        summary, runtime = cli.describe_demo(name)
+        assert len(summary) > 20 and re.search(r"\d+ (s|min)\b", runtime), (name, runtime)
 
 
 def test_demo_without_the_demos_folder_says_where_it_looked(capsys, tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 import minigen
-from minigen import run
+from minigen import run, viz
 from minigen.checkpoint import load_checkpoint
 from minigen.data import load_dataset
 from minigen.ddpm import DDPMLoop
@@ -93,8 +93,9 @@ def test_trajectory_strip_runs_from_noise_to_the_samples(tmp_path):
     minigen.manual_seed(0)
     loop.sample(3, sampling_steps=10, trajectory=str(strip))
     picture = np.asarray(Image.open(strip))
-    # 3 rows of 11 states, each 8x8 enlarged 6 times, with 1-pixel borders
-    assert picture.shape == (3 * 49 + 1, 11 * 49 + 1)
+    # a band of timestep labels over 3 rows of 11 states, each 8x8 enlarged 6 times, with
+    # 3-pixel borders
+    assert picture.shape == (viz.LABEL_HEIGHT + 3 * 51 + 3, 11 * 51 + 3)
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -356,8 +356,9 @@ def test_img2img_command_writes_the_input_then_the_edits_in_one_strip(checkpoint
     out = tmp_path / "strip.png"
     assert cli.main(["img2img", checkpoints["conditional"], "--image", str(tmp_path / "digit.png"),
                      "--strength", "0.5", "--out", str(out), *FAST_EDIT]) == 0
-    strip, cell = np.asarray(Image.open(out)), 8 * viz.GRID_MIN_PIXELS // 8 + 1
-    assert strip.shape == (cell + 1, 3 * cell + 1)
+    padding = 3  # viz's default between 8x8 digits enlarged 6 times
+    strip, cell = np.asarray(Image.open(out)), 8 * viz.GRID_MIN_PIXELS // 8 + padding
+    assert strip.shape == (cell + padding, 3 * cell + padding)
 
 
 @pytest.mark.parametrize("which,arguments,message", [

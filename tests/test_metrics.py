@@ -177,6 +177,48 @@ def test_evaluate_on_images_reports_fid_floor_and_classes(trained, digits):
     json.dumps(result)  # plain Python values only
 
 
+def test_class_measures_read_the_asked_class_and_compare_with_its_held_out_images(trained,
+                                                                                 digits):
+    sevens = digits.train[np.flatnonzero(digits.train_labels == 7)]
+    ones = digits.train[np.flatnonzero(digits.train_labels == 1)]
+    as_seven = metrics.class_measures(sevens[:100], digits, 7)
+    held_out_sevens = int((digits.test_labels == 7).sum())
+    assert as_seven["class"] == 7 and as_seven["n"] == 100 and as_seven["fid_n"] == 100
+    assert as_seven["read_as_class"] >= 0.95 and sum(as_seven["class_histogram"]) == 100
+    assert as_seven["fid_against"] == f"the {held_out_sevens} held-out images of class 7"
+    # real 7s score near the floor of real 7s against held-out 7s; 1s asked to be 7s do not
+    not_seven = metrics.class_measures(ones[:100], digits, 7)
+    assert not_seven["read_as_class"] <= 0.05
+    assert not_seven["fid"] > 3 * as_seven["fid"] and as_seven["fid"] < 2 * as_seven["fid_floor"]
+
+
+def test_class_measures_use_at_most_the_class_training_images_for_the_fid(trained, digits):
+    many = np.repeat(digits.train[np.flatnonzero(digits.train_labels == 3)], 3, axis=0)
+    measures = metrics.class_measures(many, digits, 3)
+    assert measures["n"] == len(many)
+    assert measures["fid_n"] == int((digits.train_labels == 3).sum())
+
+
+@pytest.mark.parametrize("label, message", [(10, "class 10: digits has classes 0 to 9"),
+                                            (-1, "class -1: digits has classes 0 to 9")])
+def test_class_measures_name_a_class_the_data_does_not_have(trained, digits, label, message):
+    with pytest.raises(ValueError, match=message):
+        metrics.class_measures(digits.train[:10], digits, label)
+
+
+def test_the_headline_of_image_measures_names_fid_floor_and_classes():
+    line = metrics.headline({"n": 500, "fid": 16.71, "fid_floor": 11.24,
+                              "class_histogram": [50] * 10, "classes_covered": 10})
+    assert line == "FID 16.7 (floor 11.2), 10/10 classes on 500 samples"
+    assert metrics.headline(None) == ""
+
+
+def test_the_headline_of_class_measures_names_the_share_read_as_the_class():
+    line = metrics.headline({"n": 100, "class": 7, "read_as_class": 0.984, "fid": 30.0,
+                             "fid_floor": 25.0, "class_histogram": [1] * 10})
+    assert line == "98.4% read as class 7, FID 30.0 (floor 25.0) on 100 samples"
+
+
 @pytest.mark.parametrize("name, extra", [("ring8", {"modes_covered", "high_quality_fraction"}),
                                          ("grid25", {"modes_covered", "num_modes"}),
                                          ("gauss1d", {"mean", "std", "data_mean", "data_std"}),

@@ -74,8 +74,8 @@ def test_a_run_writes_checkpoint_pictures_log_config_and_metrics(tmp_path, real_
 def test_image_data_gives_a_grid_of_64_samples(tmp_path):
     train(TinyLoop, tiny_config(tmp_path, dataset="digits", steps=2), say=lambda _: None)
     with Image.open(tmp_path / "samples.png") as image:
-        # 8 x 8 digits enlarged 6 times, 8 per row, 1 pixel of padding
-        assert image.size == (8 * 49 + 1, 8 * 49 + 1)
+        # 8 x 8 digits enlarged 6 times, 8 per row, 3 pixels of padding so that they never touch
+        assert image.size == (8 * 51 + 3, 8 * 51 + 3)
 
 
 def test_checkpoints_are_saved_every_k_steps_and_at_the_end(tmp_path, monkeypatch):
@@ -109,12 +109,98 @@ def test_metrics_json_holds_the_quality_measures_when_minigen_has_them(tmp_path,
     assert seen == {"shape": (40, 2), "dataset": "ring8"}
     assert metrics["modes_covered"] == 3 and metrics["n"] == 40
     assert metrics["training"]["steps"] == 2
+    # how the samples were drawn, so another measure of the checkpoint can be compared
+    assert metrics["sampling"] == {"seed": run.MEASURE_SEED, "temperature": 1.0}
 
 
-def test_the_progress_bar_shows_the_losses_and_images_per_second(tmp_path, capsys):
+def test_samples_asked_for_one_class_are_measured_against_that_class(monkeypatch):
+    import minigen.metrics
+
+    class ClassLoop(TinyLoop):
+        def sample(self, n, temperature=1.0, class_label=None):
+            return super().sample(n, temperature)
+
+    seen = {}
+    monkeypatch.setattr(minigen.metrics, "class_measures", lambda samples, dataset, label: (
+        seen.update(n=len(samples), label=label) or {"n": len(samples), "read_as_class": 0.9}))
+    config = dict(tiny_config("unused"), loop="tiny", data_kind="points", data_shape=[2],
+                  num_classes=8)
+    dataset = run.load_run_data(config)
+    measures = run.quality_measures(ClassLoop(config, "cpu"), dataset, 12,
+                                    {"temperature": 1.0, "class_label": 3}, seed=5)
+    assert seen == {"n": 12, "label": 3}
+    assert measures == {"n": 12, "read_as_class": 0.9,
+                        "sampling": {"seed": 5, "temperature": 1.0, "class_label": 3}}
+
+
+def test_the_progress_bar_shows_the_losses_and_images_per_second(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(run, "terminal_columns", lambda: 100)
     train(TinyLoop, tiny_config(tmp_path, steps=3), progress=True, say=lambda _: None)
     bar = capsys.readouterr().err
-    assert "3/3" in bar and "loss=" in bar and "img/s=" in bar
+    assert "3/3" in bar and "loss " in bar and " img/s" in bar
+    assert "lr" not in bar  # only the losses: the rest is in log.csv
+
+
+GAN_SCALARS = {"loss_d": 1.38123, "d_real": 0.5012, "d_fake": 0.4987, "grad_norm_d": 1.2345,
+               "loss_g": 0.69315, "grad_norm_g": 2.3456}
+
+
+@pytest.mark.parametrize("columns", [80, 100, 120])
+def test_the_gan_progress_bar_keeps_its_bar_readable_at_80_to_120_columns(columns):
+    from tqdm import tqdm
+    postfix = run.bar_postfix(GAN_SCALARS, 412.3)
+    assert postfix == "loss_d 1.38, loss_g 0.693, 412 img/s"
+    for done, elapsed in ((1, 1.0), (1000, 600.0), (20000, 9000.0)):
+        line = tqdm.format_meter(done, 20000, elapsed, ncols=columns, postfix=postfix,
+                                 unit="step", bar_format=run.BAR_FORMAT)
+        bar = line.split("|")[1]
+        assert len(bar) >= 8 and line.endswith("412 img/s]"), line
+
+
+@pytest.mark.parametrize("rows, columns, usable", [(24, 80, 80), (0, 80, 0), (24, 0, 0)])
+def test_a_terminal_that_reports_no_width_or_no_height_counts_as_zero_columns(
+        monkeypatch, rows, columns, usable):
+    import fcntl
+    import os
+    import struct
+    import termios
+    leader, follower = os.openpty()
+    try:
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+        with os.fdopen(os.dup(follower), "w") as terminal:
+            monkeypatch.setattr("sys.stderr", terminal)
+            assert run.terminal_columns() == usable
+    finally:
+        os.close(leader)
+        os.close(follower)
+
+
+def test_stderr_that_is_no_terminal_has_no_columns(tmp_path, monkeypatch):
+    with open(tmp_path / "log", "w") as file:
+        monkeypatch.setattr("sys.stderr", file)
+        assert run.terminal_columns() is None
+
+
+def test_a_terminal_of_zero_columns_gets_the_plain_status_lines(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(run, "terminal_columns", lambda: 0)
+    messages = []
+    train(TinyLoop, tiny_config(tmp_path, steps=4, checkpoint_every=2), progress=True,
+          say=messages.append)
+    assert capsys.readouterr().err == ""  # no bar, which such a terminal would not show
+    assert any(message.startswith("step 2/4  loss ") for message in messages), messages
+
+
+def test_the_end_of_training_says_what_it_does_and_ends_with_the_measures(tmp_path, monkeypatch):
+    import minigen.metrics
+    monkeypatch.setattr(minigen.metrics, "evaluate", lambda samples, dataset: {
+        "n": len(samples), "modes_covered": 7, "num_modes": 8, "high_quality_fraction": 0.825})
+    messages = []
+    train(TinyLoop, tiny_config(tmp_path, steps=2, eval_samples=40), say=messages.append)
+    assert messages[-3].startswith("step 2: writing checkpoint.h5, loss.png and samples.png")
+    assert messages[-2] == (f"measuring sample quality for metrics.json on 40 samples (seed "
+                            f"{run.MEASURE_SEED}; `minigen eval` repeats it)")
+    assert messages[-1].startswith("done: 2 steps in ")
+    assert "; 7/8 modes, 82.5% high quality on 40 samples; " in messages[-1]
 
 
 def test_the_progress_bar_is_quiet_when_stderr_is_not_a_terminal(tmp_path, capsys):
@@ -195,6 +281,35 @@ def test_a_folder_holding_a_run_with_other_settings_is_refused(tmp_path):
     train(TinyLoop, tiny_config(tmp_path, steps=2), say=lambda _: None)
     with pytest.raises(UserError, match=r"holds another run \(steps 2 -> 3\).*--resume.*--force"):
         train(TinyLoop, tiny_config(tmp_path, steps=3), say=lambda _: None)
+
+
+def test_the_hint_offers_resume_only_when_resuming_gives_the_run_asked_for(tmp_path):
+    train(TinyLoop, tiny_config(tmp_path, steps=3), say=lambda _: None)
+    # another learning rate: a resumed run would keep the old one
+    with pytest.raises(UserError) as refused:
+        train(TinyLoop, tiny_config(tmp_path, steps=3, lr=0.5), say=lambda _: None)
+    assert "--resume would continue with its own settings" in str(refused.value)
+    assert "pass --resume" not in str(refused.value)
+    # fewer steps: resuming a run at step 3 cannot reach step 2
+    with pytest.raises(UserError) as refused:
+        train(TinyLoop, tiny_config(tmp_path, steps=2), say=lambda _: None)
+    assert "pass --resume" not in str(refused.value)
+
+
+@pytest.mark.parametrize("loop, options, folder", [
+    ("ddpm", {}, "runs/ddpm-digits"),
+    ("ddpm", {"conditional": True}, "runs/ddpm-digits-conditional"),
+    ("ddpm", {"conditional": True, "schedule": "linear"}, "runs/ddpm-digits-conditional-linear"),
+    ("ddpm", {"lr": 1e-3}, "runs/ddpm-digits"),  # not a naming option: guarded by the folder
+    ("gan", {"dataset": "ring8", "loss": "wgan-gp"}, "runs/gan-ring8-wgan-gp"),
+    ("gan", {"conditional": True}, "runs/gan-digits-conditional"),
+    ("gan", {"dataset": "some/where/faces.npz"}, "runs/gan-faces"),
+])
+def test_the_default_folder_names_the_options_that_tell_runs_apart(loop, options, folder):
+    from minigen.ddpm import DDPMLoop
+    from minigen.gan import GANLoop
+    loop_cls = {"ddpm": DDPMLoop, "gan": GANLoop}[loop]
+    assert run.default_out(loop_cls, default_config(loop_cls, **options)) == folder
 
 
 def test_a_folder_holding_a_run_with_the_same_settings_is_trained_again(tmp_path):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minigen.viz import (GRID_MIN_PIXELS, make_grid, save_image_grid, save_loss_curves,
-                         save_scatter, save_strip)
+from minigen.viz import (GRID_MIN_PIXELS, LABEL_HEIGHT, make_grid, save_image_grid,
+                         save_loss_curves, save_scatter, save_strip, save_trajectory)
 
 
 def open_png(path) -> Image.Image:
@@ -113,3 +113,30 @@ def test_plots_never_import_pyplot():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_grid_images_never_touch_by_default():
+    # 8x8 digits enlarged 6 times get 3 pixels of grey between them, so columns do not read as
+    # strips; larger images get at least 2
+    grid = make_grid(np.full((4, 1, 8, 8), -1.0), nrow=2)
+    assert grid.shape == (2 * 51 + 3, 2 * 51 + 3)
+    assert (grid[:, 48 + 3:51 + 3] == 128).all() and (grid[48 + 3:51 + 3, :] == 128).all()
+    assert make_grid(np.zeros((2, 1, 28, 28)), nrow=2).shape == (28 + 4, 2 * 30 + 2)
+
+
+def test_trajectory_is_labelled_with_the_timestep_of_each_column(tmp_path):
+    states = np.full((2, 3, 1, 8, 8), -1.0)
+    save_trajectory(states, [1000, 500, 0], tmp_path / "strip.png")
+    picture = np.asarray(open_png(tmp_path / "strip.png"))
+    assert picture.shape == (LABEL_HEIGHT + 2 * 51 + 3, 3 * 51 + 3)
+    band = picture[:LABEL_HEIGHT]
+    for column in range(3):  # dark text over each column of the white band
+        cell = band[:, 3 + column * 51:3 + column * 51 + 48]
+        assert (cell < 100).sum() > 10, column
+    assert (band[:, 48 + 3:51 + 3] == 255).all()  # and nothing between the columns
+
+
+def test_trajectory_needs_one_timestep_per_column(tmp_path):
+    with pytest.raises(ValueError, match=r"save_trajectory: expected states \(R, S, C, H, W\) "
+                                         r"and S timesteps, got shape \(2, 3, 1, 8, 8\) and 2"):
+        save_trajectory(np.zeros((2, 3, 1, 8, 8)), [10, 0], tmp_path / "strip.png")
