@@ -60,6 +60,9 @@ def run_case(size: int, batch: int, device: str, mults: tuple, args, torch) -> N
     model.to(device)
     torch_device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
     twin.to(torch_device)
+    if device == "cuda":
+        from gpu_modes import tf32_off
+        print(tf32_off(torch))
     rng = np.random.default_rng(0)
     x_t = rng.standard_normal((batch, 1, size, size)).astype(np.float32)
     noise = rng.standard_normal((batch, 1, size, size)).astype(np.float32)

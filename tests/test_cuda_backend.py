@@ -1,17 +1,21 @@
 """The GPU path's own rules, proven without a GPU: what `cuda_status` says is missing, the GPU's
-default random generator (Philox counters, one per device, saved and restored exactly), and the
-checks the CUDA kernels make before a launch (dtypes, max-pool indices).
+default random generator (Philox counters, one per device, saved and restored exactly), the
+checks the CUDA kernels make before a launch (dtypes, max-pool indices), and TF32 off in every
+comparison with PyTorch.
 """
 from __future__ import annotations
 
+import importlib
+import os
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import minigen
 from minigen import backend
-from helpers import CONV_CASES, random_array
+from helpers import CONV_CASES, import_torch, random_array
 
 
 # ---- cuda_status: one line that names what is missing ---------------------------------------
@@ -198,3 +202,28 @@ def test_max_pool2d_backward_checks_shapes_before_the_launch(pooled, change, mes
     device, y, indices = pooled
     with pytest.raises((ValueError, TypeError), match=message):
         device.kernels.max_pool2d_backward(*change(y, indices))
+
+
+# ---- TF32: float32 comparisons with PyTorch on a GPU run without it on both sides ------------
+def test_comparisons_with_pytorch_run_without_tf32_on_either_side():
+    torch = import_torch()
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    assert os.environ["CUPY_TF32"] == "0"
+
+
+def test_gpu_benchmarks_print_the_tf32_mode_of_each_side(monkeypatch):
+    torch = import_torch()
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    gpu_modes = importlib.import_module("gpu_modes")
+    torch.backends.cudnn.allow_tf32 = True  # PyTorch's default for convolutions
+    assert gpu_modes.tf32_off(torch) == "TF32: minigen (CuPy) off; PyTorch matmul off, cuDNN off"
+    monkeypatch.setenv("CUPY_TF32", "1")
+    assert gpu_modes.describe(torch).startswith("TF32: minigen (CuPy) on;")
+
+
+# ---- the cuda extras bring what a run needs ---------------------------------------------------
+def test_the_cuda_extras_bring_cupy_with_its_cuda_libraries():
+    # A bare cupy-cuda12x has no NVRTC or cuBLAS; the [ctk] extra brings both as wheels.
+    setup = (Path(__file__).resolve().parents[1] / "setup.py").read_text()
+    assert '"cuda": ["cupy-cuda12x[ctk]>=14"]' in setup
+    assert '"cuda13": ["cupy-cuda13x[ctk]>=14"]' in setup
