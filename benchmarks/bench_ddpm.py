@@ -123,11 +123,15 @@ def main() -> None:
     parser.add_argument("--base-channels", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per side")
     parser.add_argument("--threads", type=int, default=2, help="PyTorch's intra-op threads")
+    parser.add_argument("--gpu-only", action="store_true",
+                        help="with --device cuda: only the GPU case (benchmarks/gpu_check.sh)")
     args = parser.parse_args()
     import torch
     torch.set_num_threads(args.threads)
     print(f"PyTorch {torch.__version__}, {args.threads} threads")
     for size, batch, device, mults in CASES:
+        if args.gpu_only and device != "cuda":
+            continue
         if device == "cuda":
             if args.device != "cuda":
                 continue

@@ -64,8 +64,7 @@ def _check_dtype(function: str, *arrays) -> None:
 
 
 def _launch(filename: str, kernel: str, dtype, total: int, *args) -> None:
-    """Run `kernel<T>` from `filename` over `total` elements. Python ints are passed as long
-    long; NumPy scalars keep their own type, which must match the kernel's parameter."""
+    """Run `kernel<T>` from `filename` over `total` elements; ints are passed as long long."""
     c_type = _C_TYPES.get(np.dtype(dtype))
     if c_type is None:
         raise TypeError(f"CUDA kernel {kernel}: dtype {np.dtype(dtype)} is not supported; use "
@@ -75,7 +74,7 @@ def _launch(filename: str, kernel: str, dtype, total: int, *args) -> None:
     function = _module(filename).get_function(f"{kernel}<{c_type}>")
     blocks = min(MAX_BLOCKS, -(-total // THREADS_PER_BLOCK))
     function((blocks,), (THREADS_PER_BLOCK,),
-             tuple(np.int64(arg) if isinstance(arg, int) else arg for arg in args))
+             tuple(np.int64(arg) if isinstance(arg, (int, np.integer)) else arg for arg in args))
 
 
 # ---------------------------------------------------------------------------------------
@@ -252,9 +251,14 @@ def _random(kernel: str, shape, dtype, seed: int, offset: int):
     dtype = np.dtype(dtype)
     draw_dtype = dtype if dtype in _C_TYPES else np.dtype(np.float64)
     out = cupy.empty(shape, dtype=draw_dtype)
-    _launch("random.cu", kernel, draw_dtype, out.size, out, out.size, np.uint64(seed % 2**64),
-            np.uint64(offset % 2**64))
+    _launch("random.cu", kernel, draw_dtype, out.size, out, out.size, _as_signed_64(seed),
+            _as_signed_64(offset))
     return out if draw_dtype == dtype else out.astype(dtype)
+
+
+def _as_signed_64(value: int) -> int:
+    """The 64-bit pattern of `value` as a long long (the kernel reads it back as unsigned)."""
+    return ((int(value) % 2**64) ^ 2**63) - 2**63
 
 
 def random_uniform(shape, dtype, seed: int, offset: int):

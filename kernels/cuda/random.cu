@@ -2,7 +2,8 @@
 // (Salmon, Moraes, Dror, Shaw, "Parallel random numbers: as easy as 1, 2, 3", SC 2011). Output
 // element i of a draw is a function of (seed, offset + i) only, so a generator's whole state is
 // those two integers: a checkpoint stores them and a resumed run continues the same stream,
-// whatever the grid. Grid-stride loops; T is float or double.
+// whatever the grid. seed and offset are 64-bit patterns passed as long long, like every other
+// integer argument (kernels/cuda/__init__.py). Grid-stride loops; T is float or double.
 
 #define PHILOX_M0 0xD2511F53u  // the round multipliers and Weyl key increments of Philox4x32
 #define PHILOX_M1 0xCD9E8D57u
@@ -39,11 +40,11 @@ __device__ __forceinline__ unsigned long long bits64(unsigned int high, unsigned
 // Thread-to-element mapping: one thread per output element i (counter offset + i); a uniform
 // double in [0, 1) from the top 53 bits of the first two words.
 template <typename T>
-__global__ void random_uniform(T* __restrict__ out, long long total, unsigned long long seed,
-                               unsigned long long offset) {
+__global__ void random_uniform(T* __restrict__ out, long long total, long long seed,
+                               long long offset) {
     for (long long index = blockIdx.x * (long long)blockDim.x + threadIdx.x; index < total;
          index += (long long)blockDim.x * gridDim.x) {
-        const Words r = philox(offset + (unsigned long long)index, seed);
+        const Words r = philox((unsigned long long)offset + index, (unsigned long long)seed);
         out[index] = (T)((double)(bits64(r.w[0], r.w[1]) >> 11) * TWO_POW_MINUS_53);
     }
 }
@@ -51,11 +52,11 @@ __global__ void random_uniform(T* __restrict__ out, long long total, unsigned lo
 // Thread-to-element mapping: one thread per output element i; a standard normal by the
 // Box-Muller transform of two uniforms, u1 in (0, 1] (so the log is finite) and u2 in [0, 1).
 template <typename T>
-__global__ void random_normal(T* __restrict__ out, long long total, unsigned long long seed,
-                              unsigned long long offset) {
+__global__ void random_normal(T* __restrict__ out, long long total, long long seed,
+                              long long offset) {
     for (long long index = blockIdx.x * (long long)blockDim.x + threadIdx.x; index < total;
          index += (long long)blockDim.x * gridDim.x) {
-        const Words r = philox(offset + (unsigned long long)index, seed);
+        const Words r = philox((unsigned long long)offset + index, (unsigned long long)seed);
         const double u1 = (double)((bits64(r.w[0], r.w[1]) >> 11) + 1) * TWO_POW_MINUS_53;
         const double u2 = (double)(bits64(r.w[2], r.w[3]) >> 11) * TWO_POW_MINUS_53;
         out[index] = (T)(sqrt(-2.0 * log(u1)) * cos(TWO_PI * u2));
