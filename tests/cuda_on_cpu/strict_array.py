@@ -185,7 +185,9 @@ def asarray(value, dtype=None, order=None):
     """A device array from anything (NumPy arrays and lists are copied to the device)."""
     if isinstance(value, ndarray):
         return value if dtype is None or value.dtype == dtype else value.astype(dtype)
-    return ndarray(np.array(value, dtype=dtype, order=order or "K", copy=True))
+    # Host data (NumPy arrays, lists, scalars) is copied over; lists may hold device arrays too.
+    return ndarray(np.array(_unwrap(value, allow_numpy=True), dtype=dtype, order=order or "K",
+                            copy=True))
 
 
 def asnumpy(value, stream=None, order="C", out=None) -> np.ndarray:
