@@ -54,6 +54,26 @@ __global__ void warp_sums(const T* x, T* sums, long long n) {
     if (threadIdx.x % warpSize == 0) sums[i / warpSize] = value;
 }
 
+// block_sums without the barrier between filling `partial` and reading it: a race.
+__global__ void block_sums_without_first_barrier(const double* x, double* sums, long long n) {
+    __shared__ double partial[BLOCK];
+    const long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    partial[threadIdx.x] = i < n ? x[i] : 0.0;
+    for (int half = blockDim.x / 2; half > 0; half /= 2) {
+        if ((int)threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) sums[blockIdx.x] = partial[0];
+}
+
+// Each thread of a 3-D grid of 3-D blocks writes its global linear index at that index.
+extern "C" __global__ void linear_indices(long long* out) {
+    const long long block = (blockIdx.z * (long long)gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+    const long long thread = (threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
+    const long long index = block * (blockDim.x * blockDim.y * blockDim.z) + thread;
+    out[index] = index;
+}
+
 extern "C" __global__ void divergent_barriers(float* y) {
     if (threadIdx.x % 2) __syncthreads(); else __syncwarp();
     y[threadIdx.x] = 1.0f;
@@ -68,7 +88,8 @@ extern "C" __global__ void out_of_bounds(float* y, long long n) {
 @pytest.fixture(scope="module")
 def cooperative():
     return runner.RawModule(code=COOPERATIVE_SOURCE, name_expressions=[
-        "block_sums<float>", "block_sums<double>", "warp_sums<float>", "warp_sums<double>"])
+        "block_sums<float>", "block_sums<double>", "warp_sums<float>", "warp_sums<double>",
+        "block_sums_without_first_barrier"])
 
 
 def test_every_cu_file_is_registered_and_compiles_on_the_cpu():
@@ -105,6 +126,25 @@ def test_warp_shuffles_sum_each_warp(cooperative, n, block):
     cooperative.get_function("warp_sums<double>")((-(-n // block),), (block,),
                                                   (device(x), sums, n))
     np.testing.assert_array_equal(sums.get(), x.reshape(-1, 32).sum(axis=1))
+
+
+def test_a_missing_barrier_gives_a_wrong_block_sum(cooperative):
+    # Threads run in turn between barriers, so a read of shared memory that another thread has
+    # not written yet sees the old value, as a race on the GPU may.
+    x = np.arange(1.0, 257.0)
+    sums = device(np.zeros(2))
+    cooperative.get_function("block_sums_without_first_barrier")((2,), (128,),
+                                                                 (device(x), sums, 256))
+    assert not np.allclose(sums.get(), x.reshape(2, 128).sum(axis=1))
+
+
+@pytest.mark.parametrize("grid, block", [((3, 2, 2), (4, 2, 3)), ((1, 5), (32, 2)), (7, 33)])
+def test_every_thread_of_a_3d_grid_of_3d_blocks_runs_once_with_its_own_indices(grid, block):
+    module = runner.RawModule(code=COOPERATIVE_SOURCE)
+    size = int(np.prod(grid) * np.prod(block))
+    out = device(np.full(size, -1, np.int64))
+    module.get_function("linear_indices")(grid, block, (out,))
+    np.testing.assert_array_equal(out.get(), np.arange(size))
 
 
 @pytest.mark.parametrize("args, message", [
