@@ -182,6 +182,13 @@ def test_launch_refuses_grids_and_blocks_beyond_cuda_limits(cooperative, grid, b
         kernel(grid, block, args)
 
 
+def test_raw_kernel_stand_in_takes_cupys_arguments():
+    kernel = strict_array.module.RawKernel(COOPERATIVE_SOURCE, "linear_indices")
+    out = device(np.zeros(64, np.int64))
+    kernel((2,), (32,), (out,))
+    np.testing.assert_array_equal(out.get(), np.arange(64))
+
+
 def test_an_unlisted_template_instance_is_refused(cooperative):
     with pytest.raises(runner.LaunchError, match="must be listed in name_expressions"):
         cooperative.get_function("block_sums<int>")

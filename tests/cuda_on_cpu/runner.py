@@ -229,5 +229,13 @@ class RawModule:
         return self._kernels[name]
 
 
+def raw_kernel(code: str, name: str, options=(), backend: str = "nvrtc", *,
+               translate_cucomplex: bool = False, enable_cooperative_groups: bool = False,
+               jitify: bool = False) -> RawKernel:
+    """cupy.RawKernel(code, name, options) on the CPU: one kernel (extern "C" or a name
+    expression such as `kernel<float>`)."""
+    return RawModule(code=code, options=options, name_expressions=[name]).get_function(name)
+
+
 def compiler_available() -> bool:
     return shutil.which(COMPILER) is not None

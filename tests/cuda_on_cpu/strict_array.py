@@ -270,7 +270,8 @@ def _cuda_namespace() -> types.SimpleNamespace:
 
 module = _DeviceNamespace("cupy", np, dict(
     ndarray=ndarray, asarray=asarray, asnumpy=asnumpy, ascontiguousarray=ascontiguousarray,
-    get_array_module=get_array_module, RawModule=runner.RawModule, RawKernel=None,
+    get_array_module=get_array_module, RawModule=runner.RawModule,
+    RawKernel=runner.raw_kernel,
     cuda=_cuda_namespace()))
 
 
