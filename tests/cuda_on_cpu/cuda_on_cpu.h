@@ -46,6 +46,7 @@
 #define __forceinline__ inline
 #define __noinline__
 #define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
 #if CUDA_ON_CPU_COOPERATIVE
 #define __shared__ static thread_local
 #endif
@@ -84,6 +85,17 @@ inline float __logf(float x) { return logf(x); }
 inline float __fdividef(float a, float b) { return a / b; }
 inline float __saturatef(float x) { return fminf(fmaxf(x, 0.0f), 1.0f); }
 template <typename T> inline T __ldg(const T* address) { return *address; }
+inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+inline double __fma_rn(double a, double b, double c) { return fma(a, b, c); }
+inline float __frcp_rn(float x) { return 1.0f / x; }
+inline float __fsqrt_rn(float x) { return sqrtf(x); }
+inline float __powf(float a, float b) { return powf(a, b); }
+inline float __sinf(float x) { return sinf(x); }
+inline float __cosf(float x) { return cosf(x); }
+inline float __int_as_float(int x) { float y; std::memcpy(&y, &x, sizeof y); return y; }
+inline int __float_as_int(float x) { int y; std::memcpy(&y, &x, sizeof y); return y; }
+inline double __longlong_as_double(long long x) { double y; std::memcpy(&y, &x, sizeof y); return y; }
+inline long long __double_as_longlong(double x) { long long y; std::memcpy(&y, &x, sizeof y); return y; }
 inline int __popc(unsigned int x) { return __builtin_popcount(x); }
 inline int __ffs(int x) { return __builtin_ffs(x); }
 inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz((unsigned int)x); }
