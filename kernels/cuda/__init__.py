@@ -2,8 +2,11 @@
 
 Convolution is im2col + GEMM (kernels/gemm_conv.py) with im2col.cu's copy kernels and
 cupy.matmul (cuBLAS); pooling (pool.cu) and upsampling (upsample.cu) run one thread per
-element, and random.cu draws the default generator's numbers (Philox, counter-based). Each .cu file is compiled on first use (CuPy caches the binary on disk). This module
-imports CuPy, so the dispatch in kernels/__init__.py imports it only when it meets a CuPy array.
+element, and random.cu draws the default generator's numbers (Philox, counter-based). Each .cu
+file is compiled on first use (CuPy caches the binary on disk); _KERNELS lists every .cu file
+and its kernels, which the tests compile with NVRTC and run on CPU threads (tests/cuda_on_cpu/).
+This module imports CuPy, so the dispatch in kernels/__init__.py imports it only when it meets
+a CuPy array.
 """
 from __future__ import annotations
 
