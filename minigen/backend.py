@@ -213,8 +213,10 @@ class CudaGenerator:
 
     def set_state(self, state: dict) -> None:
         if "offset" not in state:
-            raise ValueError("this GPU random state (from an older minigen) cannot be restored "
-                             "exactly; train from the start or load it without its RNG state")
+            # An older minigen's state, {"seed", "draws"}, for a generator that no longer
+            # exists: continue on a stream of its own, the same each time it is restored.
+            self._seed, self._offset = int(state["seed"]) * 1_000_003 + int(state["draws"]), 0
+            return
         self._seed, self._offset = int(state["seed"]), int(state["offset"])
 
 

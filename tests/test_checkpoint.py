@@ -194,10 +194,10 @@ def test_restore_rng_false_leaves_the_generators_alone(tmp_path):
 def test_checkpoint_with_gpu_rng_state_loads_on_this_machine(checkpoint_path):
     with h5py.File(checkpoint_path, "r+") as file:
         rng_state = json.loads(file.attrs["rng_state"])
-        rng_state["cuda"] = {"seed": 1, "offset": 12}
+        rng_state["cuda"] = {"seed": 1, "draws": 12}
         file.attrs["rng_state"] = json.dumps(rng_state)
     state = load_checkpoint(checkpoint_path, models={"G": make_model(3)})
-    assert state["rng_state"]["cuda"] == {"seed": 1, "offset": 12}
+    assert state["rng_state"]["cuda"] == {"seed": 1, "draws": 12}
 
 
 @pytest.mark.cuda

@@ -227,3 +227,15 @@ def test_the_cuda_extras_bring_cupy_with_its_cuda_libraries():
     setup = (Path(__file__).resolve().parents[1] / "setup.py").read_text()
     assert '"cuda": ["cupy-cuda12x[ctk]>=14"]' in setup
     assert '"cuda13": ["cupy-cuda13x[ctk]>=14"]' in setup
+
+
+@pytest.mark.cuda
+def test_an_older_gpu_rng_state_restores_to_a_stream_of_its_own(cuda_backend):
+    # {"seed", "draws"} was the state of the cuRAND generator made per draw, which no longer
+    # exists: such a state still loads, onto the same stream every time.
+    draws = []
+    for _ in range(2):
+        minigen.set_rng_state({"cuda": {"seed": 1, "draws": 12}})
+        draws.append(cuda_backend.asnumpy(minigen.randn(3, device="cuda").data))
+    np.testing.assert_array_equal(*draws)
+    assert minigen.get_rng_state()["cuda"] == {"seed": 1_000_015, "offset": 3}
