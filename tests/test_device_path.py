@@ -135,3 +135,11 @@ def test_a_stray_numpy_call_on_device_data_fails_as_on_a_gpu(cuda_backend):
     with pytest.raises(TypeError):
         float(x.data)
     assert x.numpy().shape == (2, 3)  # the explicit way out
+
+
+def test_minigen_train_on_the_device_from_the_command_line(cuda_backend, tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(["train", "gan", "--dataset", "ring8", "--steps", "1", "--batch-size", "8",
+                     "--width", "8", "--eval-samples", "0", "--device", "cuda",
+                     "--out", str(out)]) == 0
+    assert (out / "checkpoint.h5").exists() and (out / "samples.png").exists()
