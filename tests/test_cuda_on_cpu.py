@@ -244,8 +244,9 @@ def test_threads_waiting_at_different_barriers_end_the_run_with_a_message():
 
 
 def test_cuda_kernel_tests_pass_under_address_sanitizer():
-    # The backend's kernels, and the fibers of cooperative launches.
+    # The backend's kernels (the random ones and the pre-launch checks too), and the fibers of
+    # cooperative launches.
     result = _run_sanitized(["-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
-                             "test_kernels_cuda.py", "test_cuda_on_cpu.py", "-k",
-                             "(test_cuda_ or shared_memory or warp_shuffles) and not sanitizer"])
+                             "test_kernels_cuda.py", "test_cuda_backend.py", "test_cuda_on_cpu.py",
+                             "-m", "cuda", "-k", "not sanitizer and not tf32 and not address"])
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
