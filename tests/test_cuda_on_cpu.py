@@ -189,6 +189,22 @@ def test_raw_kernel_stand_in_takes_cupys_arguments():
     np.testing.assert_array_equal(out.get(), np.arange(64))
 
 
+def test_a_source_the_host_compiler_refuses_raises_its_message():
+    with pytest.raises(runner.CompileError, match=r"broken.cu:2.*not_declared"):
+        runner.RawModule(code='extern "C" __global__ void broken(float* y) {\n'
+                              '    y[0] = not_declared;\n}\n')
+
+
+def test_dynamic_shared_memory_is_refused_rather_than_modelled(cooperative):
+    with pytest.raises(runner.CompileError, match="dynamic shared memory"):
+        runner.RawModule(code='extern "C" __global__ void k(float* y) {\n'
+                              '    extern __shared__ float buffer[];\n    y[0] = buffer[0];\n}\n')
+    kernel = cooperative.get_function("block_sums<double>")
+    with pytest.raises(runner.LaunchError, match="dynamic shared memory"):
+        kernel((1,), (128,), (device(np.zeros(4)), device(np.zeros(1)), device(np.zeros(1)), 4),
+               shared_mem=1024)
+
+
 def test_an_unlisted_template_instance_is_refused(cooperative):
     with pytest.raises(runner.LaunchError, match="must be listed in name_expressions"):
         cooperative.get_function("block_sums<int>")

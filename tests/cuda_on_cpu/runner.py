@@ -135,8 +135,7 @@ class RawKernel:
         self.name = name
         describe = getattr(library, f"cuda_on_cpu_signature_{number}")
         describe.restype = ctypes.c_char_p
-        self.parameters = describe().decode().rstrip(",").split(",") if describe() else []
-        self.parameters = [p for p in self.parameters if p]
+        self.parameters = [p for p in describe().decode().split(",") if p]
         for parameter in self.parameters:
             if "unsupported" in parameter:
                 raise LaunchError(f"{name}: a parameter of type {parameter!r} is not supported by "
@@ -216,7 +215,8 @@ class RawModule:
         self.name_expressions = list(name_expressions or [])
         self._names = self.name_expressions + [name for name in _EXTERN_C_KERNEL.findall(code)
                                                if name not in self.name_expressions]
-        filename = getattr(self, "filename", None) or "module.cu"
+        # CuPy's RawModule has no file name; compiler messages name the first kernel instead.
+        filename = f"{self._names[0].split('<')[0]}.cu" if self._names else "module.cu"
         self._library = ctypes.CDLL(str(compile_library(code, self._names, filename)))
         self._kernels: dict[str, RawKernel] = {}
 
