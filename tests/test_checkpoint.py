@@ -204,9 +204,7 @@ def test_checkpoint_with_gpu_rng_state_loads_on_this_machine(tmp_path, monkeypat
 
 
 @pytest.mark.cuda
-def test_checkpoint_saved_from_gpu_arrays_loads_into_a_cpu_model(tmp_path):
-    if backend.cuda_status() is not None:
-        pytest.skip(backend.cuda_status())
+def test_checkpoint_saved_from_gpu_arrays_loads_into_a_cpu_model(tmp_path, cuda_backend):
     path = tmp_path / "checkpoint.h5"
     cpu_model = make_model(seed=0)
     gpu_model = FakeModel(cpu_model.parameters, cpu_model.buffers, device="cuda")
