@@ -1,0 +1,376 @@
+"""Fused CPU kernels for the work between the convolutions: bias + activation and its gradient,
+and the one-pass parameter updates (SGD, Adam / AdamW, EMA, gradient-norm clipping).
+
+Each function has the signature of its NumPy oracle in reference.py. The updates are
+multi-tensor kernels, PyTorch's `foreach` / `fused` idea: one Numba call walks every parameter
+of a model, cut into chunks of CHUNK elements that the threads share, so small and large
+tensors alike use every core and Python is paid once per step, not once per tensor and
+operation. The tensors reach the kernel as a table of addresses (`_addresses`); their arrays
+stay referenced by the caller for the whole call. Parameters whose arrays are not C-contiguous
+(rare: a model never makes them) go through the reference code instead.
+"""
+from __future__ import annotations
+
+import functools
+
+import numba
+import numpy as np
+from numba import types
+from numba.extending import intrinsic
+
+from . import reference
+from .reference import ACTIVATIONS, check_activation
+
+_jit = dict(nogil=True, cache=True)
+CHUNK = 1 << 15  # elements per work item of a multi-tensor kernel: 128 KiB of float32
+ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
+LINEAR, RELU, LEAKY_RELU, SILU = (ACTIVATION_CODES[name] for name in ACTIVATIONS)
+
+
+# ---------------------------------------------------------------------------------------
+# Bias + activation: x viewed as (outer, C, inner), the bias along C
+# ---------------------------------------------------------------------------------------
+@numba.njit(inline="always")
+def _activate(z, act, alpha):
+    """act(z) in float64; the codes are those of ACTIVATION_CODES."""
+    if act == RELU:
+        return z if z > 0 else 0.0
+    if act == LEAKY_RELU:
+        return z if z > 0 else z * alpha
+    if act == SILU:
+        return z * ((np.tanh(z * 0.5) + 1.0) * 0.5)
+    return z
+
+
+@numba.njit(inline="always")
+def _activate_grad(z, grad, act, alpha):
+    """grad * act'(z) in float64."""
+    if act == RELU:
+        return grad if z > 0 else 0.0
+    if act == LEAKY_RELU:
+        return grad if z > 0 else grad * alpha
+    if act == SILU:
+        s = (np.tanh(z * 0.5) + 1.0) * 0.5
+        return grad * s * (1.0 + z * (1.0 - s))
+    return grad
+
+
+@numba.njit(parallel=True, **_jit)
+def _bias_act_forward(x, bias, y, act, alpha):
+    """y[n, c, i] = act(x[n, c, i] + bias[c]); one (n, c) row per loop iteration."""
+    outer, channels, inner = x.shape
+    for row in numba.prange(outer * channels):
+        n, c = row // channels, row % channels
+        b = bias[c]
+        for i in range(inner):
+            z = x[n, c, i] + b  # in the array's dtype, as the unfused add
+            y[n, c, i] = _activate(np.float64(z), act, alpha)
+    return y
+
+
+@numba.njit(parallel=True, **_jit)
+def _bias_act_backward(grad_output, x, bias, grad_x, row_sums, act, alpha):
+    """grad_x = grad_output * act'(x + bias); row_sums[n, c] = sum_i grad_x[n, c, i] (float64),
+    which the caller sums over n for the bias gradient."""
+    outer, channels, inner = x.shape
+    for row in numba.prange(outer * channels):
+        n, c = row // channels, row % channels
+        b = bias[c]
+        total = 0.0
+        for i in range(inner):
+            z = x[n, c, i] + b
+            grad = _activate_grad(np.float64(z), np.float64(grad_output[n, c, i]), act, alpha)
+            grad_x[n, c, i] = grad
+            total += grad_x[n, c, i]
+        row_sums[n, c] = total
+    return grad_x
+
+
+def _three_axes(shape, dim: int) -> tuple:
+    """(outer, C, inner) for a bias along axis `dim` of an array of `shape`."""
+    outer = int(np.prod(shape[:dim], dtype=np.int64))
+    inner = int(np.prod(shape[dim + 1:], dtype=np.int64))
+    return outer, shape[dim], inner
+
+
+def _layout(x: np.ndarray, bias, dim: int):
+    """x as a contiguous (outer, C, inner) array and a bias of C elements (zeros for None)."""
+    if bias is None:
+        return np.ascontiguousarray(x).reshape(1, 1, -1), np.zeros(1, dtype=x.dtype)
+    if not 0 <= dim < x.ndim or x.shape[dim] != bias.shape[0]:
+        raise ValueError(f"bias_act: bias of shape {bias.shape} does not fit axis {dim} of an "
+                         f"input of shape {x.shape}")
+    return (np.ascontiguousarray(x).reshape(_three_axes(x.shape, dim)),
+            np.ascontiguousarray(bias, dtype=x.dtype))
+
+
+def bias_act_forward(x: np.ndarray, bias: np.ndarray | None, dim: int, act: str,
+                     alpha: float) -> np.ndarray:
+    """y = act(x + bias), bias (C,) along axis `dim` (None: no bias); see reference.py."""
+    check_activation(act)
+    x3, bias = _layout(x, bias, dim)
+    y = np.empty_like(x3)
+    if y.size:
+        _bias_act_forward(x3, bias, y, ACTIVATION_CODES[act], float(alpha))
+    return y.reshape(x.shape)
+
+
+def bias_act_backward(grad_output: np.ndarray, x: np.ndarray, bias: np.ndarray | None,
+                      dim: int, act: str, alpha: float):
+    """(grad_x, grad_bias or None): the gradients of bias_act_forward, in one pass."""
+    check_activation(act)
+    x3, bias3 = _layout(x, bias, dim)
+    grad3 = np.ascontiguousarray(grad_output, dtype=x.dtype).reshape(x3.shape)
+    grad_x = np.empty_like(x3)
+    row_sums = np.empty(x3.shape[:2], dtype=np.float64)
+    if grad_x.size:
+        _bias_act_backward(grad3, x3, bias3, grad_x, row_sums, ACTIVATION_CODES[act],
+                           float(alpha))
+    grad_x = grad_x.reshape(x.shape)
+    if bias is None:
+        return grad_x, None
+    grad_bias = row_sums.sum(axis=0) if grad_x.size else np.zeros(bias3.shape[0])
+    return grad_x, grad_bias.astype(bias.dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# Multi-tensor tables: the arrays' addresses and the chunks the threads share
+# ---------------------------------------------------------------------------------------
+@intrinsic
+def _pointer(typingctx, address, like):
+    """The int64 `address` as a pointer to elements of `like`'s dtype."""
+    pointer = types.CPointer(like.dtype)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(pointer))
+    return pointer(types.int64, like), codegen
+
+
+@numba.njit(inline="always")
+def _tensor(addresses, t, stop, like):
+    """Tensor t of a table, as a 1-d array of its first `stop` elements."""
+    return numba.carray(_pointer(addresses[t], like), (stop,))
+
+
+@functools.lru_cache(maxsize=64)
+def _chunks(sizes: tuple) -> np.ndarray:
+    """(tensor, start, stop) rows covering every tensor of `sizes` in pieces of <= CHUNK."""
+    rows = [(t, start, min(start + CHUNK, size)) for t, size in enumerate(sizes)
+            for start in range(0, size, CHUNK)]
+    return np.array(rows, dtype=np.int64).reshape(-1, 3)
+
+
+def _addresses(arrays) -> np.ndarray:
+    return np.array([array.ctypes.data for array in arrays], dtype=np.int64)
+
+
+def _fast(*lists) -> tuple[list, list]:
+    """Split the indices of a multi-tensor call: those whose arrays (one from each list, None
+    entries ignored) are C-contiguous and of the dtype of the first fast one go to the kernel,
+    the rest to the reference code."""
+    fast, slow = [], []
+    for index, first in enumerate(lists[0]):
+        dtype = lists[0][fast[0]].dtype if fast else first.dtype
+        usable = dtype in (np.float32, np.float64) and all(
+            arrays[index] is None or (arrays[index].flags.c_contiguous
+                                      and arrays[index].dtype == dtype) for arrays in lists)
+        (fast if usable else slow).append(index)
+    return fast, slow
+
+
+def _like(array) -> np.ndarray:
+    """An empty array that tells a kernel the element type behind the addresses."""
+    return np.empty(0, dtype=array.dtype)
+
+
+def _pick(arrays, indices) -> list:
+    return [arrays[i] for i in indices]
+
+
+# ---------------------------------------------------------------------------------------
+# Parameter updates
+# ---------------------------------------------------------------------------------------
+@numba.njit(parallel=True, **_jit)
+def _sgd_kernel(params, grads, buffers, chunks, first, like, lr, momentum, one_minus_dampening,
+                weight_decay, use_momentum, nesterov, maximize):
+    for k in numba.prange(chunks.shape[0]):
+        t, start, stop = chunks[k, 0], chunks[k, 1], chunks[k, 2]
+        param, grad = _tensor(params, t, stop, like), _tensor(grads, t, stop, like)
+        buffer = _tensor(buffers, t, stop, like) if use_momentum else param
+        for i in range(start, stop):
+            g = -grad[i] if maximize else grad[i]
+            if weight_decay != 0:
+                g = g + weight_decay * param[i]
+            if use_momentum:
+                if first[t]:
+                    buffer[i] = g
+                else:
+                    buffer[i] = buffer[i] * momentum + one_minus_dampening * g
+                g = g + momentum * buffer[i] if nesterov else buffer[i]
+            param[i] = param[i] - lr * g
+
+
+def sgd_update(params: list, grads: list, momentum_buffers: list, first_steps: list,
+               lr: float, momentum: float, dampening: float, weight_decay: float,
+               nesterov: bool, maximize: bool) -> None:
+    """One SGD step over every parameter in one parallel pass; see reference.sgd_update."""
+    buffers = momentum_buffers if momentum else [None] * len(params)
+    grads = [np.asarray(g) for g in grads]
+    fast, slow = _fast(params, grads, buffers)
+    if slow:
+        reference.sgd_update(_pick(params, slow), _pick(grads, slow), _pick(buffers, slow),
+                             _pick(first_steps, slow), lr, momentum, dampening, weight_decay,
+                             nesterov, maximize)
+    if not fast:
+        return
+    params, grads, buffers = (_pick(a, fast) for a in (params, grads, buffers))
+    typed = params[0].dtype.type
+    table = _addresses(params)
+    _sgd_kernel(table, _addresses(grads), _addresses(buffers) if momentum else table,
+                _chunks(tuple(p.size for p in params)),
+                np.array(_pick(first_steps, fast), dtype=np.bool_), _like(params[0]),
+                typed(lr), typed(momentum), typed(1 - dampening), typed(weight_decay),
+                bool(momentum), bool(nesterov), bool(maximize))
+
+
+@numba.njit(parallel=True, **_jit)
+def _adam_kernel(params, grads, exp_avgs, exp_avg_sqs, max_sqs, chunks, step_sizes,
+                 bias_correction2_sqrts, like, decay_factor, one_minus_beta1, beta2,
+                 one_minus_beta2, eps, weight_decay, decoupled, amsgrad, maximize):
+    for k in numba.prange(chunks.shape[0]):
+        t, start, stop = chunks[k, 0], chunks[k, 1], chunks[k, 2]
+        param, grad = _tensor(params, t, stop, like), _tensor(grads, t, stop, like)
+        exp_avg, exp_avg_sq = _tensor(exp_avgs, t, stop, like), _tensor(exp_avg_sqs, t, stop, like)
+        max_sq = _tensor(max_sqs, t, stop, like) if amsgrad else exp_avg_sq
+        step_size, correction = step_sizes[t], bias_correction2_sqrts[t]
+        for i in range(start, stop):
+            g = -grad[i] if maximize else grad[i]
+            if weight_decay != 0:
+                if decoupled:
+                    param[i] = param[i] * decay_factor
+                else:
+                    g = g + weight_decay * param[i]
+            # The same operations in the same order as the unfused optimizer: equal bits.
+            exp_avg[i] = exp_avg[i] + one_minus_beta1 * (g - exp_avg[i])
+            exp_avg_sq[i] = exp_avg_sq[i] * beta2 + one_minus_beta2 * g * g
+            second = exp_avg_sq[i]
+            if amsgrad:
+                if second > max_sq[i] or np.isnan(second):
+                    max_sq[i] = second
+                second = max_sq[i]
+            denominator = np.sqrt(second) / correction + eps
+            param[i] = param[i] - step_size * (exp_avg[i] / denominator)
+
+
+def adam_update(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list,
+                max_exp_avg_sqs: list | None, steps: list, lr: float, beta1: float,
+                beta2: float, eps: float, weight_decay: float, decoupled: bool, amsgrad: bool,
+                maximize: bool) -> None:
+    """One Adam / AdamW step over every parameter in one parallel pass; see
+    reference.adam_update."""
+    max_sqs = max_exp_avg_sqs if amsgrad else [None] * len(params)
+    grads = [np.asarray(g) for g in grads]
+    fast, slow = _fast(params, grads, exp_avgs, exp_avg_sqs, max_sqs)
+    if slow:
+        reference.adam_update(_pick(params, slow), _pick(grads, slow), _pick(exp_avgs, slow),
+                              _pick(exp_avg_sqs, slow), _pick(max_sqs, slow) if amsgrad else None,
+                              _pick(steps, slow), lr, beta1, beta2, eps, weight_decay, decoupled,
+                              amsgrad, maximize)
+    if not fast:
+        return
+    params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps = (
+        _pick(a, fast) for a in (params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps))
+    dtype = params[0].dtype
+    typed = dtype.type
+    # Per tensor, as the unfused step computes them in Python floats, then rounded to dtype.
+    step_sizes = np.array([lr / (1 - beta1 ** step) for step in steps], dtype=dtype)
+    corrections = np.array([(1 - beta2 ** step) ** 0.5 for step in steps], dtype=dtype)
+    squares = _addresses(exp_avg_sqs)
+    _adam_kernel(_addresses(params), _addresses(grads), _addresses(exp_avgs), squares,
+                 _addresses(max_sqs) if amsgrad else squares,
+                 _chunks(tuple(p.size for p in params)), step_sizes, corrections,
+                 _like(params[0]), typed(1 - lr * weight_decay), typed(1 - beta1),
+                 typed(beta2), typed(1 - beta2), typed(eps), typed(weight_decay),
+                 bool(decoupled), bool(amsgrad), bool(maximize))
+
+
+@numba.njit(parallel=True, **_jit)
+def _ema_kernel(shadows, params, chunks, like, one_minus_decay):
+    for k in numba.prange(chunks.shape[0]):
+        t, start, stop = chunks[k, 0], chunks[k, 1], chunks[k, 2]
+        shadow, param = _tensor(shadows, t, stop, like), _tensor(params, t, stop, like)
+        for i in range(start, stop):
+            shadow[i] = shadow[i] - one_minus_decay * (shadow[i] - param[i])
+
+
+def ema_update(shadows: list, params: list, decay: float) -> None:
+    """shadow -= (1 - decay)(shadow - param) for every pair, in one parallel pass."""
+    fast, slow = _fast(shadows, params)
+    if slow:
+        reference.ema_update(_pick(shadows, slow), _pick(params, slow), decay)
+    if not fast:
+        return
+    shadows, params = _pick(shadows, fast), _pick(params, fast)
+    _ema_kernel(_addresses(shadows), _addresses(params), _chunks(tuple(s.size for s in shadows)),
+                _like(shadows[0]), shadows[0].dtype.type(1 - decay))
+
+
+@numba.njit(parallel=True, **_jit)
+def _norm_partials(grads, chunks, like, power, partials):
+    """partials[k] = sum |g|^power over chunk k (power 2: g*g; inf: the largest |g|)."""
+    for k in numba.prange(chunks.shape[0]):
+        t, start, stop = chunks[k, 0], chunks[k, 1], chunks[k, 2]
+        grad = _tensor(grads, t, stop, like)
+        total = 0.0
+        for i in range(start, stop):
+            value = abs(np.float64(grad[i]))
+            if np.isinf(power):
+                if value > total or np.isnan(value):
+                    total = value
+            elif power == 2.0:
+                total += value * value
+            else:
+                total += value ** power
+        partials[k] = total
+
+
+def grad_norm(grads: list, norm_type: float) -> np.ndarray:
+    """The norm_type-norm of all gradients together (0-d float64), in one parallel pass."""
+    grads = [np.ascontiguousarray(g) for g in grads if g.size]
+    if not grads:
+        return np.zeros((), dtype=np.float64)
+    total = np.zeros((), dtype=np.float64)
+    for dtype in {g.dtype for g in grads}:
+        group = [g for g in grads if g.dtype == dtype]
+        chunks = _chunks(tuple(g.size for g in group))
+        partials = np.empty(chunks.shape[0], dtype=np.float64)
+        _norm_partials(_addresses(group), chunks, _like(group[0]), float(norm_type),
+                       partials)
+        total = np.maximum(total, partials.max()) if np.isinf(norm_type) \
+            else total + partials.sum()
+    return total if np.isinf(norm_type) else np.asarray(total ** (1.0 / norm_type))
+
+
+@numba.njit(parallel=True, **_jit)
+def _scale_kernel(grads, outs, chunks, like, coefficient):
+    for k in numba.prange(chunks.shape[0]):
+        t, start, stop = chunks[k, 0], chunks[k, 1], chunks[k, 2]
+        grad, out = _tensor(grads, t, stop, like), _tensor(outs, t, stop, like)
+        for i in range(start, stop):
+            out[i] = grad[i] * coefficient
+
+
+def scale_grads(grads: list, coefficient) -> list:
+    """grad * coefficient (cast to the gradient's dtype) for each gradient, as new arrays."""
+    grads = [np.ascontiguousarray(g) for g in grads]
+    outs = [np.empty_like(g) for g in grads]
+    for dtype in {g.dtype for g in grads}:
+        indices = [i for i, g in enumerate(grads) if g.dtype == dtype and g.size]
+        if not indices or dtype not in (np.float32, np.float64):
+            for i in (i for i, g in enumerate(grads) if g.dtype == dtype):
+                outs[i] = reference.scale_grads([grads[i]], coefficient)[0]
+            continue
+        group, targets = _pick(grads, indices), _pick(outs, indices)
+        _scale_kernel(_addresses(group), _addresses(targets), _chunks(tuple(g.size for g in group)),
+                      _like(group[0]), dtype.type(np.asarray(coefficient).astype(dtype)))
+    return outs
