@@ -2,7 +2,7 @@
 
 This file only gathers; each op lives in the file of its family under minigen/ops.
 """
-from minigen.ops.activations import (dropout, gelu, leaky_relu, log_softmax, relu, sigmoid, silu,
+from minigen.ops.activations import (bias_act, dropout, gelu, leaky_relu, log_softmax, relu, sigmoid, silu,
                                      softmax, softplus, tanh)
 from minigen.ops.elementwise import (abs, clamp, cos, erf, exp, log, maximum, minimum, pow, sin,
                                      sqrt, where)
