@@ -2,7 +2,8 @@
 
 Convolution is im2col + GEMM (kernels/gemm_conv.py) with im2col.cu's copy kernels and
 cupy.matmul (cuBLAS); pooling (pool.cu) and upsampling (upsample.cu) run one thread per
-element. Each .cu file is compiled on first use (CuPy caches the binary on disk). This module
+element. The fused kernels of fused.cu (bias + activation, the optimizer, EMA and clipping
+updates) have their glue in fused.py, exported from here. Each .cu file is compiled on first use (CuPy caches the binary on disk). This module
 imports CuPy, so the dispatch in kernels/__init__.py imports it only when it meets a CuPy array.
 """
 from __future__ import annotations
@@ -29,6 +30,8 @@ _KERNELS = {
     "pool.cu": ("max_pool_forward", "max_pool_backward", "avg_pool_forward",
                 "avg_pool_backward"),
     "upsample.cu": ("upsample_nearest_forward", "upsample_nearest_backward"),
+    "fused.cu": ("bias_act_forward", "bias_act_backward_input", "bias_grad", "sgd_update",
+                 "adam_update", "ema_update", "norm_partials", "scale_into"),
 }
 
 
@@ -184,3 +187,8 @@ def upsample_nearest2d_backward(grad_output, scale: Pair):
     _launch("upsample.cu", "upsample_nearest_backward", grad_output.dtype, grad_x.size,
             grad_output, grad_x, n * c, h_out // scale[0], w_out // scale[1], *scale)
     return grad_x
+
+
+# The fused kernels' glue uses _launch and _module above, so it is imported last.
+from .fused import (adam_update, bias_act_backward, bias_act_forward,  # noqa: E402,F401
+                    ema_update, grad_norm, scale_grads, sgd_update)

@@ -1,0 +1,177 @@
+"""The CUDA twins of the fused kernels (kernels/cuda/fused.cu and fused.py).
+
+fused.cu is compiled with NVRTC for the GPU generations minigen targets, which needs CuPy's
+NVRTC but no GPU. The kernels are then run against the NumPy oracle through the `cuda_backend`
+fixture (the CUDA-on-CPU runner, or a real GPU): `.kernels` is minigen.kernels.cuda,
+`.asarray` / `.asnumpy` move arrays in and out. Where neither CuPy's NVRTC nor that fixture is
+available, the tests skip with the reason.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minigen.kernels import reference
+from helpers import non_contiguous
+
+pytestmark = pytest.mark.cuda
+
+FUSED_CU = Path(reference.__file__).parent / "cuda" / "fused.cu"
+ARCHITECTURES = ["sm_80", "sm_90", "sm_100"]
+DTYPES = [np.float32, np.float64]
+ACTS = ["linear", "relu", "leaky_relu", "silu"]
+TOLERANCE = {np.dtype(np.float32): dict(rtol=1e-5, atol=1e-6),
+             np.dtype(np.float64): dict(rtol=1e-12, atol=1e-13)}
+# (shape, dim): odd sizes, one sample, a bias along the last axis (a linear layer's)
+BIAS_CASES = [((3, 5, 7, 9), 1), ((1, 4, 3, 3), 1), ((6, 11), 1), ((2, 7, 13), 2), ((5,), 0)]
+PARAM_SHAPES = [(3, 5), (7,), (1,), (2, 3, 3, 3), (1000,)]
+
+
+def kernel_names() -> list[str]:
+    from minigen.kernels.cuda import _C_TYPES, _KERNELS
+    return [f"{kernel}<{c_type}>" for kernel in _KERNELS["fused.cu"]
+            for c_type in _C_TYPES.values()]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_fused_cu_compiles_with_nvrtc_for_each_gpu_generation(arch):
+    pytest.importorskip("cupy", reason="CuPy is not installed")
+    try:
+        from cupy.cuda import nvrtc
+        supported = nvrtc.getSupportedArchs()
+    except Exception as error:  # the NVRTC library itself is missing
+        pytest.skip(f"NVRTC cannot be loaded: {error}")
+    if int(arch[3:]) not in supported:
+        pytest.skip(f"this NVRTC ({nvrtc.getVersion()}) cannot compile for {arch}")
+    program = nvrtc.createProgram(FUSED_CU.read_text(), "fused.cu", [], [])
+    try:
+        names = kernel_names()
+        for name in names:
+            nvrtc.addNameExpression(program, name)
+        try:
+            nvrtc.compileProgram(program, ["--std=c++14", f"--gpu-architecture={arch}"])
+        except nvrtc.NVRTCError:
+            pytest.fail(f"fused.cu does not compile for {arch}:\n{nvrtc.getProgramLog(program)}")
+        for name in names:  # every kernel was instantiated for float and double
+            assert nvrtc.getLoweredName(program, name)
+        assert len(nvrtc.getCUBIN(program)) > 0
+    finally:
+        nvrtc.destroyProgram(program)
+
+
+@pytest.fixture
+def gpu(request):
+    """The CUDA backend and its array movers: the `cuda_backend` fixture (CUDA-on-CPU runner
+    or a GPU); skips where that fixture is not part of this checkout."""
+    try:
+        return request.getfixturevalue("cuda_backend")
+    except pytest.FixtureLookupError:
+        pytest.skip("no cuda_backend fixture here (the CUDA-on-CPU runner is not in this "
+                    "checkout and no GPU is present)")
+
+
+def assert_close(actual, expected, dtype):
+    assert actual.dtype == np.dtype(dtype), f"dtype {actual.dtype} != {np.dtype(dtype)}"
+    np.testing.assert_allclose(actual, expected, **TOLERANCE[np.dtype(dtype)])
+
+
+@pytest.mark.parametrize("shape, dim", BIAS_CASES, ids=lambda value: str(value))
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda dtype: np.dtype(dtype).name)
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+def test_cuda_bias_act_matches_reference(shape, dim, act, dtype, with_bias, gpu):
+    rng = np.random.default_rng(40)
+    x, grad_output = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
+    bias = rng.standard_normal(shape[dim]).astype(dtype) if with_bias else None
+    x_gpu, grad_gpu = gpu.asarray(x), gpu.asarray(grad_output)
+    bias_gpu = gpu.asarray(bias) if with_bias else None
+    y = gpu.kernels.bias_act_forward(x_gpu, bias_gpu, dim, act, 0.2)
+    assert_close(gpu.asnumpy(y), reference.bias_act_forward(x, bias, dim, act, 0.2), dtype)
+    grad_x, grad_bias = gpu.kernels.bias_act_backward(grad_gpu, x_gpu, bias_gpu, dim, act, 0.2)
+    expected_x, expected_bias = reference.bias_act_backward(grad_output, x, bias, dim, act, 0.2)
+    assert_close(gpu.asnumpy(grad_x), expected_x, dtype)
+    if with_bias:
+        assert_close(gpu.asnumpy(grad_bias), expected_bias, dtype)
+    else:
+        assert grad_bias is None
+
+
+def test_cuda_bias_act_takes_a_non_contiguous_gradient(gpu):
+    rng = np.random.default_rng(41)
+    x, grad_output = (rng.standard_normal((4, 6, 5)) for _ in range(2))
+    bias = rng.standard_normal(6)
+    grad_gpu = non_contiguous(gpu.asarray(grad_output))
+    grad_x, grad_bias = gpu.kernels.bias_act_backward(grad_gpu, gpu.asarray(x),
+                                                      gpu.asarray(bias), 1, "silu", 0.0)
+    expected_x, expected_bias = reference.bias_act_backward(grad_output, x, bias, 1, "silu", 0.0)
+    assert_close(gpu.asnumpy(grad_x), expected_x, np.float64)
+    assert_close(gpu.asnumpy(grad_bias), expected_bias, np.float64)
+
+
+def _parameters(rng, dtype):
+    return [rng.standard_normal(shape).astype(dtype) for shape in PARAM_SHAPES]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda dtype: np.dtype(dtype).name)
+@pytest.mark.parametrize("decoupled, amsgrad, maximize", [(False, False, False),
+                                                          (True, False, False),
+                                                          (True, True, True)])
+def test_cuda_adam_update_matches_reference_over_three_steps(dtype, decoupled, amsgrad, maximize,
+                                                             gpu):
+    rng = np.random.default_rng(42)
+    params, grads = _parameters(rng, dtype), _parameters(rng, dtype)
+    moments = [[np.zeros_like(p) for p in params] for _ in range(3)]
+    ours = [[gpu.asarray(a) for a in arrays] for arrays in [params] + moments]
+    grads_gpu = [gpu.asarray(g) for g in grads]
+    for step in (1, 2, 3):
+        settings = (1e-2, 0.9, 0.999, 1e-8, 0.1, decoupled, amsgrad, maximize)
+        reference.adam_update(params, grads, *moments[:2], moments[2] if amsgrad else None,
+                              [step] * len(params), *settings)
+        gpu.kernels.adam_update(ours[0], grads_gpu, ours[1], ours[2],
+                                ours[3] if amsgrad else None, [step] * len(params), *settings)
+    for expected, actual in zip(params + moments[0] + moments[1], ours[0] + ours[1] + ours[2]):
+        assert_close(gpu.asnumpy(actual), expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda dtype: np.dtype(dtype).name)
+@pytest.mark.parametrize("momentum, nesterov", [(0.0, False), (0.9, False), (0.9, True)])
+def test_cuda_sgd_update_matches_reference_over_three_steps(dtype, momentum, nesterov, gpu):
+    rng = np.random.default_rng(43)
+    params, grads = _parameters(rng, dtype), _parameters(rng, dtype)
+    buffers = [np.zeros_like(p) for p in params]
+    params_gpu, buffers_gpu = [gpu.asarray(p) for p in params], [gpu.asarray(b) for b in buffers]
+    grads_gpu = [gpu.asarray(g) for g in grads]
+    for step in range(3):
+        first = [step == 0] * len(params)
+        settings = (0.1, momentum, 0.0, 0.01, nesterov, False)
+        reference.sgd_update(params, grads, buffers, first, *settings)
+        gpu.kernels.sgd_update(params_gpu, grads_gpu, buffers_gpu, first, *settings)
+    for expected, actual in zip(params, params_gpu):
+        assert_close(gpu.asnumpy(actual), expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda dtype: np.dtype(dtype).name)
+def test_cuda_ema_update_matches_reference(dtype, gpu):
+    rng = np.random.default_rng(44)
+    shadows, params = _parameters(rng, dtype), _parameters(rng, dtype)
+    shadows_gpu = [gpu.asarray(s) for s in shadows]
+    reference.ema_update(shadows, params, 0.99)
+    gpu.kernels.ema_update(shadows_gpu, [gpu.asarray(p) for p in params], 0.99)
+    for expected, actual in zip(shadows, shadows_gpu):
+        assert_close(gpu.asnumpy(actual), expected, dtype)
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, 3.0, float("inf")])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda dtype: np.dtype(dtype).name)
+def test_cuda_grad_norm_and_scaling_match_reference(norm_type, dtype, gpu):
+    rng = np.random.default_rng(45)
+    grads = _parameters(rng, dtype) + [np.zeros((0,), dtype=dtype)]
+    grads_gpu = [gpu.asarray(g) for g in grads]
+    total = gpu.kernels.grad_norm(grads_gpu, norm_type)
+    np.testing.assert_allclose(gpu.asnumpy(total), reference.grad_norm(grads, norm_type),
+                               rtol=1e-12)
+    scaled = gpu.kernels.scale_grads(grads_gpu, total * 0 + 0.25)
+    for expected, actual in zip(reference.scale_grads(grads, 0.25), scaled):
+        assert_close(gpu.asnumpy(actual), expected, dtype)
