@@ -32,7 +32,8 @@ def clip_grad_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float,
     if fusion_enabled() and norm_type > 0 and len({type(g) for g in grads}) == 1:
         return _fused_clip(grads, params, max_norm, norm_type, error_if_nonfinite)
     if math.isinf(norm_type):
-        total = xp.max(xp.stack([xp.abs(p.grad.data).max() for p in params]))
+        largest = [xp.abs(grad).max() for grad in grads if grad.size]
+        total = xp.max(xp.stack(largest)) if largest else xp.zeros((), dtype=grads[0].dtype)
     else:
         per_param = [(xp.abs(p.grad.data.astype(xp.float64)) ** norm_type).sum() for p in params]
         total = xp.sum(xp.stack(per_param)) ** (1.0 / norm_type)
