@@ -14,10 +14,17 @@ from types import ModuleType
 _BACKENDS = {"numpy": "cpu", "cupy": "cuda"}
 
 
+_by_type: dict = {}  # array type -> its backend module, filled on first use
+
+
 def for_array(array) -> ModuleType:
     """The kernel backend for `array`: minigen.kernels.cpu or minigen.kernels.cuda."""
+    backend = _by_type.get(type(array))
+    if backend is not None:
+        return backend
     library = type(array).__module__.split(".")[0]
     if library not in _BACKENDS:
         raise TypeError(f"no kernel backend for arrays of type {type(array).__module__}."
                         f"{type(array).__name__}; pass a NumPy or CuPy array")
-    return importlib.import_module(f".{_BACKENDS[library]}", __name__)
+    backend = _by_type[type(array)] = importlib.import_module(f".{_BACKENDS[library]}", __name__)
+    return backend
