@@ -24,8 +24,13 @@ from .reference import ACTIVATIONS, check_activation
 _jit = dict(nogil=True, cache=True)
 CHUNK = 1 << 15  # elements per work item of a multi-tensor kernel: 128 KiB of float32
 # Below this many elements bias_act runs the reference code: waking threads would cost more
-# than the work, and the reference gives the same bits.
+# than the work, and the reference gives the same bits. So does a bias along the last axis (a
+# linear layer's), where NumPy's broadcast add over rows is faster than this loop nest.
 PARALLEL_MIN = 1 << 14
+
+
+def _by_reference(x: np.ndarray, bias, dim: int) -> bool:
+    return x.size < PARALLEL_MIN or (bias is not None and dim == x.ndim - 1)
 ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
 LINEAR, RELU, LEAKY_RELU, SILU = (ACTIVATION_CODES[name] for name in ACTIVATIONS)
 
@@ -39,18 +44,18 @@ LINEAR, RELU, LEAKY_RELU, SILU = (ACTIVATION_CODES[name] for name in ACTIVATIONS
 @numba.njit(parallel=True, **_jit)
 def _bias_act_forward(x, bias, y, act, alpha, zero):
     """y[n, c, i] = act(x[n, c, i] + bias[c]) for linear, relu, leaky_relu; z for silu, which
-    _silu_finish completes; one (n, c) row per loop iteration."""
+    _silu_finish completes; one sample n (all its channels) per loop iteration."""
     outer, channels, inner = x.shape
-    for row in numba.prange(outer * channels):
-        n, c = row // channels, row % channels
-        b = bias[c]
-        for i in range(inner):
-            z = x[n, c, i] + b
-            if act == RELU:
-                z = z if z > zero else zero
-            elif act == LEAKY_RELU:
-                z = z if z > zero else z * alpha
-            y[n, c, i] = z
+    for n in numba.prange(outer):
+        for c in range(channels):
+            b = bias[c]
+            for i in range(inner):
+                z = x[n, c, i] + b
+                if act == RELU:
+                    z = z if z > zero else zero
+                elif act == LEAKY_RELU:
+                    z = z if z > zero else z * alpha
+                y[n, c, i] = z
     return y
 
 
@@ -66,25 +71,26 @@ def _silu_finish(z, tanh_half_z, y, one, half):
 def _bias_act_backward(grad_output, x, bias, tanh_half_z, grad_x, row_sums, act, alpha, zero,
                        one, half):
     """grad_x = grad_output * act'(x + bias); row_sums[n, c] = sum_i grad_x[n, c, i] (float64),
-    which the caller sums over n for the bias gradient. tanh_half_z: tanh(z / 2) for silu."""
+    which the caller sums over n for the bias gradient. tanh_half_z: tanh(z / 2) for silu.
+    One sample n per loop iteration."""
     outer, channels, inner = x.shape
-    for row in numba.prange(outer * channels):
-        n, c = row // channels, row % channels
-        b = bias[c]
-        total = 0.0
-        for i in range(inner):
-            z = x[n, c, i] + b
-            grad = grad_output[n, c, i]
-            if act == RELU:
-                grad = grad if z > zero else zero
-            elif act == LEAKY_RELU:
-                grad = grad if z > zero else grad * alpha
-            elif act == SILU:
-                s = (tanh_half_z[n, c, i] + one) * half
-                grad = grad * s * (one + z * (one - s))
-            grad_x[n, c, i] = grad
-            total += grad
-        row_sums[n, c] = total
+    for n in numba.prange(outer):
+        for c in range(channels):
+            b = bias[c]
+            total = 0.0
+            for i in range(inner):
+                z = x[n, c, i] + b
+                grad = grad_output[n, c, i]
+                if act == RELU:
+                    grad = grad if z > zero else zero
+                elif act == LEAKY_RELU:
+                    grad = grad if z > zero else grad * alpha
+                elif act == SILU:
+                    s = (tanh_half_z[n, c, i] + one) * half
+                    grad = grad * s * (one + z * (one - s))
+                grad_x[n, c, i] = grad
+                total += grad
+            row_sums[n, c] = total
     return grad_x
 
 
@@ -97,8 +103,9 @@ def _three_axes(shape, dim: int) -> tuple:
 
 def _layout(x: np.ndarray, bias, dim: int):
     """x as a contiguous (outer, C, inner) array and a bias of C elements (zeros for None)."""
-    if bias is None:
-        return np.ascontiguousarray(x).reshape(1, 1, -1), np.zeros(1, dtype=x.dtype)
+    if bias is None:  # rows of the last axis, which the threads share
+        rows = x.reshape(-1, x.shape[-1]) if x.ndim > 1 else x.reshape(1, -1)
+        return np.ascontiguousarray(rows)[:, None, :], np.zeros(1, dtype=x.dtype)
     if not 0 <= dim < x.ndim or x.shape[dim] != bias.shape[0]:
         raise ValueError(f"bias_act: bias of shape {bias.shape} does not fit axis {dim} of an "
                          f"input of shape {x.shape}")
@@ -122,7 +129,7 @@ def bias_act_forward(x: np.ndarray, bias: np.ndarray | None, dim: int, act: str,
                      alpha: float) -> np.ndarray:
     """y = act(x + bias), bias (C,) along axis `dim` (None: no bias); see reference.py."""
     check_activation(act)
-    if x.size < PARALLEL_MIN:
+    if _by_reference(x, bias, dim):
         return reference.bias_act_forward(x, bias, dim, act, alpha)
     x3, bias = _layout(x, bias, dim)
     alpha, zero, one, half = _constants(x3.dtype, alpha)
@@ -139,7 +146,7 @@ def bias_act_backward(grad_output: np.ndarray, x: np.ndarray, bias: np.ndarray |
                       dim: int, act: str, alpha: float):
     """(grad_x, grad_bias or None): the gradients of bias_act_forward, in one pass."""
     check_activation(act)
-    if x.size < PARALLEL_MIN:
+    if _by_reference(x, bias, dim):
         return reference.bias_act_backward(grad_output, x, bias, dim, act, alpha)
     x3, bias3 = _layout(x, bias, dim)
     alpha, zero, one, half = _constants(x3.dtype, alpha)
