@@ -9,10 +9,14 @@ by the file of its class (conv, norm, activations, elementwise, ...); the optimi
 clipping and the EMA are timed as calls; what is left ("autograd walk + glue") is the
 backward walk's bookkeeping and the Python between the ops. The timers themselves cost a few
 microseconds per op, so the table's total runs slightly over the plain step, printed beside it.
+On a busy machine wall time mostly measures the other processes; `--clock process` counts this
+process's CPU time instead (on one thread, NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1, that is
+the work itself; on more, the sum over the threads).
 
     python benchmarks/profile_step.py                   # all four cases and the op-rate test
     python benchmarks/profile_step.py --only ddpm8 --steps 10
     MINIGEN_FUSION=0 python benchmarks/profile_step.py  # the same with the fused kernels off
+    NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/profile_step.py --clock process
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ CASES = {"ddpm8": (DDPMLoop, 8, 64), "ddpm16": (DDPMLoop, 16, 32),
 WHOLE_CALLS = [
                ("minigen.optim.ema", "EMA", "update", "EMA update"),
                ("minigen.nn.utils", None, "clip_grad_norm_", "clip_grad_norm_")]
+CLOCK = [time.perf_counter]  # the timer of every measurement; --clock process swaps it
 MICRO_OPS = 6  # ops in one micro-benchmark iteration: mul, add, relu, mul, sum + the backward
 
 
@@ -56,12 +61,12 @@ class Profiler:
             if profiler.depth:
                 return function(*args, **kwargs)
             profiler.depth += 1
-            start = time.perf_counter()
+            start = CLOCK[0]()
             try:
                 return function(*args, **kwargs)
             finally:
                 row = row_of(args)
-                profiler.seconds[row] += time.perf_counter() - start
+                profiler.seconds[row] += CLOCK[0]() - start
                 profiler.calls[row] += 1
                 profiler.depth -= 1
         return wrapper
@@ -133,16 +138,16 @@ def profile_case(name: str, steps: int) -> None:
         step()
     plain = []
     for _ in range(steps):
-        start = time.perf_counter()
+        start = CLOCK[0]()
         step()
-        plain.append(time.perf_counter() - start)
+        plain.append(CLOCK[0]() - start)
     profiler = Profiler().install()
     totals = []
     try:
         for _ in range(steps):
-            start = time.perf_counter()
+            start = CLOCK[0]()
             step()
-            totals.append(time.perf_counter() - start)
+            totals.append(CLOCK[0]() - start)
     finally:
         profiler.remove()
     total = sum(totals)
@@ -180,12 +185,12 @@ def op_rate(seconds: float) -> None:
     def rate(fn) -> float:
         for _ in range(200):
             fn()
-        count, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
+        count, start = 0, CLOCK[0]()
+        while CLOCK[0]() - start < seconds:
             for _ in range(100):
                 fn()
             count += 100
-        return count * MICRO_OPS / (time.perf_counter() - start)
+        return count * MICRO_OPS / (CLOCK[0]() - start)
 
     ours_both, ours_fwd = ours_setup()
     theirs_both, theirs_fwd = theirs_setup()
@@ -210,7 +215,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="profiled steps per case")
     parser.add_argument("--op-seconds", type=float, default=1.0,
                         help="seconds per side of the op-rate test")
+    parser.add_argument("--clock", choices=("wall", "process"), default="wall",
+                        help="wall: elapsed time; process: this process's CPU time")
     args = parser.parse_args()
+    CLOCK[0] = time.perf_counter if args.clock == "wall" else time.process_time
+    print(f"clock: {args.clock}; fusion {'on' if minigen.fusion_enabled() else 'off'}")
     for name in args.only:
         if name == "ops":
             op_rate(args.op_seconds)

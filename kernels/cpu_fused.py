@@ -27,6 +27,7 @@ CHUNK = 1 << 15  # elements per work item of a multi-tensor kernel: 128 KiB of f
 # than the work, and the reference gives the same bits. So does a bias along the last axis (a
 # linear layer's), where NumPy's broadcast add over rows is faster than this loop nest.
 PARALLEL_MIN = 1 << 14
+ROW_MIN = 1 << 10  # without a bias, x is cut into rows of at least this many elements
 
 
 def _by_reference(x: np.ndarray, bias, dim: int) -> bool:
@@ -68,16 +69,13 @@ def _silu_finish(z, tanh_half_z, y, one, half):
 
 
 @numba.njit(parallel=True, **_jit)
-def _bias_act_backward(grad_output, x, bias, tanh_half_z, grad_x, row_sums, act, alpha, zero,
-                       one, half):
-    """grad_x = grad_output * act'(x + bias); row_sums[n, c] = sum_i grad_x[n, c, i] (float64),
-    which the caller sums over n for the bias gradient. tanh_half_z: tanh(z / 2) for silu.
-    One sample n per loop iteration."""
+def _bias_act_backward(grad_output, x, bias, tanh_half_z, grad_x, act, alpha, zero, one, half):
+    """grad_x = grad_output * act'(x + bias) for relu, leaky_relu and silu (tanh_half_z:
+    tanh(z / 2)); one sample n per loop iteration."""
     outer, channels, inner = x.shape
     for n in numba.prange(outer):
         for c in range(channels):
             b = bias[c]
-            total = 0.0
             for i in range(inner):
                 z = x[n, c, i] + b
                 grad = grad_output[n, c, i]
@@ -89,9 +87,21 @@ def _bias_act_backward(grad_output, x, bias, tanh_half_z, grad_x, row_sums, act,
                     s = (tanh_half_z[n, c, i] + one) * half
                     grad = grad * s * (one + z * (one - s))
                 grad_x[n, c, i] = grad
-                total += grad
-            row_sums[n, c] = total
     return grad_x
+
+
+# Reassociation lets the sums vectorise; they are float64, so their order hardly shows.
+@numba.njit(parallel=True, fastmath={"reassoc"}, **_jit)
+def _channel_sums(grad_x, row_sums):
+    """row_sums[n, c] = sum_i grad_x[n, c, i] in float64; one sample n per loop iteration."""
+    outer, channels, inner = grad_x.shape
+    for n in numba.prange(outer):
+        for c in range(channels):
+            total = 0.0
+            for i in range(inner):
+                total += np.float64(grad_x[n, c, i])
+            row_sums[n, c] = total
+    return row_sums
 
 
 def _three_axes(shape, dim: int) -> tuple:
@@ -103,9 +113,13 @@ def _three_axes(shape, dim: int) -> tuple:
 
 def _layout(x: np.ndarray, bias, dim: int):
     """x as a contiguous (outer, C, inner) array and a bias of C elements (zeros for None)."""
-    if bias is None:  # rows of the last axis, which the threads share
-        rows = x.reshape(-1, x.shape[-1]) if x.ndim > 1 else x.reshape(1, -1)
-        return np.ascontiguousarray(rows)[:, None, :], np.zeros(1, dtype=x.dtype)
+    if bias is None:  # rows of >= ROW_MIN elements (trailing axes), which the threads share
+        inner, axis = 1, x.ndim
+        while axis > 0 and inner < ROW_MIN:
+            axis -= 1
+            inner *= x.shape[axis]
+        shape = (1, 1, -1) if x.size == 0 else (-1, 1, inner)
+        return np.ascontiguousarray(x).reshape(shape), np.zeros(1, dtype=x.dtype)
     if not 0 <= dim < x.ndim or x.shape[dim] != bias.shape[0]:
         raise ValueError(f"bias_act: bias of shape {bias.shape} does not fit axis {dim} of an "
                          f"input of shape {x.shape}")
@@ -151,22 +165,25 @@ def bias_act_backward(grad_output: np.ndarray, x: np.ndarray, bias: np.ndarray |
     x3, bias3 = _layout(x, bias, dim)
     alpha, zero, one, half = _constants(x3.dtype, alpha)
     grad3 = np.ascontiguousarray(grad_output, dtype=x.dtype).reshape(x3.shape)
-    grad_x = np.empty_like(x3)
-    row_sums = np.empty(x3.shape[:2], dtype=np.float64)
-    if grad_x.size:
-        code = ACTIVATION_CODES[act]
-        tanh_half_z = x3
-        if code == SILU:
-            z = x3 if bias is None else _bias_act_forward(x3, bias3, np.empty_like(x3), LINEAR,
-                                                          alpha, zero)
-            tanh_half_z = _tanh_half(z)
-        _bias_act_backward(grad3, x3, bias3, tanh_half_z, grad_x, row_sums, code, alpha, zero,
-                           one, half)
-    grad_x = grad_x.reshape(x.shape)
+    code = ACTIVATION_CODES[act]
+    if code == LINEAR:
+        grad_x = grad3  # the identity's gradient: the incoming one, shared as Add's is
+    else:
+        grad_x = np.empty_like(x3)
+        if grad_x.size:
+            tanh_half_z = x3
+            if code == SILU:
+                z = x3 if bias is None else _bias_act_forward(x3, bias3, np.empty_like(x3),
+                                                              LINEAR, alpha, zero)
+                tanh_half_z = _tanh_half(z)
+            _bias_act_backward(grad3, x3, bias3, tanh_half_z, grad_x, code, alpha, zero, one,
+                               half)
     if bias is None:
-        return grad_x, None
-    grad_bias = row_sums.sum(axis=0) if grad_x.size else np.zeros(bias3.shape[0])
-    return grad_x, grad_bias.astype(bias.dtype)
+        return grad_x.reshape(x.shape), None
+    row_sums = np.zeros(x3.shape[:2], dtype=np.float64)
+    if grad_x.size:
+        _channel_sums(grad_x, row_sums)
+    return grad_x.reshape(x.shape), row_sums.sum(axis=0).astype(bias.dtype)
 
 
 # ---------------------------------------------------------------------------------------
