@@ -251,16 +251,17 @@ def _sgd_kernel(params, grads, buffers, chunks, first, like, lr, momentum, one_m
         param, grad = _tensor(params, t, stop, like), _tensor(grads, t, stop, like)
         buffer = _tensor(buffers, t, stop, like) if use_momentum else param
         for i in range(start, stop):
-            g = -grad[i] if maximize else grad[i]
+            # Loads first, stores last: the tensors come as raw addresses, which the compiler
+            # cannot prove apart, so values are not re-read after each store.
+            p, g = param[i], grad[i]
+            g = -g if maximize else g
             if weight_decay != 0:
-                g = g + weight_decay * param[i]
+                g = g + weight_decay * p
             if use_momentum:
-                if first[t]:
-                    buffer[i] = g
-                else:
-                    buffer[i] = buffer[i] * momentum + one_minus_dampening * g
-                g = g + momentum * buffer[i] if nesterov else buffer[i]
-            param[i] = param[i] - lr * g
+                b = g if first[t] else buffer[i] * momentum + one_minus_dampening * g
+                buffer[i] = b
+                g = g + momentum * b if nesterov else b
+            param[i] = p - lr * g
 
 
 def sgd_update(params: list, grads: list, momentum_buffers: list, first_steps: list,
@@ -298,22 +299,25 @@ def _adam_kernel(params, grads, exp_avgs, exp_avg_sqs, max_sqs, chunks, step_siz
         max_sq = _tensor(max_sqs, t, stop, like) if amsgrad else exp_avg_sq
         step_size, correction = step_sizes[t], bias_correction2_sqrts[t]
         for i in range(start, stop):
-            g = -grad[i] if maximize else grad[i]
+            p, g, m, v = param[i], grad[i], exp_avg[i], exp_avg_sq[i]  # loads first, as in SGD
+            g = -g if maximize else g
             if weight_decay != 0:
                 if decoupled:
-                    param[i] = param[i] * decay_factor
+                    p = p * decay_factor
                 else:
-                    g = g + weight_decay * param[i]
+                    g = g + weight_decay * p
             # The same operations in the same order as the unfused optimizer: equal bits.
-            exp_avg[i] = exp_avg[i] + one_minus_beta1 * (g - exp_avg[i])
-            exp_avg_sq[i] = exp_avg_sq[i] * beta2 + one_minus_beta2 * g * g
-            second = exp_avg_sq[i]
+            m = m + one_minus_beta1 * (g - m)
+            v = v * beta2 + one_minus_beta2 * g * g
+            second = v
             if amsgrad:
-                if second > max_sq[i] or np.isnan(second):
-                    max_sq[i] = second
-                second = max_sq[i]
-            denominator = np.sqrt(second) / correction + eps
-            param[i] = param[i] - step_size * (exp_avg[i] / denominator)
+                largest = max_sq[i]
+                if v > largest or np.isnan(v):
+                    largest = v
+                max_sq[i] = largest
+                second = largest
+            exp_avg[i], exp_avg_sq[i] = m, v
+            param[i] = p - step_size * (m / (np.sqrt(second) / correction + eps))
 
 
 def adam_update(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list,
@@ -354,7 +358,8 @@ def _ema_kernel(shadows, params, chunks, like, one_minus_decay):
         t, start, stop = chunks[k, 0], chunks[k, 1], chunks[k, 2]
         shadow, param = _tensor(shadows, t, stop, like), _tensor(params, t, stop, like)
         for i in range(start, stop):
-            shadow[i] = shadow[i] - one_minus_decay * (shadow[i] - param[i])
+            value = shadow[i]
+            shadow[i] = value - one_minus_decay * (value - param[i])
 
 
 def ema_update(shadows: list, params: list, decay: float) -> None:
