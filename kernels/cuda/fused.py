@@ -8,7 +8,8 @@ leaves one partial sum per block in one device array and never waits for the hos
 """
 from __future__ import annotations
 
-import cupy
+import sys
+
 import numpy as np
 
 from ..reference import ACTIVATIONS, check_activation
@@ -16,6 +17,11 @@ from . import MAX_BLOCKS, THREADS_PER_BLOCK, _C_TYPES, _launch, _module
 
 FILE = "fused.cu"
 ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
+
+
+def _cupy():
+    """CuPy as kernels/cuda/__init__.py holds it (where a test stand-in may replace it)."""
+    return sys.modules[__package__].cupy
 
 
 def _blocks(total: int) -> int:
@@ -48,6 +54,7 @@ def _geometry(shape, bias, dim: int) -> tuple:
 
 def bias_act_forward(x, bias, dim: int, act: str, alpha: float):
     """y = act(x + bias), bias (C,) along axis `dim` (None: no bias); see reference.py."""
+    cupy = _cupy()
     check_activation(act)
     x = cupy.ascontiguousarray(x)
     _, channels, inner = _geometry(x.shape, bias, dim)
@@ -60,6 +67,7 @@ def bias_act_forward(x, bias, dim: int, act: str, alpha: float):
 
 def bias_act_backward(grad_output, x, bias, dim: int, act: str, alpha: float):
     """(grad_x, grad_bias or None): the gradients of bias_act_forward."""
+    cupy = _cupy()
     check_activation(act)
     x = cupy.ascontiguousarray(x)
     grad_output = cupy.ascontiguousarray(grad_output, dtype=x.dtype)
@@ -82,6 +90,7 @@ def sgd_update(params: list, grads: list, momentum_buffers: list, first_steps: l
                lr: float, momentum: float, dampening: float, weight_decay: float,
                nesterov: bool, maximize: bool) -> None:
     """One SGD step over every parameter, one kernel per tensor; see reference.sgd_update."""
+    cupy = _cupy()
     for index, (param, grad) in enumerate(zip(params, grads)):
         typed = param.dtype.type
         grad = cupy.ascontiguousarray(grad, dtype=param.dtype)
@@ -98,6 +107,7 @@ def adam_update(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list,
                 maximize: bool) -> None:
     """One Adam / AdamW step over every parameter, one kernel per tensor; see
     reference.adam_update."""
+    cupy = _cupy()
     for index, (param, grad) in enumerate(zip(params, grads)):
         typed, step = param.dtype.type, steps[index]
         grad = cupy.ascontiguousarray(grad, dtype=param.dtype)
@@ -111,6 +121,7 @@ def adam_update(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list,
 
 def ema_update(shadows: list, params: list, decay: float) -> None:
     """shadow -= (1 - decay)(shadow - param) for every pair, one kernel per tensor."""
+    cupy = _cupy()
     for shadow, param in zip(shadows, params):
         param = cupy.ascontiguousarray(param, dtype=shadow.dtype)
         _launch(FILE, "ema_update", shadow.dtype, shadow.size, shadow, param, shadow.size,
@@ -119,6 +130,7 @@ def ema_update(shadows: list, params: list, decay: float) -> None:
 
 def grad_norm(grads: list, norm_type: float):
     """The norm_type-norm of all gradients together, a 0-d float64 device array."""
+    cupy = _cupy()
     grads = [cupy.ascontiguousarray(g) for g in grads if g.size]
     if not grads:
         return cupy.zeros((), dtype=np.float64)
@@ -136,6 +148,7 @@ def grad_norm(grads: list, norm_type: float):
 
 def scale_grads(grads: list, coefficient) -> list:
     """grad * coefficient (cast to the gradient's dtype) for each gradient, as new arrays."""
+    cupy = _cupy()
     coefficient = cupy.asarray(coefficient, dtype=np.float64).reshape(1)
     outs = []
     for grad in grads:
