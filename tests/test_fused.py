@@ -453,3 +453,17 @@ def test_unet_and_dcgan_gradients_agree_with_fusion_on_and_off():
     for name in plain:
         np.testing.assert_allclose(fused[name], plain[name], rtol=1e-4,
                                    atol=1e-6 * scale[name.split(".")[0] + "."], err_msg=name)
+
+
+def test_an_optimizer_subclass_with_only_a_per_parameter_update_still_steps(fused_on):
+    class SignDescent(optim.Optimizer):
+        def __init__(self, params, lr=0.1):
+            super().__init__(params, dict(lr=lr))
+
+        def _update(self, param, grad, state, group):
+            param.data -= group["lr"] * np.sign(grad)
+
+    param = nn.Parameter(minigen.tensor(np.array([1.0, -2.0])))
+    param.grad = minigen.tensor(np.array([0.5, -3.0]))
+    SignDescent([param]).step()
+    np.testing.assert_allclose(param.detach().numpy(), [0.9, -1.9])

@@ -91,8 +91,11 @@ class Optimizer:
 
     def _fused_update(self, backend_kernels, params: list, grads: list, states: list,
                       group: dict) -> None:
-        """The whole group's step in one multi-tensor kernel of `backend_kernels`."""
-        raise NotImplementedError
+        """The whole group's step in one multi-tensor kernel of `backend_kernels`; an
+        optimizer without one (a subclass that defines only _update) steps parameter by
+        parameter."""
+        for param, grad, state in zip(params, grads, states):
+            self._update(param, grad, state, group)
 
     # ---- saving and restoring -----------------------------------------------------------
     def _all_params(self) -> list:
