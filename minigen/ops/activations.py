@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 from minigen import backend
-from minigen.ops.bias_act import bias_act
 from minigen.ops.elementwise import constant, erf, exp, where
 from minigen.ops.reduce import logsumexp, sum
 from minigen.tensor import Function, Tensor
@@ -112,6 +111,9 @@ class LogSoftmax(Function):
 
 # relu, leaky_relu and silu go through bias_act (without a bias): with fusion on, one threaded
 # kernel forward and one backward; with fusion off, the ops above.
+from minigen.ops.bias_act import bias_act  # noqa: E402
+
+
 def relu(x: Tensor) -> Tensor:
     return bias_act(x, act="relu")
 
@@ -166,5 +168,5 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     return x * constant(keep.astype(x.dtype) / (1 - p))
 
 
-__all__ = ["bias_act", "relu", "leaky_relu", "sigmoid", "tanh", "silu", "softplus", "gelu", "softmax",
+__all__ = ["relu", "leaky_relu", "sigmoid", "tanh", "silu", "softplus", "gelu", "softmax",
            "log_softmax", "logsumexp", "dropout"]
