@@ -28,6 +28,30 @@ CHUNK = 1 << 15  # elements per work item of a multi-tensor kernel: 128 KiB of f
 # linear layer's), where NumPy's broadcast add over rows is faster than this loop nest.
 PARALLEL_MIN = 1 << 14
 ROW_MIN = 1 << 10  # without a bias, x is cut into rows of at least this many elements
+# Each Numba thread a call uses gets at least this many elements. Waking a sleeping worker costs
+# microseconds on an idle machine and whole scheduler time slices on a busy one (a 130,000-
+# element pass took 16 ms on two threads there against 12 us on one), so smaller calls stay on
+# the calling thread.
+ELEMENTS_PER_THREAD = 1 << 17
+
+
+class _Threads:
+    """`with _Threads(elements):` runs the Numba calls inside on as many threads as `elements`
+    pays for, at most the current numba.get_num_threads(), which it restores after."""
+
+    __slots__ = ("wanted", "previous")
+
+    def __init__(self, elements: int):
+        self.previous = numba.get_num_threads()
+        self.wanted = max(1, min(self.previous, elements // ELEMENTS_PER_THREAD))
+
+    def __enter__(self):
+        if self.wanted != self.previous:
+            numba.set_num_threads(self.wanted)
+
+    def __exit__(self, *exc_info):
+        if self.wanted != self.previous:
+            numba.set_num_threads(self.previous)
 
 
 def _by_reference(x: np.ndarray, bias, dim: int) -> bool:
@@ -150,9 +174,10 @@ def bias_act_forward(x: np.ndarray, bias: np.ndarray | None, dim: int, act: str,
     y = np.empty_like(x3)
     if y.size:
         code = ACTIVATION_CODES[act]
-        _bias_act_forward(x3, bias, y, code, alpha, zero)
-        if code == SILU:
-            _silu_finish(y.reshape(-1), _tanh_half(y).reshape(-1), y.reshape(-1), one, half)
+        with _Threads(y.size):
+            _bias_act_forward(x3, bias, y, code, alpha, zero)
+            if code == SILU:
+                _silu_finish(y.reshape(-1), _tanh_half(y).reshape(-1), y.reshape(-1), one, half)
     return y.reshape(x.shape)
 
 
@@ -166,23 +191,26 @@ def bias_act_backward(grad_output: np.ndarray, x: np.ndarray, bias: np.ndarray |
     alpha, zero, one, half = _constants(x3.dtype, alpha)
     grad3 = np.ascontiguousarray(grad_output, dtype=x.dtype).reshape(x3.shape)
     code = ACTIVATION_CODES[act]
+    threads = _Threads(x3.size)
     if code == LINEAR:
         grad_x = grad3  # the identity's gradient: the incoming one, shared as Add's is
     else:
         grad_x = np.empty_like(x3)
         if grad_x.size:
             tanh_half_z = x3
-            if code == SILU:
-                z = x3 if bias is None else _bias_act_forward(x3, bias3, np.empty_like(x3),
-                                                              LINEAR, alpha, zero)
-                tanh_half_z = _tanh_half(z)
-            _bias_act_backward(grad3, x3, bias3, tanh_half_z, grad_x, code, alpha, zero, one,
-                               half)
+            with threads:
+                if code == SILU:
+                    z = x3 if bias is None else _bias_act_forward(x3, bias3, np.empty_like(x3),
+                                                                  LINEAR, alpha, zero)
+                    tanh_half_z = _tanh_half(z)
+                _bias_act_backward(grad3, x3, bias3, tanh_half_z, grad_x, code, alpha, zero,
+                                   one, half)
     if bias is None:
         return grad_x.reshape(x.shape), None
     row_sums = np.zeros(x3.shape[:2], dtype=np.float64)
     if grad_x.size:
-        _channel_sums(grad_x, row_sums)
+        with threads:
+            _channel_sums(grad_x, row_sums)
     return grad_x.reshape(x.shape), row_sums.sum(axis=0).astype(bias.dtype)
 
 
@@ -281,11 +309,12 @@ def sgd_update(params: list, grads: list, momentum_buffers: list, first_steps: l
     params, grads, buffers = (_pick(a, fast) for a in (params, grads, buffers))
     typed = params[0].dtype.type
     table = _addresses(params)
-    _sgd_kernel(table, _addresses(grads), _addresses(buffers) if momentum else table,
-                _chunks(tuple(p.size for p in params)),
-                np.array(_pick(first_steps, fast), dtype=np.bool_), _like(params[0]),
-                typed(lr), typed(momentum), typed(1 - dampening), typed(weight_decay),
-                bool(momentum), bool(nesterov), bool(maximize))
+    with _Threads(sum(a.size for a in params)):
+        _sgd_kernel(table, _addresses(grads), _addresses(buffers) if momentum else table,
+                    _chunks(tuple(p.size for p in params)),
+                    np.array(_pick(first_steps, fast), dtype=np.bool_), _like(params[0]),
+                    typed(lr), typed(momentum), typed(1 - dampening), typed(weight_decay),
+                    bool(momentum), bool(nesterov), bool(maximize))
 
 
 @numba.njit(parallel=True, **_jit)
@@ -344,12 +373,13 @@ def adam_update(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list,
     step_sizes = np.array([lr / (1 - beta1 ** step) for step in steps], dtype=dtype)
     corrections = np.array([(1 - beta2 ** step) ** 0.5 for step in steps], dtype=dtype)
     squares = _addresses(exp_avg_sqs)
-    _adam_kernel(_addresses(params), _addresses(grads), _addresses(exp_avgs), squares,
-                 _addresses(max_sqs) if amsgrad else squares,
-                 _chunks(tuple(p.size for p in params)), step_sizes, corrections,
-                 _like(params[0]), typed(1 - lr * weight_decay), typed(1 - beta1),
-                 typed(beta2), typed(1 - beta2), typed(eps), typed(weight_decay),
-                 bool(decoupled), bool(amsgrad), bool(maximize))
+    with _Threads(sum(a.size for a in params)):
+        _adam_kernel(_addresses(params), _addresses(grads), _addresses(exp_avgs), squares,
+                     _addresses(max_sqs) if amsgrad else squares,
+                     _chunks(tuple(p.size for p in params)), step_sizes, corrections,
+                     _like(params[0]), typed(1 - lr * weight_decay), typed(1 - beta1),
+                     typed(beta2), typed(1 - beta2), typed(eps), typed(weight_decay),
+                     bool(decoupled), bool(amsgrad), bool(maximize))
 
 
 @numba.njit(parallel=True, **_jit)
@@ -370,8 +400,10 @@ def ema_update(shadows: list, params: list, decay: float) -> None:
     if not fast:
         return
     shadows, params = _pick(shadows, fast), _pick(params, fast)
-    _ema_kernel(_addresses(shadows), _addresses(params), _chunks(tuple(s.size for s in shadows)),
-                _like(shadows[0]), shadows[0].dtype.type(1 - decay))
+    with _Threads(sum(a.size for a in shadows)):
+        _ema_kernel(_addresses(shadows), _addresses(params),
+                    _chunks(tuple(s.size for s in shadows)),
+                    _like(shadows[0]), shadows[0].dtype.type(1 - decay))
 
 
 @numba.njit(parallel=True, **_jit)
@@ -403,8 +435,9 @@ def grad_norm(grads: list, norm_type: float) -> np.ndarray:
         group = [g for g in grads if g.dtype == dtype]
         chunks = _chunks(tuple(g.size for g in group))
         partials = np.empty(chunks.shape[0], dtype=np.float64)
-        _norm_partials(_addresses(group), chunks, _like(group[0]), float(norm_type),
-                       partials)
+        with _Threads(sum(a.size for a in group)):
+            _norm_partials(_addresses(group), chunks, _like(group[0]), float(norm_type),
+                           partials)
         total = np.maximum(total, partials.max()) if np.isinf(norm_type) \
             else total + partials.sum()
     return total if np.isinf(norm_type) else np.asarray(total ** (1.0 / norm_type))
@@ -430,6 +463,8 @@ def scale_grads(grads: list, coefficient) -> list:
                 outs[i] = reference.scale_grads([grads[i]], coefficient)[0]
             continue
         group, targets = _pick(grads, indices), _pick(outs, indices)
-        _scale_kernel(_addresses(group), _addresses(targets), _chunks(tuple(g.size for g in group)),
-                      _like(group[0]), dtype.type(np.asarray(coefficient).astype(dtype)))
+        with _Threads(sum(a.size for a in group)):
+            _scale_kernel(_addresses(group), _addresses(targets),
+                          _chunks(tuple(g.size for g in group)),
+                          _like(group[0]), dtype.type(np.asarray(coefficient).astype(dtype)))
     return outs

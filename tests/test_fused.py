@@ -467,3 +467,15 @@ def test_an_optimizer_subclass_with_only_a_per_parameter_update_still_steps(fuse
     param.grad = minigen.tensor(np.array([0.5, -3.0]))
     SignDescent([param]).step()
     np.testing.assert_allclose(param.detach().numpy(), [0.9, -1.9])
+
+
+def test_small_fused_calls_stay_on_the_calling_thread_and_the_thread_count_comes_back():
+    import numba
+    previous = numba.get_num_threads()
+    seen = []
+    with cpu_fused._Threads(10):
+        seen.append(numba.get_num_threads())
+    with cpu_fused._Threads(10**12):
+        seen.append(numba.get_num_threads())
+    assert seen == [1, previous]
+    assert numba.get_num_threads() == previous
