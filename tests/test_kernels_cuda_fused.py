@@ -110,6 +110,27 @@ def test_cuda_sgd_update_matches_reference_over_three_steps(dtype, momentum, nes
         assert_close(gpu.asnumpy(actual), expected, dtype)
 
 
+def test_cuda_updates_write_strided_parameters_and_states_in_place(gpu):
+    rng = np.random.default_rng(47)
+    param, grad = rng.standard_normal((4, 6)), rng.standard_normal((4, 6))
+    wide = [np.zeros((4, 12)) for _ in range(4)]
+    wide[0][:, ::2] = param
+    device = [gpu.asarray(w) for w in wide]
+    strided = [d[:, ::2] for d in device]  # parameter, exp_avg, exp_avg_sq, EMA shadow
+    moments = [np.zeros((4, 6)), np.zeros((4, 6))]
+    expected = param.copy()
+    for step in (1, 2):
+        reference.adam_update([expected], [grad], [moments[0]], [moments[1]], None, [step], 0.1,
+                              0.9, 0.99, 1e-8, 0.0, True, False, False)
+        gpu.kernels.adam_update([strided[0]], [gpu.asarray(grad)], [strided[1]], [strided[2]],
+                                None, [step], 0.1, 0.9, 0.99, 1e-8, 0.0, True, False, False)
+    gpu.kernels.ema_update([strided[3]], [strided[0]], 0.5)
+    on_host = gpu.asnumpy(device[0])
+    assert_close(on_host[:, ::2], expected, np.float64)
+    np.testing.assert_array_equal(on_host[:, 1::2], 0)  # the gaps between stay untouched
+    assert_close(gpu.asnumpy(device[3])[:, ::2], expected * 0.5, np.float64)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda dtype: np.dtype(dtype).name)
 def test_cuda_ema_update_matches_reference(dtype, gpu):
     rng = np.random.default_rng(44)

@@ -3,8 +3,9 @@ bias + activation forward and backward, and the SGD, Adam / AdamW, EMA and gradi
 updates.
 
 The updates take lists of arrays, as the CPU's multi-tensor kernels do, and launch one fused
-kernel per tensor (the unfused step launched about ten per tensor); the norm of clipping
-leaves one partial sum per block in one device array and never waits for the host.
+kernel per tensor (the unfused step launched about ten per tensor), on a contiguous copy of a
+strided tensor, written back after; the norm of clipping leaves one partial sum per block in
+one device array and never waits for the host.
 """
 from __future__ import annotations
 
@@ -38,6 +39,18 @@ def _run_blocks(kernel: str, dtype, blocks: int, *args) -> None:
     function = _module(FILE).get_function(f"{kernel}<{c_type}>")
     function((blocks,), (THREADS_PER_BLOCK,),
              tuple(np.int64(arg) if isinstance(arg, (int, np.integer)) else arg for arg in args))
+
+
+def _writable(cupy, *arrays) -> list:
+    """Contiguous arrays for a kernel to update in place: the arrays themselves, or copies of
+    strided ones, which _write_back returns to where they came from."""
+    return [a if a is None or a.flags.c_contiguous else cupy.ascontiguousarray(a) for a in arrays]
+
+
+def _write_back(originals, updated) -> None:
+    for original, copy in zip(originals, updated):
+        if copy is not original:
+            original[...] = copy
 
 
 def _geometry(shape, bias, dim: int) -> tuple:
@@ -94,11 +107,13 @@ def sgd_update(params: list, grads: list, momentum_buffers: list, first_steps: l
     for index, (param, grad) in enumerate(zip(params, grads)):
         typed = param.dtype.type
         grad = cupy.ascontiguousarray(grad, dtype=param.dtype)
-        buffer = momentum_buffers[index] if momentum else param
-        _launch(FILE, "sgd_update", param.dtype, param.size, param, grad, buffer, param.size,
-                typed(lr), typed(momentum), typed(1 - dampening), typed(weight_decay),
-                int(bool(momentum)), int(bool(momentum) and first_steps[index]),
-                int(nesterov), int(maximize))
+        originals = (param, momentum_buffers[index] if momentum else None)
+        work, buffer = _writable(cupy, *originals)
+        _launch(FILE, "sgd_update", param.dtype, param.size, work, grad,
+                work if buffer is None else buffer, param.size, typed(lr), typed(momentum),
+                typed(1 - dampening), typed(weight_decay), int(bool(momentum)),
+                int(bool(momentum) and first_steps[index]), int(nesterov), int(maximize))
+        _write_back(originals, (work, buffer))
 
 
 def adam_update(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list,
@@ -111,12 +126,15 @@ def adam_update(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list,
     for index, (param, grad) in enumerate(zip(params, grads)):
         typed, step = param.dtype.type, steps[index]
         grad = cupy.ascontiguousarray(grad, dtype=param.dtype)
-        exp_avg_sq = exp_avg_sqs[index]
-        _launch(FILE, "adam_update", param.dtype, param.size, param, grad, exp_avgs[index],
-                exp_avg_sq, max_exp_avg_sqs[index] if amsgrad else exp_avg_sq, param.size,
-                typed(1 - lr * weight_decay), typed(1 - beta1), typed(beta2), typed(1 - beta2),
-                typed(eps), typed(weight_decay), typed(lr / (1 - beta1 ** step)),
-                typed((1 - beta2 ** step) ** 0.5), int(decoupled), int(amsgrad), int(maximize))
+        originals = (param, exp_avgs[index], exp_avg_sqs[index],
+                     max_exp_avg_sqs[index] if amsgrad else None)
+        work = _writable(cupy, *originals)
+        _launch(FILE, "adam_update", param.dtype, param.size, work[0], grad, work[1], work[2],
+                work[3] if amsgrad else work[2], param.size, typed(1 - lr * weight_decay),
+                typed(1 - beta1), typed(beta2), typed(1 - beta2), typed(eps), typed(weight_decay),
+                typed(lr / (1 - beta1 ** step)), typed((1 - beta2 ** step) ** 0.5),
+                int(decoupled), int(amsgrad), int(maximize))
+        _write_back(originals, work)
 
 
 def ema_update(shadows: list, params: list, decay: float) -> None:
@@ -124,8 +142,10 @@ def ema_update(shadows: list, params: list, decay: float) -> None:
     cupy = _cupy()
     for shadow, param in zip(shadows, params):
         param = cupy.ascontiguousarray(param, dtype=shadow.dtype)
-        _launch(FILE, "ema_update", shadow.dtype, shadow.size, shadow, param, shadow.size,
+        (work,) = _writable(cupy, shadow)
+        _launch(FILE, "ema_update", shadow.dtype, shadow.size, work, param, shadow.size,
                 shadow.dtype.type(1 - decay))
+        _write_back((shadow,), (work,))
 
 
 def grad_norm(grads: list, norm_type: float):
