@@ -12,6 +12,7 @@ stay referenced by the caller for the whole call. Parameters whose arrays are no
 from __future__ import annotations
 
 import functools
+import weakref
 
 import numba
 import numpy as np
@@ -241,8 +242,29 @@ def _chunks(sizes: tuple) -> np.ndarray:
     return np.array(rows, dtype=np.int64).reshape(-1, 3)
 
 
-def _addresses(arrays) -> np.ndarray:
-    return np.array([array.ctypes.data for array in arrays], dtype=np.int64)
+# Address tables of the arrays that live across steps (parameters, optimizer states, EMA
+# shadows), by the arrays' ids: `array.ctypes.data` costs microseconds per array, a model has
+# hundreds, and these tables are asked for every step. Weak references (and the sizes) prove
+# that an entry's arrays are still the same ones.
+_TABLES: dict = {}
+TABLES_KEPT = 64
+
+
+def _addresses(arrays, lasting: bool = False) -> np.ndarray:
+    """The data addresses of `arrays` as int64; lasting=True: remembered for the next call."""
+    if not lasting:
+        return np.array([array.ctypes.data for array in arrays], dtype=np.int64)
+    key = tuple(map(id, arrays))
+    entry = _TABLES.get(key)
+    if entry is not None and all(ref() is array and array.size == size for ref, size, array
+                                 in zip(entry[0], entry[1], arrays)):
+        return entry[2]
+    table = np.array([array.ctypes.data for array in arrays], dtype=np.int64)
+    if len(_TABLES) >= TABLES_KEPT:
+        _TABLES.pop(next(iter(_TABLES)))
+    _TABLES[key] = ([weakref.ref(array) for array in arrays], [array.size for array in arrays],
+                    table)
+    return table
 
 
 def _fast(*lists) -> tuple[list, list]:
@@ -308,9 +330,10 @@ def sgd_update(params: list, grads: list, momentum_buffers: list, first_steps: l
         return
     params, grads, buffers = (_pick(a, fast) for a in (params, grads, buffers))
     typed = params[0].dtype.type
-    table = _addresses(params)
+    table = _addresses(params, lasting=True)
     with _Threads(sum(a.size for a in params)):
-        _sgd_kernel(table, _addresses(grads), _addresses(buffers) if momentum else table,
+        _sgd_kernel(table, _addresses(grads),
+                    _addresses(buffers, lasting=True) if momentum else table,
                     _chunks(tuple(p.size for p in params)),
                     np.array(_pick(first_steps, fast), dtype=np.bool_), _like(params[0]),
                     typed(lr), typed(momentum), typed(1 - dampening), typed(weight_decay),
@@ -372,10 +395,11 @@ def adam_update(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list,
     # Per tensor, as the unfused step computes them in Python floats, then rounded to dtype.
     step_sizes = np.array([lr / (1 - beta1 ** step) for step in steps], dtype=dtype)
     corrections = np.array([(1 - beta2 ** step) ** 0.5 for step in steps], dtype=dtype)
-    squares = _addresses(exp_avg_sqs)
+    squares = _addresses(exp_avg_sqs, lasting=True)
     with _Threads(sum(a.size for a in params)):
-        _adam_kernel(_addresses(params), _addresses(grads), _addresses(exp_avgs), squares,
-                     _addresses(max_sqs) if amsgrad else squares,
+        _adam_kernel(_addresses(params, lasting=True), _addresses(grads),
+                     _addresses(exp_avgs, lasting=True), squares,
+                     _addresses(max_sqs, lasting=True) if amsgrad else squares,
                      _chunks(tuple(p.size for p in params)), step_sizes, corrections,
                      _like(params[0]), typed(1 - lr * weight_decay), typed(1 - beta1),
                      typed(beta2), typed(1 - beta2), typed(eps), typed(weight_decay),
@@ -401,7 +425,7 @@ def ema_update(shadows: list, params: list, decay: float) -> None:
         return
     shadows, params = _pick(shadows, fast), _pick(params, fast)
     with _Threads(sum(a.size for a in shadows)):
-        _ema_kernel(_addresses(shadows), _addresses(params),
+        _ema_kernel(_addresses(shadows, lasting=True), _addresses(params, lasting=True),
                     _chunks(tuple(s.size for s in shadows)),
                     _like(shadows[0]), shadows[0].dtype.type(1 - decay))
 

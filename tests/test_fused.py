@@ -479,3 +479,13 @@ def test_small_fused_calls_stay_on_the_calling_thread_and_the_thread_count_comes
         seen.append(numba.get_num_threads())
     assert seen == [1, previous]
     assert numba.get_num_threads() == previous
+
+
+def test_remembered_address_tables_follow_a_new_array_even_at_a_reused_id():
+    shadows = [np.ones(50000, dtype=np.float32)]
+    cpu.ema_update(shadows, [np.zeros(50000, dtype=np.float32)], 0.5)  # freed right after
+    replacement = [np.full(50000, 3.0, dtype=np.float32)]  # often at the freed array's id
+    cpu.ema_update(shadows, replacement, 0.5)
+    np.testing.assert_array_equal(shadows[0], np.full(50000, 1.75, dtype=np.float32))
+    cpu.ema_update(shadows, replacement, 0.5)  # the same arrays again: the remembered table
+    np.testing.assert_array_equal(shadows[0], np.full(50000, 2.375, dtype=np.float32))
