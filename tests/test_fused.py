@@ -489,3 +489,16 @@ def test_remembered_address_tables_follow_a_new_array_even_at_a_reused_id():
     np.testing.assert_array_equal(shadows[0], np.full(50000, 1.75, dtype=np.float32))
     cpu.ema_update(shadows, replacement, 0.5)  # the same arrays again: the remembered table
     np.testing.assert_array_equal(shadows[0], np.full(50000, 2.375, dtype=np.float32))
+
+
+@pytest.mark.parametrize("act", ["leaky_relu", "silu"])
+def test_conv_with_bias_then_activation_has_second_derivatives_with_fusion_on(act, fused_on):
+    """The gradient-penalty path: conv2d's bias and the activation after it both go through
+    bias_act, whose create_graph backward must itself be differentiable."""
+    rng = np.random.default_rng(15)
+    x, weight, bias = (minigen.tensor(rng.standard_normal(shape), requires_grad=True)
+                       for shape in ((2, 3, 5, 5), (4, 3, 3, 3), (4,)))
+
+    def critic(x, weight, bias):
+        return F.bias_act(F.conv2d(x, weight, bias, padding=1), None, act=act, alpha=0.2)
+    assert minigen.gradgradcheck(critic, [x, weight, bias])
