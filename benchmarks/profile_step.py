@@ -38,8 +38,7 @@ CASES = {"ddpm8": (DDPMLoop, 8, 64), "ddpm16": (DDPMLoop, 16, 32),
          "gan8": (GANLoop, 8, 64), "gan28": (GANLoop, 28, 64)}
 # Calls timed as a whole, each its own row: (module, class or None, attribute, row name).
 # Every optimizer class that defines step or zero_grad is wrapped too.
-WHOLE_CALLS = [
-               ("minigen.optim.ema", "EMA", "update", "EMA update"),
+WHOLE_CALLS = [("minigen.optim.ema", "EMA", "update", "EMA update"),
                ("minigen.nn.utils", None, "clip_grad_norm_", "clip_grad_norm_")]
 CLOCK = [time.perf_counter]  # the timer of every measurement; --clock process swaps it
 MICRO_OPS = 6  # ops in one micro-benchmark iteration: mul, add, relu, mul, sum + the backward
