@@ -502,3 +502,16 @@ def test_conv_with_bias_then_activation_has_second_derivatives_with_fusion_on(ac
     def critic(x, weight, bias):
         return F.bias_act(F.conv2d(x, weight, bias, padding=1), None, act=act, alpha=0.2)
     assert minigen.gradgradcheck(critic, [x, weight, bias])
+
+
+def test_the_remembered_kernel_backend_of_an_array_type_ends_with_its_library_entry(monkeypatch):
+    from minigen import kernels
+
+    class Foreign:
+        pass
+    Foreign.__module__ = "foreignlib.core"
+    monkeypatch.setitem(kernels._BACKENDS, "foreignlib", "cpu")
+    assert kernels.for_array(Foreign()) is cpu
+    monkeypatch.delitem(kernels._BACKENDS, "foreignlib")
+    with pytest.raises(TypeError, match="no kernel backend for arrays of type foreignlib"):
+        kernels.for_array(Foreign())
