@@ -188,3 +188,8 @@ def upsample_nearest2d_backward(grad_output: np.ndarray, scale: Pair) -> np.ndar
     grad_x = np.zeros((n, c, h_out // scale[0], w_out // scale[1]), dtype=grad_output.dtype)
     _upsample_nearest_backward(_planes(grad_output), _planes(grad_x), scale)
     return grad_x
+
+
+# The fused bias + activation and the multi-tensor parameter updates (cpu_fused.py).
+from .cpu_fused import (adam_update, bias_act_backward, bias_act_forward,  # noqa: E402,F401
+                        ema_update, grad_norm, scale_grads, sgd_update)

@@ -190,3 +190,145 @@ def upsample_nearest2d_backward(grad_output: np.ndarray, scale: Pair) -> np.ndar
     check_upsample_grad(grad_output.shape, scale)
     blocks = grad_output.reshape(n, c, h_out // scale[0], scale[0], w_out // scale[1], scale[1])
     return blocks.sum(axis=(3, 5))
+
+
+# ---------------------------------------------------------------------------------------
+# Fused element-wise ops and parameter updates
+# ---------------------------------------------------------------------------------------
+# Activations of bias_act by name; alpha is leaky_relu's negative slope.
+ACTIVATIONS = ("linear", "relu", "leaky_relu", "silu")
+
+
+def check_activation(act: str) -> None:
+    if act not in ACTIVATIONS:
+        raise ValueError(f"bias_act: act must be one of {', '.join(ACTIVATIONS)}, not {act!r}")
+
+
+def _bias_view(bias: np.ndarray, ndim: int, dim: int) -> np.ndarray:
+    """bias (C,) shaped to broadcast along axis `dim` of an ndim-d array."""
+    shape = [1] * ndim
+    shape[dim] = bias.shape[0]
+    return bias.reshape(shape)
+
+
+def bias_act_forward(x: np.ndarray, bias: np.ndarray | None, dim: int, act: str,
+                     alpha: float) -> np.ndarray:
+    """y = act(x + bias) with bias (C,) along axis `dim` of x (None: no bias).
+
+    act: linear (identity), relu, leaky_relu (slope alpha below 0) or silu
+    (z sigmoid(z), with sigmoid(z) = (1 + tanh(z / 2)) / 2, which never overflows).
+    """
+    check_activation(act)
+    z = x if bias is None else x + _bias_view(bias, x.ndim, dim)
+    if act == "relu":
+        return np.maximum(z, 0)
+    if act == "leaky_relu":
+        return np.where(z > 0, z, z * alpha)
+    if act == "silu":
+        return z * ((np.tanh(z * 0.5) + 1) * 0.5)
+    return z.copy() if bias is None else z
+
+
+def bias_act_backward(grad_output: np.ndarray, x: np.ndarray, bias: np.ndarray | None,
+                      dim: int, act: str, alpha: float):
+    """Gradients of bias_act_forward: (grad_x like x, grad_bias (C,) or None without a bias).
+
+    With z = x + bias: grad_z = grad_output * act'(z) (relu: z > 0; leaky_relu: 1 or alpha;
+    silu: s (1 + z (1 - s)), s = sigmoid(z)); grad_x = grad_z; grad_bias = grad_z summed over
+    every axis but `dim`.
+    """
+    check_activation(act)
+    z = x if bias is None else x + _bias_view(bias, x.ndim, dim)
+    if act == "relu":
+        grad_z = np.where(z > 0, grad_output, 0).astype(grad_output.dtype)
+    elif act == "leaky_relu":
+        grad_z = np.where(z > 0, grad_output, grad_output * alpha).astype(grad_output.dtype)
+    elif act == "silu":
+        s = (np.tanh(z * 0.5) + 1) * 0.5
+        grad_z = grad_output * s * (1 + z * (1 - s))
+    else:
+        grad_z = grad_output.copy()
+    if bias is None:
+        return grad_z, None
+    axes = tuple(axis for axis in range(x.ndim) if axis != dim)
+    return grad_z, grad_z.sum(axis=axes, dtype=np.float64).astype(bias.dtype)
+
+
+def sgd_update(params: list, grads: list, momentum_buffers: list, first_steps: list,
+               lr: float, momentum: float, dampening: float, weight_decay: float,
+               nesterov: bool, maximize: bool) -> None:
+    """One SGD step over every (param, grad) pair, in place, as torch.optim.SGD:
+
+    g = grad + weight_decay p;  buf = g on a first step, else momentum buf + (1 - dampening) g;
+    g = g + momentum buf (nesterov) or buf;  p = p - lr g.
+    momentum_buffers: one array per param (ignored when momentum is 0); first_steps: one bool each.
+    """
+    for index, (param, grad) in enumerate(zip(params, grads)):
+        grad = -grad if maximize else grad
+        if weight_decay:
+            grad = grad + weight_decay * param
+        if momentum:
+            buffer = momentum_buffers[index]
+            if first_steps[index]:
+                buffer[...] = grad
+            else:
+                buffer *= momentum
+                buffer += (1 - dampening) * grad
+            grad = grad + momentum * buffer if nesterov else buffer
+        param -= lr * grad
+
+
+def adam_update(params: list, grads: list, exp_avgs: list, exp_avg_sqs: list,
+                max_exp_avg_sqs: list | None, steps: list, lr: float, beta1: float,
+                beta2: float, eps: float, weight_decay: float, decoupled: bool, amsgrad: bool,
+                maximize: bool) -> None:
+    """One Adam (decoupled: AdamW) step over every parameter, in place, as torch.optim.Adam:
+
+    p = p (1 - lr wd) (AdamW) or g = g + wd p (Adam);  m = m + (1 - beta1)(g - m);
+    v = beta2 v + (1 - beta2) g^2;  (amsgrad: v_max = max(v_max, v), used for v)
+    p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps).
+    steps: each parameter's step count t, this step included.
+    """
+    for index, (param, grad) in enumerate(zip(params, grads)):
+        grad = -grad if maximize else grad
+        if weight_decay and decoupled:
+            param *= 1 - lr * weight_decay
+        elif weight_decay:
+            grad = grad + weight_decay * param
+        exp_avg, exp_avg_sq = exp_avgs[index], exp_avg_sqs[index]
+        exp_avg += (1 - beta1) * (grad - exp_avg)
+        exp_avg_sq *= beta2
+        exp_avg_sq += (1 - beta2) * grad * grad
+        second_moment = exp_avg_sq
+        if amsgrad:
+            np.maximum(max_exp_avg_sqs[index], exp_avg_sq, out=max_exp_avg_sqs[index])
+            second_moment = max_exp_avg_sqs[index]
+        step = steps[index]
+        step_size = lr / (1 - beta1 ** step)
+        denominator = np.sqrt(second_moment) / ((1 - beta2 ** step) ** 0.5) + eps
+        param -= step_size * (exp_avg / denominator)
+
+
+def ema_update(shadows: list, params: list, decay: float) -> None:
+    """shadow = decay shadow + (1 - decay) param, written shadow -= (1 - decay)(shadow - param),
+    in place for every pair."""
+    for shadow, param in zip(shadows, params):
+        shadow -= (1 - decay) * (shadow - param)
+
+
+def grad_norm(grads: list, norm_type: float) -> np.ndarray:
+    """The norm_type-norm of all gradients taken together, a 0-d float64 array
+    (inf: the largest absolute value; 0 for an empty list)."""
+    if not grads:
+        return np.zeros((), dtype=np.float64)
+    if np.isinf(norm_type):
+        return np.max([np.abs(grad).max() if grad.size else 0.0 for grad in grads]
+                      ).astype(np.float64)
+    total = sum((np.abs(grad.astype(np.float64)) ** norm_type).sum() for grad in grads)
+    return np.asarray(total ** (1.0 / norm_type), dtype=np.float64)
+
+
+def scale_grads(grads: list, coefficient) -> list:
+    """grad * coefficient for each gradient, as new arrays (a gradient array may be shared);
+    the coefficient (a number or 0-d array) is cast to each gradient's dtype first."""
+    return [grad * np.asarray(coefficient).astype(grad.dtype) for grad in grads]

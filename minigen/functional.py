@@ -11,6 +11,7 @@ from minigen.ops.matmul import linear, matmul
 from minigen.ops.reduce import logsumexp, max, mean, min, std, sum, var
 from minigen.ops.shape import (cat, chunk, expand, flatten, pad, permute, reshape, split, squeeze,
                                stack, transpose, unsqueeze)
+from minigen.ops.bias_act import bias_act
 from minigen.ops.conv import conv2d, conv_transpose2d
 from minigen.ops.pool import avg_pool2d, interpolate, max_pool2d
 from minigen.ops.norm import batch_norm, group_norm, layer_norm

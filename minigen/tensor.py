@@ -275,6 +275,19 @@ def _as_tensor(value, like: Tensor | None = None) -> Tensor:
     return Tensor(value)
 
 
+_new_tensor = object.__new__
+
+
+def _wrap(array) -> "Tensor":
+    """An op's output array as a Tensor: NumPy arrays skip the checks of Tensor()."""
+    if type(array) is not np.ndarray:
+        return Tensor(array)  # NumPy scalars become 0-d arrays there; CuPy arrays pass
+    result = _new_tensor(Tensor)
+    result.data, result.grad, result.requires_grad = array, None, False
+    result._ctx, result._retains_grad = None, False
+    return result
+
+
 class Function:
     """One differentiable op. Subclasses define `forward(*arrays)` and `backward(*grads)`.
 
@@ -287,27 +300,39 @@ class Function:
     needs_grad: tuple = ()
 
     def __call__(self, *inputs):
-        like = next((x for x in inputs if isinstance(x, Tensor)), None)
-        inputs = tuple(_as_tensor(x, like) for x in inputs)
-        _check_same_device(self, inputs)
+        # The hot path of every op, so it avoids generators and repeated work: constants are
+        # wrapped only when present, devices compared only when the array types differ.
+        for x in inputs:
+            if not isinstance(x, Tensor):
+                like = next((x for x in inputs if isinstance(x, Tensor)), None)
+                inputs = tuple(_as_tensor(x, like) for x in inputs)
+                break
+        if len(inputs) > 1:
+            first = type(inputs[0].data)
+            for x in inputs:
+                if type(x.data) is not first:
+                    _check_same_device(self, inputs)
+                    break
         try:
-            outputs = self.forward(*(x.data for x in inputs))
+            outputs = self.forward(*[x.data for x in inputs])
         except ValueError as error:
             shapes = " and ".join(str(x.shape) for x in inputs)
             raise ValueError(f"{self.name()}: inputs of shapes {shapes}: {error}") from None
-        single = not isinstance(outputs, tuple)
-        outputs = (outputs,) if single else outputs
-        needs_grad = tuple(x.requires_grad for x in inputs)
-        record = _grad_enabled and any(needs_grad)
-        results = tuple(Tensor(out) if out is not None else None for out in outputs)
-        if record:
-            self.inputs, self.needs_grad = inputs, needs_grad
-            self._outputs = tuple(weakref.ref(r) if r is not None else None for r in results)
-            # Shapes too: an output the caller dropped (weakref dead) still gets a zero gradient.
-            self._output_specs = tuple((r.shape, r.dtype) if r is not None else None for r in results)
-            for result in results:
-                if result is not None and result.dtype.kind == "f":
-                    result.requires_grad, result._ctx = True, self
+        single = type(outputs) is not tuple
+        results = (_wrap(outputs),) if single else tuple(
+            _wrap(out) if out is not None else None for out in outputs)
+        if _grad_enabled:
+            needs_grad = tuple([x.requires_grad for x in inputs])
+            if True in needs_grad:
+                self.inputs, self.needs_grad = inputs, needs_grad
+                self._outputs = tuple([weakref.ref(r) if r is not None else None for r in results])
+                # Shapes too: an output the caller dropped (weakref dead) still gets a zero
+                # gradient.
+                self._output_specs = tuple([(r.data.shape, r.data.dtype) if r is not None else None
+                                            for r in results])
+                for result in results:
+                    if result is not None and result.data.dtype.kind == "f":
+                        result.requires_grad, result._ctx = True, self
         return results[0] if single else results
 
     def output_tensors(self) -> tuple:
@@ -390,10 +415,12 @@ def run_backward(roots, root_grads, retain_graph: bool, create_graph: bool, targ
                 if out._retains_grad and grad is not None and targets is None:
                     out.grad = grad if create_graph else grad.detach()
                 grad_outputs.append(grad)
-            if all(g is None for g in grad_outputs):
-                continue
-            grad_outputs = [g if g is not None else function.zero_grad_output(index)
-                            for index, g in enumerate(grad_outputs)]
+            missing = [g is None for g in grad_outputs]  # `None in` would call Tensor.__eq__
+            if True in missing:
+                if False not in missing:
+                    continue
+                grad_outputs = [g if g is not None else function.zero_grad_output(index)
+                                for index, g in enumerate(grad_outputs)]
             grad_inputs = function.backward(*grad_outputs)
             if not isinstance(grad_inputs, tuple):
                 grad_inputs = (grad_inputs,)

@@ -2,11 +2,12 @@
 
 Convolution is im2col + GEMM (kernels/gemm_conv.py) with im2col.cu's copy kernels and
 cupy.matmul (cuBLAS); pooling (pool.cu) and upsampling (upsample.cu) run one thread per
-element, and random.cu draws the default generator's numbers (Philox, counter-based). Each .cu
-file is compiled on first use (CuPy caches the binary on disk); _KERNELS lists every .cu file
-and its kernels, which the tests compile with NVRTC and run on CPU threads (tests/cuda_on_cpu/).
-This module imports CuPy, so the dispatch in kernels/__init__.py imports it only when it meets
-a CuPy array.
+element, and random.cu draws the default generator's numbers (Philox, counter-based). The
+fused kernels of fused.cu (bias + activation, the optimizer, EMA and clipping updates) have
+their glue in fused.py, exported from here. Each .cu file is compiled on first use (CuPy caches
+the binary on disk); _KERNELS lists every .cu file and its kernels, which the tests compile with
+NVRTC and run on CPU threads (tests/cuda_on_cpu/). This module imports CuPy, so the dispatch in
+kernels/__init__.py imports it only when it meets a CuPy array.
 """
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ _KERNELS = {
                 "avg_pool_backward"),
     "upsample.cu": ("upsample_nearest_forward", "upsample_nearest_backward"),
     "random.cu": ("random_uniform", "random_normal"),
+    "fused.cu": ("bias_act_forward", "bias_act_backward_input", "bias_grad", "sgd_update",
+                 "adam_update", "ema_update", "norm_partials", "scale_into"),
 }
 
 
@@ -281,3 +284,8 @@ def random_integers(low: int, high: int, shape, seed: int, offset: int):
         raise ValueError(f"random integers: high ({high}) must be greater than low ({low})")
     uniform = random_uniform(shape, np.float64, seed, offset)
     return cupy.minimum(cupy.floor(uniform * span).astype(np.int64), span - 1) + int(low)
+
+
+# The fused kernels' glue uses _launch and _module above, so it is imported last.
+from .fused import (adam_update, bias_act_backward, bias_act_forward,  # noqa: E402,F401
+                    ema_update, grad_norm, scale_grads, sgd_update)

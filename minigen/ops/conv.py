@@ -8,6 +8,7 @@ gradients of any order go through a convolution (gradient penalties need the sec
 from __future__ import annotations
 
 from minigen import kernels
+from minigen.ops.bias_act import bias_act
 from minigen.tensor import Function, Tensor
 
 
@@ -89,7 +90,7 @@ def _add_bias(out: Tensor, bias: Tensor | None) -> Tensor:
         return out
     if bias.shape != (out.shape[1],):
         raise ValueError(f"bias has shape {bias.shape} but the output has {out.shape[1]} channels")
-    return out + bias.reshape(1, -1, 1, 1)
+    return bias_act(out, bias, dim=1)
 
 
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,

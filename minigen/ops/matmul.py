@@ -6,6 +6,7 @@ shape; vectors are lifted to matrices first, as NumPy and PyTorch do.
 from __future__ import annotations
 
 from minigen import backend
+from minigen.ops.bias_act import bias_act
 from minigen.ops.elementwise import sum_to
 from minigen.tensor import Function, Tensor
 
@@ -50,4 +51,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         raise ValueError(f"linear: input has {x.shape[-1]} features but weight expects "
                          f"{weight.shape[-1]} (input shape {x.shape}, weight shape {weight.shape})")
     out = matmul(x, _transpose_last(weight))
-    return out if bias is None else out + bias
+    if bias is None:
+        return out
+    if out.ndim == 0 or bias.ndim != 1 or bias.shape[0] != out.shape[-1]:
+        return out + bias  # a bias that only broadcasts: the plain add, with its own errors
+    return bias_act(out, bias, dim=-1)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 
-from minigen import backend
+from minigen import backend, kernels
+from minigen.fusion import fusion_enabled
 from minigen.nn.module import Module
 
 
@@ -44,11 +45,17 @@ class EMA:
         """shadow = decay_t shadow + (1 - decay_t) param, for each parameter of the model."""
         model = self.model if model is None else model
         decay = self.current_decay()
+        shadows, params = [], []
         for name, param in self._pairs(model, self.shadow, model.named_parameters()):
-            shadow = self.shadow[name]
-            if backend.device_of(shadow) != param.device:  # the model moved since
-                shadow = self.shadow[name] = backend.to_device(shadow, param.device)
-            shadow -= (1 - decay) * (shadow - param.data)
+            if backend.device_of(self.shadow[name]) != param.device:  # the model moved since
+                self.shadow[name] = backend.to_device(self.shadow[name], param.device)
+            shadows.append(self.shadow[name])
+            params.append(param.data)
+        if shadows and fusion_enabled() and len({type(a) for a in shadows + params}) == 1:
+            kernels.for_array(shadows[0]).ema_update(shadows, params, decay)  # one pass
+        else:
+            for shadow, param in zip(shadows, params):
+                shadow -= (1 - decay) * (shadow - param)
         for name, buffer in self._pairs(model, self.buffers, model.named_buffers()):
             self.buffers[name] = buffer.data.copy()
         self.num_updates += 1

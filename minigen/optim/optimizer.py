@@ -3,13 +3,17 @@
 Parameters are held in param_groups (dicts with "params" and the hyper-parameters, e.g. "lr",
 which schedules change). `step()` updates each parameter's array in place (no graph), using
 whichever array module owns it, so the same code runs on NumPy and CuPy. Per-parameter state
-(momentum buffers, Adam moments) lives in `self.state[param]`.
+(momentum buffers, Adam moments) lives in `self.state[param]`. With fusion on
+(minigen.fusion_enabled()) each group is updated by one multi-tensor kernel of minigen.kernels
+(every parameter in one threaded pass); with it off, parameter by parameter in array ops. Both
+compute the same operations in the same order, so they give the same bits.
 """
 from __future__ import annotations
 
 from typing import Iterable
 
-from minigen import backend
+from minigen import backend, kernels
+from minigen.fusion import fusion_enabled
 from minigen.tensor import Tensor
 
 
@@ -61,6 +65,7 @@ class Optimizer:
 
     def step(self) -> None:
         for group in self.param_groups:
+            params, grads = [], []
             for param in group["params"]:
                 if param.grad is not None:
                     grad = param.grad.data
@@ -68,11 +73,29 @@ class Optimizer:
                         raise RuntimeError(f"{type(self).__name__}: a gradient on "
                                            f"{backend.device_of(grad)} for a parameter on "
                                            f"{param.device} (shape {param.shape})")
-                    self.state.setdefault(param, {})
-                    self._update(param, grad, self.state[param], group)
+                    params.append(param)
+                    grads.append(grad)
+            if not params:
+                continue
+            if fusion_enabled() and len({type(p.data) for p in params}) == 1:
+                states = [self.state.setdefault(param, {}) for param in params]
+                self._fused_update(kernels.for_array(params[0].data), params, grads, states,
+                                   group)
+                continue
+            for param, grad in zip(params, grads):
+                self._update(param, grad, self.state.setdefault(param, {}), group)
 
     def _update(self, param: Tensor, grad, state: dict, group: dict) -> None:
+        """One parameter's step, in array ops."""
         raise NotImplementedError
+
+    def _fused_update(self, backend_kernels, params: list, grads: list, states: list,
+                      group: dict) -> None:
+        """The whole group's step in one multi-tensor kernel of `backend_kernels`; an
+        optimizer without one (a subclass that defines only _update) steps parameter by
+        parameter."""
+        for param, grad, state in zip(params, grads, states):
+            self._update(param, grad, state, group)
 
     # ---- saving and restoring -----------------------------------------------------------
     def _all_params(self) -> list:
@@ -172,6 +195,19 @@ class SGD(Optimizer):
             grad = grad + momentum * buffer if group["nesterov"] else buffer
         param.data -= group["lr"] * grad
 
+    def _fused_update(self, backend_kernels, params, grads, states, group):
+        buffers, first_steps = [], []
+        if group["momentum"]:
+            xp = backend.array_module(params[0].data)
+            for param, state in zip(params, states):
+                first_steps.append(state.get("momentum_buffer") is None)
+                if first_steps[-1]:
+                    state["momentum_buffer"] = xp.empty_like(param.data)
+                buffers.append(state["momentum_buffer"])
+        backend_kernels.sgd_update([p.data for p in params], grads, buffers, first_steps,
+                                   group["lr"], group["momentum"], group["dampening"],
+                                   group["weight_decay"], group["nesterov"], group["maximize"])
+
 
 class Adam(Optimizer):
     """Adam (Kingma and Ba, 2015), as torch.optim.Adam (L2 weight decay added to the gradient):
@@ -221,6 +257,25 @@ class Adam(Optimizer):
         step_size = lr / (1 - beta1 ** step)
         denominator = xp.sqrt(second_moment) / ((1 - beta2 ** step) ** 0.5) + group["eps"]
         param.data -= step_size * (exp_avg / denominator)
+
+    def _fused_update(self, backend_kernels, params, grads, states, group):
+        xp = backend.array_module(params[0].data)
+        for param, state in zip(params, states):
+            if not state:
+                state["step"] = 0
+                state["exp_avg"] = xp.zeros_like(param.data)
+                state["exp_avg_sq"] = xp.zeros_like(param.data)
+                if group["amsgrad"]:
+                    state["max_exp_avg_sq"] = xp.zeros_like(param.data)
+            state["step"] += 1
+        beta1, beta2 = group["betas"]
+        backend_kernels.adam_update(
+            [p.data for p in params], grads, [s["exp_avg"] for s in states],
+            [s["exp_avg_sq"] for s in states],
+            [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else None,
+            [s["step"] for s in states], group["lr"], beta1, beta2, group["eps"],
+            group["weight_decay"], self.decoupled_weight_decay, group["amsgrad"],
+            group["maximize"])
 
 
 class AdamW(Adam):
