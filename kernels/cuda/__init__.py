@@ -2,8 +2,9 @@
 
 Convolution is im2col + GEMM (kernels/gemm_conv.py) with im2col.cu's copy kernels and
 cupy.matmul (cuBLAS); pooling (pool.cu) and upsampling (upsample.cu) run one thread per
-element. Each .cu file is compiled on first use (CuPy caches the binary on disk). This module
-imports CuPy, so the dispatch in kernels/__init__.py imports it only when it meets a CuPy array.
+element; the fused group norm, batch norm and softmax (fused_norm.cu, glue in fused_norm.py)
+run one block per normalised slice. Each .cu file is compiled on first use (CuPy caches the
+binary on disk). This module imports CuPy, so the dispatch in kernels/__init__.py imports it only when it meets a CuPy array.
 """
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ _KERNELS = {
     "pool.cu": ("max_pool_forward", "max_pool_backward", "avg_pool_forward",
                 "avg_pool_backward"),
     "upsample.cu": ("upsample_nearest_forward", "upsample_nearest_backward"),
+    "fused_norm.cu": ("group_norm_forward", "group_norm_backward", "group_norm_param_grads",
+                      "batch_norm_forward", "batch_norm_backward", "softmax_forward",
+                      "softmax_backward"),
 }
 
 
@@ -184,3 +188,9 @@ def upsample_nearest2d_backward(grad_output, scale: Pair):
     _launch("upsample.cu", "upsample_nearest_backward", grad_output.dtype, grad_x.size,
             grad_output, grad_x, n * c, h_out // scale[0], w_out // scale[1], *scale)
     return grad_x
+
+
+# The fused normalisations import _module and _C_TYPES from this module, so they come last.
+from .fused_norm import (batch_norm_backward, batch_norm_forward,  # noqa: E402
+                         group_norm_backward, group_norm_forward, softmax_backward,
+                         softmax_forward)
