@@ -315,22 +315,29 @@ def batch_norm_backward(grad_output: np.ndarray, x: np.ndarray, mean: np.ndarray
 # ---------------------------------------------------------------------------------------
 # Softmax along the last axis: one thread per row
 # ---------------------------------------------------------------------------------------
+@numba.njit(**_jit)
+def _softmax_row(row, exact, out):
+    """out = exp(row - max) / sum, the sum in float64; exact as in _sigmoid. (Clamping the
+    exponent at -EXP_LIMIT leaves every output within e^-40 of the true one.)"""
+    largest = row[0]
+    for i in range(1, row.size):
+        largest = max(largest, row[i])
+    total = 0.0
+    for i in range(row.size):
+        t = np.float64(row[i]) - largest
+        e = math.exp(t) if exact else _exp_float32(t)
+        out[i] = e
+        total += e
+    inverse = 1.0 / total
+    for i in range(row.size):
+        out[i] *= inverse
+
+
 @numba.njit(parallel=True, **_jit)
-def _softmax_forward(x, y):
-    """x, y: (R, L); y[r] = exp(x[r] - max x[r]) / sum, the sum in float64."""
-    rows, length = x.shape
-    for r in numba.prange(rows):
-        largest = x[r, 0]
-        for i in range(1, length):
-            largest = max(largest, x[r, i])
-        total = 0.0
-        for i in range(length):
-            e = math.exp(x[r, i] - largest)
-            y[r, i] = e
-            total += e
-        inverse = 1.0 / total
-        for i in range(length):
-            y[r, i] *= inverse
+def _softmax_forward(x, exact, y):
+    """x, y: (R, L); y[r] = softmax of x[r]."""
+    for r in numba.prange(x.shape[0]):
+        _softmax_row(x[r], exact, y[r])
     return y
 
 
@@ -357,7 +364,7 @@ def softmax_forward(x: np.ndarray) -> np.ndarray:
     if x.size == 0:
         return np.empty_like(x)
     rows = _rows(x)
-    return _softmax_forward(rows, np.empty_like(rows)).reshape(x.shape)
+    return _softmax_forward(rows, x.dtype != np.float32, np.empty_like(rows)).reshape(x.shape)
 
 
 def softmax_backward(grad_output: np.ndarray, y: np.ndarray) -> np.ndarray:
