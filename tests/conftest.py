@@ -10,3 +10,20 @@ if "PYTEST_XDIST_WORKER" in os.environ:
     for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ.setdefault(variable, "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def cuda_backend(monkeypatch):
+    """The CUDA backend: `.kernels` (minigen.kernels.cuda), `.asarray(numpy_array)` (a device
+    array) and `.asnumpy(device_array)`. On a GPU machine these are CuPy's; elsewhere the CUDA C
+    runs on CPU threads and device arrays are the strict stand-in (tests/cuda_on_cpu/)."""
+    import cuda_on_cpu
+
+    reason = cuda_on_cpu.unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    device = cuda_on_cpu.device_backend(monkeypatch)
+    yield device
+    device.kernels._module.cache_clear()

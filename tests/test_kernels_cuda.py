@@ -1,19 +1,19 @@
-"""Kernel tests on the GPU: the CUDA backend against the NumPy oracle on the same cases as the
-CPU tests (tests/helpers.py), in float32 and float64, with contiguous and non-contiguous inputs.
-Skipped, with the reason, where CuPy or a CUDA GPU is missing.
+"""Kernel tests of the CUDA backend: against the NumPy oracle on the same cases as the CPU tests
+(tests/helpers.py), in float32 and float64, with contiguous and non-contiguous inputs. They run
+on the GPU where one can be used, else on CPU threads through tests/cuda_on_cpu/ (the same .cu
+sources and Python glue), so `pytest -m cuda` runs them on every machine with a C++ compiler.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from minigen import backend, kernels
+from minigen import kernels
 from minigen.kernels import reference
 from helpers import (CONV_CASES, POOL_CASES, UPSAMPLE_CASES, assert_close, non_contiguous,
                      random_array)
 
-_missing = backend.cuda_status()
-pytestmark = [pytest.mark.cuda, pytest.mark.skipif(_missing is not None, reason=str(_missing))]
+pytestmark = pytest.mark.cuda
 
 DTYPES = [np.float32, np.float64]
 conv_cases = pytest.mark.parametrize("case", CONV_CASES, ids=lambda case: case.name)
@@ -22,29 +22,30 @@ dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=lambda dtype: np.dtype(dty
 layouts = pytest.mark.parametrize("layout", ["contiguous", "non_contiguous"])
 
 
-@pytest.fixture(scope="module")
-def cuda():
-    import cupy
-    from minigen.kernels import cuda
-    assert kernels.for_array(cupy.zeros(1)) is cuda
-    return cuda
+@pytest.fixture
+def cuda(cuda_backend):
+    assert kernels.for_array(cuda_backend.asarray(np.zeros(1))) is cuda_backend.kernels
+    return cuda_backend.kernels
 
 
-def on_gpu(*arrays, layout="contiguous"):
-    """CuPy copies of NumPy arrays; strided views of them when layout is non_contiguous."""
-    import cupy
-    copies = [cupy.asarray(array) for array in arrays]
-    return copies if layout == "contiguous" else [non_contiguous(copy) for copy in copies]
+@pytest.fixture
+def on_gpu(cuda_backend):
+    """Device copies of NumPy arrays; strided views of them when layout is non_contiguous."""
+    def copy(*arrays, layout="contiguous"):
+        copies = [cuda_backend.asarray(array) for array in arrays]
+        return copies if layout == "contiguous" else [non_contiguous(copy) for copy in copies]
+    return copy
 
 
-def on_cpu(array):
-    return backend.to_numpy(array)
+@pytest.fixture
+def on_cpu(cuda_backend):
+    return cuda_backend.asnumpy
 
 
 @conv_cases
 @dtypes
 @layouts
-def test_cuda_conv2d_matches_reference(case, dtype, layout, cuda):
+def test_cuda_conv2d_matches_reference(case, dtype, layout, cuda, on_gpu, on_cpu):
     rng = np.random.default_rng(20)
     x, weight, grad_output = (random_array(rng, shape, dtype) for shape in
                               (case.input_shape, case.weight_shape, case.output_shape))
@@ -61,8 +62,8 @@ def test_cuda_conv2d_matches_reference(case, dtype, layout, cuda):
 
 @pytest.mark.parametrize("case", [CONV_CASES[0], CONV_CASES[1], CONV_CASES[8]],
                          ids=lambda case: case.name)
-def test_cuda_conv2d_splits_the_batch_into_chunks_when_columns_exceed_budget(case, cuda,
-                                                                           monkeypatch):
+def test_cuda_conv2d_splits_the_batch_into_chunks_when_columns_exceed_budget(
+        case, cuda, monkeypatch, on_gpu, on_cpu):
     monkeypatch.setattr(cuda, "COLUMNS_BUDGET_BYTES", 1)
     rng = np.random.default_rng(21)
     x, weight, grad_output = (random_array(rng, shape) for shape in
@@ -77,7 +78,7 @@ def test_cuda_conv2d_splits_the_batch_into_chunks_when_columns_exceed_budget(cas
                  reference.conv2d_backward_weight(grad_output, x, weight.shape, *args))
 
 
-def test_cuda_conv2d_backward_input_with_output_padding_matches_reference(cuda):
+def test_cuda_conv2d_backward_input_with_output_padding_matches_reference(cuda, on_gpu, on_cpu):
     # Stride 2 takes the col2im path; output_padding 1 asks for one extra row and column.
     rng = np.random.default_rng(22)
     grad_output, weight = random_array(rng, (2, 4, 4, 4)), random_array(rng, (4, 3, 3, 3))
@@ -90,7 +91,7 @@ def test_cuda_conv2d_backward_input_with_output_padding_matches_reference(cuda):
 @pool_cases
 @dtypes
 @layouts
-def test_cuda_max_pool2d_matches_reference(case, dtype, layout, cuda):
+def test_cuda_max_pool2d_matches_reference(case, dtype, layout, cuda, on_gpu, on_cpu):
     rng = np.random.default_rng(23)
     x, grad_output = (random_array(rng, shape, dtype) for shape in
                       (case.input_shape, case.output_shape))
@@ -104,7 +105,7 @@ def test_cuda_max_pool2d_matches_reference(case, dtype, layout, cuda):
                  reference.max_pool2d_backward(grad_output, expected_indices, x.shape), dtype)
 
 
-def test_cuda_max_pool2d_ties_and_nans_follow_reference(cuda):
+def test_cuda_max_pool2d_ties_and_nans_follow_reference(cuda, on_gpu, on_cpu):
     x = np.zeros((1, 2, 6, 6), np.float32)
     x[0, 1, 2, 3] = np.nan
     (x_gpu,) = on_gpu(x)
@@ -117,7 +118,7 @@ def test_cuda_max_pool2d_ties_and_nans_follow_reference(cuda):
 @pool_cases
 @dtypes
 @layouts
-def test_cuda_avg_pool2d_matches_reference(case, dtype, layout, cuda):
+def test_cuda_avg_pool2d_matches_reference(case, dtype, layout, cuda, on_gpu, on_cpu):
     rng = np.random.default_rng(24)
     x, grad_output = (random_array(rng, shape, dtype) for shape in
                       (case.input_shape, case.output_shape))
@@ -131,7 +132,8 @@ def test_cuda_avg_pool2d_matches_reference(case, dtype, layout, cuda):
 @pytest.mark.parametrize("shape, scale", UPSAMPLE_CASES)
 @dtypes
 @layouts
-def test_cuda_upsample_nearest2d_matches_reference(shape, scale, dtype, layout, cuda):
+def test_cuda_upsample_nearest2d_matches_reference(shape, scale, dtype, layout, cuda, on_gpu,
+                                                   on_cpu):
     rng = np.random.default_rng(25)
     x = random_array(rng, shape, dtype)
     grad_output = random_array(rng, (*shape[:2], shape[2] * scale[0], shape[3] * scale[1]), dtype)
@@ -140,3 +142,31 @@ def test_cuda_upsample_nearest2d_matches_reference(shape, scale, dtype, layout, 
                  reference.upsample_nearest2d_forward(x, scale), dtype)
     assert_close(on_cpu(cuda.upsample_nearest2d_backward(grad_gpu, scale)),
                  reference.upsample_nearest2d_backward(grad_output, scale), dtype)
+
+
+@pytest.fixture
+def one_block(cuda, monkeypatch):
+    """The grid capped at one block of one warp: every grid-stride loop takes many turns."""
+    monkeypatch.setattr(cuda, "MAX_BLOCKS", 1)
+    monkeypatch.setattr(cuda, "THREADS_PER_BLOCK", 32)
+
+
+@conv_cases
+def test_cuda_conv2d_matches_reference_with_the_grid_capped_at_one_block(case, cuda, one_block,
+                                                                         on_gpu, on_cpu):
+    test_cuda_conv2d_matches_reference(case, np.float64, "contiguous", cuda, on_gpu, on_cpu)
+
+
+@pool_cases
+def test_cuda_pooling_matches_reference_with_the_grid_capped_at_one_block(case, cuda, one_block,
+                                                                          on_gpu, on_cpu):
+    test_cuda_max_pool2d_matches_reference(case, np.float64, "contiguous", cuda, on_gpu, on_cpu)
+    test_cuda_avg_pool2d_matches_reference(case, np.float64, "contiguous", cuda, on_gpu, on_cpu)
+
+
+@pytest.mark.parametrize("shape, scale", UPSAMPLE_CASES)
+def test_cuda_upsample_matches_reference_with_the_grid_capped_at_one_block(shape, scale, cuda,
+                                                                           one_block, on_gpu,
+                                                                           on_cpu):
+    test_cuda_upsample_nearest2d_matches_reference(shape, scale, np.float64, "contiguous", cuda,
+                                                   on_gpu, on_cpu)

@@ -36,13 +36,24 @@ _KERNELS = {
 }
 
 
+# Options for NVRTC; CuPy adds -ftz=true, the architecture and --device-as-default-execution-space.
+COMPILE_OPTIONS = ("--std=c++14",)
+
+
+def _source(filename: str) -> str:
+    return (Path(__file__).parent / filename).read_text()
+
+
+def _name_expressions(filename: str) -> list[str]:
+    """The kernels of one .cu file, each instantiated for float and double."""
+    return [f"{kernel}<{c_type}>" for kernel in _KERNELS[filename] for c_type in _C_TYPES.values()]
+
+
 @functools.lru_cache(maxsize=None)
 def _module(filename: str) -> cupy.RawModule:
     """One .cu file compiled with every kernel instantiated for float and double."""
-    source = (Path(__file__).parent / filename).read_text()
-    names = [f"{kernel}<{c_type}>" for kernel in _KERNELS[filename]
-             for c_type in _C_TYPES.values()]
-    return cupy.RawModule(code=source, options=("--std=c++14",), name_expressions=names)
+    return cupy.RawModule(code=_source(filename), options=COMPILE_OPTIONS,
+                          name_expressions=_name_expressions(filename))
 
 
 def _launch(filename: str, kernel: str, dtype, total: int, *args) -> None:
