@@ -7,7 +7,8 @@ kernels/cuda/__init__.py, which compiles the .cu file on first use.
 """
 from __future__ import annotations
 
-import cupy
+import sys
+
 import numpy as np
 
 from . import _C_TYPES, _module
@@ -18,6 +19,12 @@ BLOCK_THREADS = 256
 WARP_THREADS = 32
 # group_norm_param_grads runs one thread per channel.
 PARAM_GRAD_THREADS = 128
+
+
+def _cupy():
+    """CuPy as kernels/cuda/__init__.py holds it: the tests' CUDA-on-CPU runner swaps a
+    stand-in in there, and every CuPy call here must follow."""
+    return sys.modules[__package__].cupy
 
 
 def _threads(count: int) -> int:
@@ -41,11 +48,13 @@ def _run(kernel: str, dtype, blocks: int, threads: int, *args) -> None:
 
 def _planes(array):
     """A contiguous (N, C, S) view (or copy) of an (N, C, *) array."""
+    cupy = _cupy()
     return cupy.ascontiguousarray(array).reshape(array.shape[0], array.shape[1], -1)
 
 
 def _vector(values, channels: int, fill: float, dtype):
     """A contiguous (C,) copy of a per-channel vector in `dtype`, or `fill` where it is None."""
+    cupy = _cupy()
     if values is None:
         return cupy.full(channels, fill, dtype=dtype)
     return cupy.ascontiguousarray(values.reshape(channels), dtype=dtype)
@@ -60,6 +69,7 @@ def group_norm_forward(x, num_groups: int, weight, bias, eps: float, silu: bool)
 
     Returns y (the shape and dtype of x), mean and rstd = 1 / sqrt(var + eps): (N, G) float64.
     """
+    cupy = _cupy()
     n, c = x.shape[:2]
     planes = _planes(x)
     y = cupy.empty_like(planes)
@@ -78,6 +88,7 @@ def group_norm_backward(grad_output, x, mean, rstd, num_groups: int, weight, bia
                         silu: bool):
     """Gradients of group_norm_forward given its mean and rstd (N, G): grad_x (shape of x),
     grad_weight and grad_bias (C,), all in the dtype of x."""
+    cupy = _cupy()
     n, c = x.shape[:2]
     planes = _planes(x)
     grad_x = cupy.empty_like(planes)
@@ -109,6 +120,7 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training: boo
     running = (1 - momentum) * running + momentum * batch. Otherwise the running statistics
     normalise. Returns y (shape and dtype of x), mean and rstd: (C,) float64.
     """
+    cupy = _cupy()
     n, c = x.shape[:2]
     planes = _planes(x)
     y = cupy.empty_like(planes)
@@ -133,6 +145,7 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training: boo
 def batch_norm_backward(grad_output, x, mean, rstd, weight, training: bool):
     """Gradients of batch_norm_forward given its mean and rstd (C,): grad_x (shape of x),
     grad_weight and grad_bias (C,), all in the dtype of x."""
+    cupy = _cupy()
     n, c = x.shape[:2]
     planes = _planes(x)
     grad_x = cupy.empty_like(planes)
@@ -152,6 +165,7 @@ def batch_norm_backward(grad_output, x, mean, rstd, weight, training: bool):
 # ---------------------------------------------------------------------------------------
 def softmax_forward(x):
     """y = exp(x - max) / sum exp(x - max) along the last axis; the shape and dtype of x."""
+    cupy = _cupy()
     x = cupy.ascontiguousarray(x)
     y = cupy.empty_like(x)
     length = x.shape[-1] if x.ndim else 1
@@ -163,6 +177,7 @@ def softmax_forward(x):
 
 def softmax_backward(grad_output, y):
     """grad_x = y * (g - sum(g * y)) along the last axis, y the softmax's output."""
+    cupy = _cupy()
     y = cupy.ascontiguousarray(y)
     grad_x = cupy.empty_like(y)
     length = y.shape[-1] if y.ndim else 1
