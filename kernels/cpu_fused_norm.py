@@ -32,7 +32,7 @@ EXP_TAYLOR = tuple(1.0 / math.factorial(k) for k in range(11))
 # ---------------------------------------------------------------------------------------
 def _as_planes(array: np.ndarray) -> np.ndarray:
     """A contiguous (N, C, S) view (or copy) of an (N, C, *) array."""
-    return np.ascontiguousarray(array).reshape(array.shape[0], array.shape[1], -1)
+    return np.ascontiguousarray(array).reshape(*array.shape[:2], math.prod(array.shape[2:]))
 
 
 def _vector(values, channels: int, fill: float) -> np.ndarray:

@@ -252,3 +252,18 @@ def test_wgan_gp_penalty_through_a_fused_norm_matches_pytorch(norm, fused):
         # linear): None here and zeros in PyTorch both mean zero.
         ours_grad = np.zeros_like(param.data) if param.grad is None else param.grad.numpy()
         assert_close(ours_grad, reference_param.grad.numpy(), np.float64)
+
+
+def test_fused_group_norm_takes_an_empty_batch(fused):
+    x = minigen.Tensor(np.zeros((0, 4, 3, 3), np.float32), requires_grad=True)
+    out = F.group_norm(x, 2, activation="silu")
+    out.sum().backward()
+    assert out.shape == x.grad.shape == (0, 4, 3, 3)
+
+
+def test_dtypes_without_fused_kernels_take_the_composed_ops(fused):
+    x = minigen.Tensor(np.random.default_rng(13).standard_normal((2, 4, 3, 3)).astype(np.float16),
+                       requires_grad=True)
+    out = F.group_norm(x, 2, activation="silu")
+    assert out.dtype == np.float16
+    assert out.grad_fn is not None and not isinstance(out.grad_fn, fused_norm.GroupNormActivation)

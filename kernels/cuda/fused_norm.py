@@ -7,6 +7,7 @@ kernels/cuda/__init__.py, which compiles the .cu file on first use.
 """
 from __future__ import annotations
 
+import math
 import sys
 
 import numpy as np
@@ -49,7 +50,7 @@ def _run(kernel: str, dtype, blocks: int, threads: int, *args) -> None:
 def _planes(array):
     """A contiguous (N, C, S) view (or copy) of an (N, C, *) array."""
     cupy = _cupy()
-    return cupy.ascontiguousarray(array).reshape(array.shape[0], array.shape[1], -1)
+    return cupy.ascontiguousarray(array).reshape(*array.shape[:2], math.prod(array.shape[2:]))
 
 
 def _vector(values, channels: int, fill: float, dtype):

@@ -88,7 +88,8 @@ class Softmax(Function):
         self.dim = dim
 
     def forward(self, x):
-        self.fused = fusion_enabled() and self.dim in (-1, x.ndim - 1)
+        self.fused = (fusion_enabled() and self.dim in (-1, x.ndim - 1) and x.dtype.char in "fd"
+                      and x.size > 0)
         if self.fused:
             return kernels.for_array(x).softmax_forward(x)
         xp = backend.array_module(x)

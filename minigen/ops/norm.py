@@ -70,6 +70,12 @@ def _check_channels(name: str, x: Tensor, weight, bias, channels: int, what: str
                              f"{x.shape}) has {channels} {what}")
 
 
+def _fused(x: Tensor) -> bool:
+    """Whether x goes to the fused kernels: fusion on, float32 or float64, and no empty
+    group or channel (an empty batch is fine)."""
+    return fusion_enabled() and x.dtype.char in "fd" and all(size > 0 for size in x.shape[1:])
+
+
 def _or_constant(tensor: Tensor | None, x: Tensor, fill: float) -> Tensor:
     """`tensor`, or a constant (C,) vector of `fill` in x's dtype and device where it is None."""
     if tensor is not None:
@@ -91,7 +97,7 @@ def group_norm(x: Tensor, num_groups: int, weight: Tensor | None = None,
     if activation not in (None, "silu"):
         raise ValueError(f"group_norm: activation must be None or 'silu', not {activation!r}")
     _check_channels("group_norm", x, weight, bias, x.shape[1], "channels")
-    if fusion_enabled():
+    if _fused(x):
         return fused_norm.GroupNormActivation(num_groups, eps, activation == "silu")(
             x, _or_constant(weight, x, 1.0), _or_constant(bias, x, 0.0))
     grouped = x.reshape(x.shape[0], num_groups, -1)
@@ -140,7 +146,7 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
         if running_mean is None or running_var is None:
             raise ValueError("batch_norm: running_mean and running_var are needed when "
                              "training=False (or pass training=True to use batch statistics)")
-        if fusion_enabled():
+        if _fused(x):
             return _fused_batch_norm(x, running_mean, running_var, weight, bias, False,
                                      momentum, eps)
         xp = backend.array_module(x.data)
@@ -152,7 +158,7 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
     if count < 2:
         raise ValueError(f"batch_norm: training needs more than one value per channel, got "
                          f"input shape {x.shape}")
-    if fusion_enabled():
+    if _fused(x):
         return _fused_batch_norm(x, running_mean, running_var, weight, bias, True, momentum, eps)
     standardize = Standardize(axes, eps)
     x_hat = standardize(x)
