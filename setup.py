@@ -25,7 +25,10 @@ setup(
         "threadpoolctl>=3.1",  # holds BLAS to one thread while conv chunks run in parallel
     ],
     extras_require={
-        "cuda": ["cupy-cuda12x>=13"],
+        # CuPy with its CUDA libraries (NVRTC compiles the kernels, cuBLAS runs every GEMM):
+        # the [ctk] extra brings them as wheels. `cuda` for a CUDA 12 driver, `cuda13` for 13.
+        "cuda": ["cupy-cuda12x[ctk]>=14"],
+        "cuda13": ["cupy-cuda13x[ctk]>=14"],
         "dev": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "torch==2.13.0"],
     },
     entry_points={"console_scripts": ["minigen=minigen.cli:main"]},

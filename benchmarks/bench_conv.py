@@ -153,6 +153,9 @@ def run_table(args) -> None:
     print(f"conv2d, minigen ({impl}) vs PyTorch {torch.__version__ if torch else '(absent)'}, "
           f"device {args.device}, {dtype}, {args.threads} threads; best of {args.repeats} "
           f"calls, ms of {args.clock} time")
+    if args.device == "cuda" and torch is not None:
+        from gpu_modes import tf32_off
+        print(tf32_off(torch))
     header = (f"{'shape':36} {'minigen fwd':>11} {'torch fwd':>10} {'ratio':>6} "
               f"{'minigen f+b':>11} {'torch f+b':>10} {'ratio':>6}")
     print(header)

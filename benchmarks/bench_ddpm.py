@@ -60,6 +60,9 @@ def run_case(size: int, batch: int, device: str, mults: tuple, args, torch) -> N
     model.to(device)
     torch_device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
     twin.to(torch_device)
+    if device == "cuda":
+        from gpu_modes import tf32_off
+        print(tf32_off(torch))
     rng = np.random.default_rng(0)
     x_t = rng.standard_normal((batch, 1, size, size)).astype(np.float32)
     noise = rng.standard_normal((batch, 1, size, size)).astype(np.float32)
@@ -120,11 +123,15 @@ def main() -> None:
     parser.add_argument("--base-channels", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per side")
     parser.add_argument("--threads", type=int, default=2, help="PyTorch's intra-op threads")
+    parser.add_argument("--gpu-only", action="store_true",
+                        help="with --device cuda: only the GPU case (benchmarks/gpu_check.sh)")
     args = parser.parse_args()
     import torch
     torch.set_num_threads(args.threads)
     print(f"PyTorch {torch.__version__}, {args.threads} threads")
     for size, batch, device, mults in CASES:
+        if args.gpu_only and device != "cuda":
+            continue
         if device == "cuda":
             if args.device != "cuda":
                 continue

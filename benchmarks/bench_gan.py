@@ -8,6 +8,7 @@ during the G step.
 
     python benchmarks/bench_gan.py                       # the digits DCGAN: 8x8, width 32, batch 64
     python benchmarks/bench_gan.py --image-size 32 --width 64 --steps 10
+    python benchmarks/bench_gan.py --device cuda --image-size 32 --width 64 --batch-size 128
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import time
 import numpy as np
 
 import minigen
-from minigen import nn
+from minigen import backend, nn
 from minigen.gan import GANLoop
 from minigen.run import default_config
 
@@ -49,7 +50,7 @@ def torch_step(generator, discriminator, g_optimizer, d_optimizer, real, latent_
     """The step of GANLoop.train_step with d_steps=1, in PyTorch."""
     softplus = torch.nn.functional.softplus
     n = real.shape[0]
-    fake = generator.net(torch.randn(n, latent_dim, 1, 1))
+    fake = generator.net(torch.randn(n, latent_dim, 1, 1, device=real.device))
     d_optimizer.zero_grad(set_to_none=True)
     real_logits = discriminator.net(real).reshape(n, 1)
     fake_logits = discriminator.net(fake.detach()).reshape(n, 1)
@@ -62,16 +63,19 @@ def torch_step(generator, discriminator, g_optimizer, d_optimizer, real, latent_
     g_optimizer.step()
 
 
-def timed_in_turn(steps: list, count: int) -> list[list[float]]:
+def timed_in_turn(steps: list, count: int, synchronize=lambda: None) -> list[list[float]]:
     """Seconds per call of each step, the steps called in turn `count` times after two warm-up
-    rounds (compiles, caches), so that both sides meet the same load on a shared machine."""
+    rounds (compiles, caches), so that both sides meet the same load on a shared machine.
+    synchronize: waits for the GPU (both sides) before each clock reading."""
     for step in steps * 2:
         step()
     times = [[] for _ in steps]
     for _ in range(count):
         for step, record in zip(steps, times):
+            synchronize()
             start = time.perf_counter()
             step()
+            synchronize()
             record.append(time.perf_counter() - start)
     return times
 
@@ -85,15 +89,30 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=30, help="timed steps per side")
     parser.add_argument("--threads", type=int, default=2, help="PyTorch's intra-op threads")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: both sides on the GPU (PyTorch on its CPU if it has no CUDA)")
     args = parser.parse_args()
     import torch
     torch.set_num_threads(args.threads)
+    device = backend.check_device(args.device)
+    torch_device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
+
+    def synchronize():
+        if device == "cuda":
+            backend.xp_for("cuda").cuda.Device().synchronize()
+            if torch_device == "cuda":
+                torch.cuda.synchronize()
 
     minigen.manual_seed(0)
     config = default_config(GANLoop, width=args.width, batch_size=args.batch_size)
     config.update(data_kind="images", data_shape=[args.channels, args.image_size, args.image_size])
-    loop = GANLoop(config, "cpu")
-    generator, discriminator = (torch_twin(m, torch) for m in (loop.generator, loop.discriminator))
+    loop = GANLoop(config, device)
+    generator, discriminator = (torch_twin(m, torch).to(torch_device)
+                                for m in (loop.generator, loop.discriminator))
+    modes = ""
+    if device == "cuda":
+        from gpu_modes import tf32_off
+        modes = f"; {tf32_off(torch)}"
     lr, betas = loop.g_optimizer.param_groups[0]["lr"], (config["beta1"], config["beta2"])
     g_optimizer = torch.optim.Adam(generator.parameters(), lr=lr, betas=betas)
     d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=betas)
@@ -103,7 +122,8 @@ def main() -> None:
     loop.generator.eval(), generator.eval()
     with minigen.no_grad(), torch.no_grad():
         ours = loop.generator(z).numpy()
-        theirs = generator.net(torch.tensor(z.numpy()).reshape(4, -1, 1, 1)).numpy()
+        theirs = generator.net(torch.tensor(z.numpy(), device=torch_device)
+                               .reshape(4, -1, 1, 1)).cpu().numpy()
     loop.generator.train(), generator.train()
     difference = float(np.abs(ours - theirs).max())
     assert difference < 1e-4, f"the PyTorch twin's generator differs by {difference}"
@@ -111,16 +131,18 @@ def main() -> None:
     rng = np.random.default_rng(0)
     real = rng.uniform(-1, 1, (args.batch_size, args.channels, args.image_size,
                                args.image_size)).astype(np.float32)
-    real_ours, real_theirs = minigen.tensor(real), torch.tensor(real)
+    real_ours = minigen.tensor(real, device=device)
+    real_theirs = torch.tensor(real, device=torch_device)
     ours, theirs = timed_in_turn(
         [lambda: loop.train_step(real_ours, None, 0),
          lambda: torch_step(generator, discriminator, g_optimizer, d_optimizer, real_theirs,
-                            loop.latent_dim, torch)], args.steps)
+                            loop.latent_dim, torch)], args.steps, synchronize)
     parameters = sum(p.numel() for m in loop.models().values() for p in m.parameters())
     print(f"DCGAN training step, {args.channels}x{args.image_size}x{args.image_size} images, "
           f"width {loop.width}, "
           f"batch {args.batch_size}, {parameters:,} parameters; PyTorch {torch.__version__} with "
-          f"{args.threads} threads; {args.steps} steps each, in turn (median / best)")
+          f"{args.threads} threads; device {device} (PyTorch on {torch_device}){modes}; "
+          f"{args.steps} steps each, in turn (median / best)")
     print(f"  minigen  {1e3 * statistics.median(ours):8.1f} ms / {1e3 * min(ours):8.1f} ms")
     print(f"  pytorch  {1e3 * statistics.median(theirs):8.1f} ms / {1e3 * min(theirs):8.1f} ms")
     print(f"  ratio minigen / pytorch: {statistics.median(ours) / statistics.median(theirs):.2f} "

@@ -112,8 +112,12 @@ def max_pool2d_forward(x: np.ndarray, kernel_size: Pair, stride: Pair,
     rows = np.arange(-padding[0], h + padding[0])[:, None]
     cols = np.arange(-padding[1], w + padding[1])[None, :]
     positions = rows * w + cols
-    y = np.full((*x.shape[:2], *out_hw), -np.inf, dtype=x.dtype)
-    indices = np.zeros(y.shape, dtype=np.int64)
+    # Start from each window's first real pixel (its top-left one inside the image), not from
+    # -inf at index 0: a window that holds only -inf reports that pixel, as PyTorch does.
+    first_h = np.maximum(np.arange(out_hw[0]) * stride[0] - padding[0], 0)
+    first_w = np.maximum(np.arange(out_hw[1]) * stride[1] - padding[1], 0)
+    y = x[:, :, first_h[:, None], first_w[None, :]]
+    indices = np.broadcast_to(first_h[:, None] * w + first_w[None, :], y.shape).astype(np.int64)
     for i in range(kernel_size[0]):
         for j in range(kernel_size[1]):
             window = _window(x_padded, (i, j), stride, out_hw)

@@ -6,12 +6,17 @@ The default random generators (one per device) live here too, seeded by `manual_
 """
 from __future__ import annotations
 
+import functools
+import importlib
+import importlib.metadata
+
 import numpy as np
 
 try:  # CuPy is optional: the `cuda` extra.
     import cupy as _cupy
+    import cupyx as _cupyx
 except Exception as _error:  # pragma: no cover - depends on the machine
-    _cupy = None
+    _cupy = _cupyx = None
     _cupy_import_error = _error
 else:
     _cupy_import_error = None
@@ -21,16 +26,54 @@ DEVICES = ("cpu", "cuda")
 
 def cuda_status() -> str | None:
     """None when CUDA can be used, else one sentence saying what is missing."""
-    if _cupy is None:
-        return ("CuPy is not installed (pip install 'minigen[cuda]' on a machine with an "
-                f"NVIDIA GPU); import failed with: {_cupy_import_error}")
+    return _status_of(_cupy)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def _load_cublas(cupy) -> None:
+    """Load cuBLAS as CuPy's matmul will (CuPy 13 and 14 keep its binding here)."""
+    importlib.import_module("cupy_backends.cuda.libs.cublas")
+
+
+def _cupy_package() -> str:
+    """The installed CuPy wheel's name (cupy-cuda12x, cupy-cuda13x, ...), for the hint."""
+    for distribution in importlib.metadata.distributions():
+        name = (distribution.metadata["Name"] or "").lower()
+        if name.startswith("cupy-cuda"):
+            return name
+    return "cupy-cuda12x"
+
+
+@functools.lru_cache(maxsize=None)
+def _status_of(cupy) -> str | None:
+    """What a GPU run needs: CuPy, a device, NVRTC (the kernels are compiled at run time) and
+    cuBLAS (every matmul and convolution); None when all are there."""
+    if cupy is None:
+        return (f"CuPy is not installed ({_first_line(_cupy_import_error)}); on a machine with an "
+                f"NVIDIA GPU, pip install 'minigen[cuda]' (CUDA 12) or 'minigen[cuda13]' (CUDA 13)")
+    missing, libraries_missing = [], False
     try:
-        count = _cupy.cuda.runtime.getDeviceCount()
-    except Exception as error:  # pragma: no cover - depends on the machine
-        return f"CuPy is installed but no CUDA GPU can be used: {error}"
-    if count == 0:  # pragma: no cover
-        return "CuPy is installed but this machine has no CUDA GPU"
-    return None
+        if cupy.cuda.runtime.getDeviceCount() == 0:
+            missing.append("this machine has no CUDA GPU")
+    except Exception as error:
+        missing.append(f"no CUDA GPU can be used ({_first_line(error)})")
+    for library, load in (("NVRTC", lambda: cupy.cuda.nvrtc.getVersion()),
+                          ("cuBLAS", lambda: _load_cublas(cupy))):
+        try:
+            load()
+        except Exception as error:
+            missing.append(f"{library} cannot be loaded ({_first_line(error)})")
+            libraries_missing = True
+    if not missing:
+        return None
+    listed = ", ".join(missing[:-1]) + (" and " if len(missing) > 1 else "") + missing[-1]
+    fix = (f"; pip install '{_cupy_package()}[ctk]' brings CuPy's CUDA libraries"
+           if libraries_missing else "; a GPU run needs an NVIDIA GPU and its driver")
+    return f"CuPy cannot run here: {listed}{fix}"
 
 
 def cuda_available() -> bool:
@@ -86,23 +129,22 @@ def erf(array):
     if array_module(array) is np:
         from scipy.special import erf as scipy_erf
         return scipy_erf(array)
-    from cupyx.scipy.special import erf as cupy_erf  # pragma: no cover
-    return cupy_erf(array)  # pragma: no cover
+    return _cupyx.scipy.special.erf(array)
 
 
 def scatter_add(target, indices, values) -> None:
     """target[indices] += values with repeated indices summed (np.add.at / cupyx)."""
     if array_module(target) is np:
         np.add.at(target, indices, values)
-    else:  # pragma: no cover
-        import cupyx
-        cupyx.scatter_add(target, indices, values)
+    else:
+        _cupyx.scatter_add(target, indices, values)
 
 
 # ---------------------------------------------------------------------------------------
-# Random numbers: one generator per device. NumPy's PCG64 on the CPU. On the GPU a CuPy
-# RandomState is re-seeded from (seed, number of draws), so its whole state is two
-# integers that a checkpoint can store and restore exactly.
+# Random numbers: one generator per device, seeded by manual_seed. NumPy's PCG64 on the CPU.
+# On the GPU a counter-based Philox stream (kernels/cuda/random.cu): each draw takes the next
+# `size` counters, so the whole state is (seed, offset), which a checkpoint stores and restores
+# exactly; no cuRAND generator is made per draw.
 # ---------------------------------------------------------------------------------------
 class CpuGenerator:
     def __init__(self, seed: int = 0):
@@ -130,63 +172,85 @@ class CpuGenerator:
         self._generator.bit_generator.state = state
 
 
-class CudaGenerator:  # pragma: no cover - needs a GPU
+class CudaGenerator:
+    """The GPU's default generator: Philox4x32-10 counters (seed, offset)."""
+
     def __init__(self, seed: int = 0):
         self.seed(seed)
 
     def seed(self, seed: int) -> None:
-        self._seed, self._draws = int(seed), 0
+        self._seed, self._offset = int(seed), 0
 
-    def _next(self):
-        # A distinct stream per draw, derived from the seed and the draw's number.
-        self._draws += 1
-        return _cupy.random.RandomState((self._seed * 1_000_003 + self._draws) % 2**63)
+    def _take(self, shape) -> int:
+        """The first counter of a draw of `shape`; the next draw starts after it."""
+        first = self._offset
+        self._offset += int(np.prod(shape, dtype=np.int64))
+        return first
+
+    @staticmethod
+    def _kernels():
+        from minigen.kernels import cuda
+        return cuda
 
     def normal(self, shape, dtype):
-        return self._next().standard_normal(shape, dtype=np.float64).astype(dtype, copy=False)
+        shape = _as_shape(shape)
+        return self._kernels().random_normal(shape, dtype, self._seed, self._take(shape))
 
     def uniform(self, shape, dtype):
-        return self._next().random_sample(shape, dtype=np.float64).astype(dtype, copy=False)
+        shape = _as_shape(shape)
+        return self._kernels().random_uniform(shape, dtype, self._seed, self._take(shape))
 
     def integers(self, low, high, shape):
-        return self._next().randint(low, high, size=shape, dtype=np.int64)
+        shape = _as_shape(shape)
+        return self._kernels().random_integers(low, high, shape, self._seed, self._take(shape))
 
     def permutation(self, n: int):
-        return self._next().permutation(n)
+        # The order that sorts n uniform keys is a uniform random permutation.
+        return _cupy.argsort(self.uniform((int(n),), np.float64))
 
     def get_state(self) -> dict:
-        return {"seed": self._seed, "draws": self._draws}
+        return {"seed": self._seed, "offset": self._offset}
 
     def set_state(self, state: dict) -> None:
-        self._seed, self._draws = int(state["seed"]), int(state["draws"])
+        if "offset" not in state:
+            raise ValueError("this GPU random state (from an older minigen) cannot be restored "
+                             "exactly; train from the start or load it without its RNG state")
+        self._seed, self._offset = int(state["seed"]), int(state["offset"])
 
 
+def _as_shape(shape) -> tuple:
+    return (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+
+
+_GENERATORS = {"cpu": CpuGenerator, "cuda": CudaGenerator}
 _generators: dict[str, object] = {"cpu": CpuGenerator(0)}
+_default_seed = 0  # what a device's generator starts from when it is first used
 
 
 def generator(device: str = "cpu"):
-    """The default random generator of a device."""
+    """The default random generator of a device (made on first use, from the last seed)."""
     device = check_device(device)
     if device not in _generators:
-        _generators[device] = CudaGenerator(0)
+        _generators[device] = _GENERATORS[device](_default_seed)
     return _generators[device]
 
 
 def manual_seed(seed: int) -> None:
     """Seed the default generators of every device, as torch.manual_seed does."""
-    for device in list(_generators):
-        _generators[device].seed(seed)
-    if "cuda" not in _generators and _cupy is not None:
-        _generators["cuda"] = CudaGenerator(seed)
+    global _default_seed
+    _default_seed = int(seed)
+    for device_generator in _generators.values():
+        device_generator.seed(seed)
 
 
 def get_rng_state() -> dict:
-    """Every device generator's state, JSON-serialisable (for checkpoints)."""
+    """The state of every device generator in use (JSON-serialisable, for checkpoints); a
+    device that cannot be used here has no entry."""
     return {device: gen.get_state() for device, gen in _generators.items()}
 
 
 def set_rng_state(state: dict) -> None:
     for device, device_state in state.items():
         if device == "cuda" and cuda_status() is not None:
-            continue  # a GPU run's stream cannot be restored on a CPU-only machine
+            continue  # a GPU run's stream cannot be restored on a machine without a usable GPU
         generator(device).set_state(device_state)

@@ -10,6 +10,9 @@ if "PYTEST_XDIST_WORKER" in os.environ:
     for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ.setdefault(variable, "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Float32 comparisons with PyTorch on a GPU run without TF32 on both sides (helpers.import_torch
+# turns PyTorch's off); CuPy reads this before its first matmul.
+os.environ["CUPY_TF32"] = "0"
 
 import pytest  # noqa: E402
 

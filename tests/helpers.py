@@ -134,9 +134,14 @@ UPSAMPLE_CASES = [((2, 3, 4, 5), (2, 2)), ((1, 2, 3, 3), (3, 1)), ((2, 1, 5, 2),
 
 # ---- the autograd core against PyTorch -------------------------------------------------------
 def import_torch():
-    """torch, or a skip that says why the PyTorch cross-check cannot run here."""
-    return pytest.importorskip("torch", reason="PyTorch is not installed; the cross-check needs "
-                                               "it (pip install -e '.[dev]')")
+    """torch, or a skip that says why the PyTorch cross-check cannot run here. TF32 is off, so
+    float32 comparisons on a GPU are exact to float32 on the PyTorch side too (CuPy's default
+    has it off; conftest.py keeps it so)."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed; the cross-check needs "
+                                                "it (pip install -e '.[dev]')")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    return torch
 
 
 def _outputs(result) -> tuple:

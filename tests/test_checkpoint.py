@@ -194,16 +194,14 @@ def test_restore_rng_false_leaves_the_generators_alone(tmp_path):
 def test_checkpoint_with_gpu_rng_state_loads_on_this_machine(checkpoint_path):
     with h5py.File(checkpoint_path, "r+") as file:
         rng_state = json.loads(file.attrs["rng_state"])
-        rng_state["cuda"] = {"seed": 1, "draws": 12}
+        rng_state["cuda"] = {"seed": 1, "offset": 12}
         file.attrs["rng_state"] = json.dumps(rng_state)
     state = load_checkpoint(checkpoint_path, models={"G": make_model(3)})
-    assert state["rng_state"]["cuda"] == {"seed": 1, "draws": 12}
+    assert state["rng_state"]["cuda"] == {"seed": 1, "offset": 12}
 
 
 @pytest.mark.cuda
-def test_checkpoint_saved_from_gpu_arrays_loads_into_a_cpu_model(tmp_path):
-    if backend.cuda_status() is not None:
-        pytest.skip(backend.cuda_status())
+def test_checkpoint_saved_from_gpu_arrays_loads_into_a_cpu_model(tmp_path, cuda_backend):
     path = tmp_path / "checkpoint.h5"
     cpu_model = make_model(seed=0)
     gpu_model = FakeModel(cpu_model.parameters, cpu_model.buffers, device="cuda")

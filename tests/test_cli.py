@@ -144,11 +144,20 @@ def test_bad_input_gives_one_line_and_exit_code_2(capsys, tmp_path, trained, arg
     assert err.startswith("minigen: error: ") and fill(message) in err
 
 
-@pytest.mark.skipif(backend.cuda_available(), reason="this machine has CuPy and a GPU")
-def test_cuda_without_cupy_or_a_gpu_is_one_line(capsys, tmp_path):
+def test_cuda_without_cupy_is_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(backend, "_cupy", None)
     code, _, err = minigen_main(capsys, "train", "tiny", "--device", "cuda", "--out", tmp_path)
     assert code == 2 and len(err.splitlines()) == 1
     assert err.startswith("minigen: error: device 'cuda' was asked for, but CuPy is not installed")
+
+
+@pytest.mark.skipif(backend._cupy is None or backend.cuda_available(),
+                    reason="needs CuPy installed on a machine where it cannot run")
+def test_cuda_with_cupy_but_no_gpu_is_one_line_that_names_what_is_missing(capsys, tmp_path):
+    code, _, err = minigen_main(capsys, "train", "tiny", "--device", "cuda", "--out", tmp_path)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("minigen: error: device 'cuda' was asked for, but CuPy cannot run here: ")
+    assert "no CUDA GPU can be used" in err or "cannot be loaded" in err
 
 
 def test_a_malformed_loop_registration_is_one_line(capsys, monkeypatch):

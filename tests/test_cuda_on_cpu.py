@@ -54,6 +54,11 @@ __global__ void warp_sums(const T* x, T* sums, long long n) {
     if (threadIdx.x % warpSize == 0) sums[i / warpSize] = value;
 }
 
+extern "C" __global__ void divergent_barriers(float* y) {
+    if (threadIdx.x % 2) __syncthreads(); else __syncwarp();
+    y[threadIdx.x] = 1.0f;
+}
+
 extern "C" __global__ void out_of_bounds(float* y, long long n) {
     y[n + blockIdx.x * blockDim.x + threadIdx.x] = 1.0f;
 }
@@ -180,7 +185,20 @@ def test_address_sanitizer_finds_an_out_of_bounds_write():
     assert "AddressSanitizer: heap-buffer-overflow" in result.stderr, result.stderr[-2000:]
 
 
+def test_threads_waiting_at_different_barriers_end_the_run_with_a_message():
+    script = ("import numpy as np\nfrom cuda_on_cpu import runner, strict_array\n"
+              "from test_cuda_on_cpu import COOPERATIVE_SOURCE\n"
+              "kernel = runner.RawModule(code=COOPERATIVE_SOURCE).get_function('divergent_barriers')\n"
+              "kernel((1,), (64,), (strict_array.asarray(np.zeros(64, np.float32)),))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300, cwd=Path(__file__).parent)
+    assert result.returncode != 0
+    assert "deadlock: the threads of a block wait at different barriers" in result.stderr
+
+
 def test_cuda_kernel_tests_pass_under_address_sanitizer():
+    # The backend's kernels, and the fibers of cooperative launches.
     result = _run_sanitized(["-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
-                             "test_kernels_cuda.py"])
+                             "test_kernels_cuda.py", "test_cuda_on_cpu.py", "-k",
+                             "(test_cuda_ or shared_memory or warp_shuffles) and not sanitizer"])
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]

@@ -204,9 +204,7 @@ def test_dataset_to_cpu_is_a_copy_with_the_same_arrays(digits):
 
 
 @pytest.mark.cuda
-def test_dataset_on_the_gpu_gives_the_same_batches_as_on_the_cpu(digits):
-    if backend.cuda_status() is not None:
-        pytest.skip(backend.cuda_status())
+def test_dataset_on_the_gpu_gives_the_same_batches_as_on_the_cpu(digits, cuda_backend):
     on_gpu = digits.to("cuda")
     assert on_gpu.device == "cuda" and backend.device_of(on_gpu.train_labels) == "cuda"
     gpu_batcher = Batcher((on_gpu.train, on_gpu.train_labels), 64, seed=5)

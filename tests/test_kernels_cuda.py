@@ -115,6 +115,25 @@ def test_cuda_max_pool2d_ties_and_nans_follow_reference(cuda, on_gpu, on_cpu):
     np.testing.assert_array_equal(on_cpu(indices), expected_indices)
 
 
+@pytest.mark.parametrize("kernel_size, stride, padding", [((2, 2), (2, 2), (1, 1)),
+                                                       ((3, 3), (1, 1), (1, 1))])
+def test_max_pool2d_of_a_window_of_minus_infinity_reports_its_first_pixel(
+        kernel_size, stride, padding, cuda, on_gpu, on_cpu):
+    # The oracle used to report index 0 for such a window; the kernels, cpu.py and PyTorch
+    # report the window's first pixel inside the image.
+    from minigen.kernels import cpu
+    torch = pytest.importorskip("torch")
+    x = np.full((1, 2, 5, 5), -np.inf)
+    x[0, 1, 4, 4] = 1.0
+    args = (kernel_size, stride, padding)
+    expected_y, expected_indices = torch.nn.functional.max_pool2d(
+        torch.from_numpy(x), kernel_size, stride, padding, return_indices=True)
+    for y, indices in (reference.max_pool2d_forward(x, *args), cpu.max_pool2d_forward(x, *args),
+                       [on_cpu(a) for a in cuda.max_pool2d_forward(*on_gpu(x), *args)]):
+        np.testing.assert_array_equal(y, expected_y.numpy())
+        np.testing.assert_array_equal(indices, expected_indices.numpy())
+
+
 @pool_cases
 @dtypes
 @layouts

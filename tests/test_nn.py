@@ -350,9 +350,8 @@ def test_constant_inits_fill_in_place():
 
 # ---- the GPU -----------------------------------------------------------------------------------
 @cuda
-@pytest.mark.skipif(not minigen.cuda_available(), reason=str(backend.cuda_status()))
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_torch_state_dict_loads_on_the_gpu_and_gives_the_same_output(mode):
+def test_torch_state_dict_loads_on_the_gpu_and_gives_the_same_output(mode, cuda_backend):
     torch = import_torch()
     theirs = small_conv_net(torch.nn)
     ours = small_conv_net(nn).to("cuda")

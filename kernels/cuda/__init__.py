@@ -2,9 +2,11 @@
 
 Convolution is im2col + GEMM (kernels/gemm_conv.py) with im2col.cu's copy kernels and
 cupy.matmul (cuBLAS); pooling (pool.cu) and upsampling (upsample.cu) run one thread per
-element; the fused group norm, batch norm and softmax (fused_norm.cu, glue in fused_norm.py)
-run one block per normalised slice. Each .cu file is compiled on first use (CuPy caches the
-binary on disk). This module imports CuPy, so the dispatch in kernels/__init__.py imports it only when it meets a CuPy array.
+element, and random.cu draws the default generator's numbers (Philox, counter-based); the
+fused group norm, batch norm and softmax (fused_norm.cu, glue in fused_norm.py) run one block
+per normalised slice. Each .cu file is compiled on first use (CuPy caches the binary on disk).
+This module imports CuPy, so the dispatch in kernels/__init__.py imports it only when it meets
+a CuPy array.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ _KERNELS = {
     "pool.cu": ("max_pool_forward", "max_pool_backward", "avg_pool_forward",
                 "avg_pool_backward"),
     "upsample.cu": ("upsample_nearest_forward", "upsample_nearest_backward"),
+    "random.cu": ("random_uniform", "random_normal"),
     "fused_norm.cu": ("group_norm_forward", "group_norm_backward", "group_norm_param_grads",
                       "batch_norm_forward", "batch_norm_backward", "softmax_forward",
                       "softmax_backward"),
@@ -45,8 +48,10 @@ def _source(filename: str) -> str:
 
 
 def _name_expressions(filename: str) -> list[str]:
-    """The kernels of one .cu file, each instantiated for float and double."""
-    return [f"{kernel}<{c_type}>" for kernel in _KERNELS[filename] for c_type in _C_TYPES.values()]
+    """The kernels of one .cu file, each instantiated for float and double (a name that already
+    has its template arguments, `kernel<float, 4>`, is taken as it is)."""
+    return [kernel if "<" in kernel else f"{kernel}<{c_type}>" for kernel in _KERNELS[filename]
+            for c_type in (_C_TYPES.values() if "<" not in kernel else [None])]
 
 
 @functools.lru_cache(maxsize=None)
@@ -54,6 +59,14 @@ def _module(filename: str) -> cupy.RawModule:
     """One .cu file compiled with every kernel instantiated for float and double."""
     return cupy.RawModule(code=_source(filename), options=COMPILE_OPTIONS,
                           name_expressions=_name_expressions(filename))
+
+
+def _check_dtype(function: str, *arrays) -> None:
+    """One rule for every kernel: float32 or float64, the types the .cu files are built for."""
+    for array in arrays:
+        if np.dtype(array.dtype) not in _C_TYPES:
+            raise TypeError(f"CUDA kernel {function}: dtype {np.dtype(array.dtype)} is not "
+                            f"supported; use float32 or float64")
 
 
 def _launch(filename: str, kernel: str, dtype, total: int, *args) -> None:
@@ -101,6 +114,7 @@ def conv2d_forward(x, weight, stride: Pair, padding: Pair, dilation: Pair, group
 
     x: (N, C_in, H, W), weight: (C_out, C_in/groups, kH, kW) -> (N, C_out, H_out, W_out).
     """
+    _check_dtype("conv2d_forward", x, weight)
     return gemm_conv.conv2d_forward(_backend(), x, weight, stride, padding, dilation, groups)
 
 
@@ -110,6 +124,7 @@ def conv2d_backward_input(grad_output, weight, input_shape, stride: Pair, paddin
 
     grad_output: (N, C_out, H_out, W_out) -> grad_x: input_shape (N, C_in, H, W).
     """
+    _check_dtype("conv2d_backward_input", grad_output, weight)
     return gemm_conv.conv2d_backward_input(_backend(), grad_output, weight, input_shape,
                                            stride, padding, dilation, groups)
 
@@ -120,6 +135,7 @@ def conv2d_backward_weight(grad_output, x, weight_shape, stride: Pair, padding: 
 
     grad_output: (N, C_out, H_out, W_out), x: (N, C_in, H, W) -> (C_out, C_in/groups, kH, kW).
     """
+    _check_dtype("conv2d_backward_weight", grad_output, x)
     return gemm_conv.conv2d_backward_weight(_backend(), grad_output, x, weight_shape, stride,
                                             padding, dilation, groups)
 
@@ -130,6 +146,7 @@ def conv2d_backward_weight(grad_output, x, weight_shape, stride: Pair, padding: 
 def max_pool2d_forward(x, kernel_size: Pair, stride: Pair, padding: Pair):
     """Max pooling with -inf padding. x: (N, C, H, W) -> y, indices: (N, C, H_out, W_out);
     indices (int64) are flat positions h * W + w inside each (n, c) plane, as in PyTorch."""
+    _check_dtype("max_pool2d_forward", x)
     kernel_size, stride, padding = as_pairs(kernel_size, stride, padding)
     out_hw = check_pool2d(x.shape, kernel_size, stride, padding)
     x = cupy.ascontiguousarray(x)
@@ -143,6 +160,8 @@ def max_pool2d_forward(x, kernel_size: Pair, stride: Pair, padding: Pair):
 
 def max_pool2d_backward(grad_output, indices, input_shape):
     """Scatter-add grad_output (N, C, H_out, W_out) to the recorded maxima -> input_shape."""
+    _check_dtype("max_pool2d_backward", grad_output)
+    _check_max_pool_indices(grad_output, indices, input_shape)
     n, c, h, w = input_shape
     grad_output = cupy.ascontiguousarray(grad_output)
     indices = cupy.ascontiguousarray(indices, dtype=cupy.int64)
@@ -152,8 +171,34 @@ def max_pool2d_backward(grad_output, indices, input_shape):
     return grad_x
 
 
+def _check_max_pool_indices(grad_output, indices, input_shape) -> None:
+    """The kernel adds at grad_x[plane, indices[...]] with no bounds check of its own: a wrong
+    shape or index would be a silent out-of-bounds write on the GPU."""
+    input_shape = tuple(int(size) for size in input_shape)
+    if len(input_shape) != 4 or grad_output.ndim != 4:
+        raise ValueError(f"max_pool2d_backward: grad_output {tuple(grad_output.shape)} and "
+                         f"input_shape {input_shape} must both be (N, C, H, W)")
+    if tuple(indices.shape) != tuple(grad_output.shape):
+        raise ValueError(f"max_pool2d_backward: indices {tuple(indices.shape)} must have the "
+                         f"shape of grad_output {tuple(grad_output.shape)}; pass the indices "
+                         f"max_pool2d_forward returned with it")
+    if tuple(grad_output.shape[:2]) != input_shape[:2]:
+        raise ValueError(f"max_pool2d_backward: grad_output {tuple(grad_output.shape)} and "
+                         f"input_shape {input_shape} differ in N or C")
+    if indices.dtype.kind not in "iu":
+        raise TypeError(f"max_pool2d_backward: indices must be integers, not {indices.dtype}")
+    plane_size = input_shape[2] * input_shape[3]
+    if indices.size:
+        low, high = int(indices.min()), int(indices.max())
+        if low < 0 or high >= plane_size:
+            raise ValueError(f"max_pool2d_backward: indices run from {low} to {high}, outside "
+                             f"the {input_shape[2]}x{input_shape[3]} plane [0, {plane_size}); "
+                             f"pass the indices max_pool2d_forward returned for this input")
+
+
 def avg_pool2d_forward(x, kernel_size: Pair, stride: Pair, padding: Pair):
     """Average pooling, count_include_pad=True. x: (N, C, H, W) -> (N, C, H_out, W_out)."""
+    _check_dtype("avg_pool2d_forward", x)
     kernel_size, stride, padding = as_pairs(kernel_size, stride, padding)
     out_hw = check_pool2d(x.shape, kernel_size, stride, padding)
     x = cupy.ascontiguousarray(x)
@@ -167,6 +212,7 @@ def avg_pool2d_forward(x, kernel_size: Pair, stride: Pair, padding: Pair):
 def avg_pool2d_backward(grad_output, input_shape, kernel_size: Pair, stride: Pair,
                         padding: Pair):
     """Gradient of avg_pool2d_forward: (N, C, H_out, W_out) -> input_shape (N, C, H, W)."""
+    _check_dtype("avg_pool2d_backward", grad_output)
     kernel_size, stride, padding = as_pairs(kernel_size, stride, padding)
     out_hw = check_pool2d(input_shape, kernel_size, stride, padding)
     grad_output = cupy.ascontiguousarray(grad_output)
@@ -179,6 +225,7 @@ def avg_pool2d_backward(grad_output, input_shape, kernel_size: Pair, stride: Pai
 
 def upsample_nearest2d_forward(x, scale: Pair):
     """Nearest-neighbour upsampling by integer factors: (N, C, H, W) -> (N, C, sH*H, sW*W)."""
+    _check_dtype("upsample_nearest2d_forward", x)
     (scale,) = as_pairs(scale)
     check_upsample(x.shape, scale)
     x = cupy.ascontiguousarray(x)
@@ -191,6 +238,7 @@ def upsample_nearest2d_forward(x, scale: Pair):
 
 def upsample_nearest2d_backward(grad_output, scale: Pair):
     """Gradient of upsample_nearest2d_forward: (N, C, sH*H, sW*W) -> (N, C, H, W)."""
+    _check_dtype("upsample_nearest2d_backward", grad_output)
     (scale,) = as_pairs(scale)
     check_upsample_grad(grad_output.shape, scale)
     grad_output = cupy.ascontiguousarray(grad_output)
@@ -199,6 +247,43 @@ def upsample_nearest2d_backward(grad_output, scale: Pair):
     _launch("upsample.cu", "upsample_nearest_backward", grad_output.dtype, grad_x.size,
             grad_output, grad_x, n * c, h_out // scale[0], w_out // scale[1], *scale)
     return grad_x
+
+
+# ---------------------------------------------------------------------------------------
+# Random numbers for the default generator (minigen/backend.py): element i of a draw depends
+# on (seed, offset + i) only, so the generator's state is those two integers.
+# ---------------------------------------------------------------------------------------
+def _random(kernel: str, shape, dtype, seed: int, offset: int):
+    dtype = np.dtype(dtype)
+    draw_dtype = dtype if dtype in _C_TYPES else np.dtype(np.float64)
+    out = cupy.empty(shape, dtype=draw_dtype)
+    _launch("random.cu", kernel, draw_dtype, out.size, out, out.size, _as_signed_64(seed),
+            _as_signed_64(offset))
+    return out if draw_dtype == dtype else out.astype(dtype)
+
+
+def _as_signed_64(value: int) -> int:
+    """The 64-bit pattern of `value` as a long long (the kernel reads it back as unsigned)."""
+    return ((int(value) % 2**64) ^ 2**63) - 2**63
+
+
+def random_uniform(shape, dtype, seed: int, offset: int):
+    """Uniform numbers in [0, 1) of `shape`; uses the counters offset .. offset + size - 1."""
+    return _random("random_uniform", shape, dtype, seed, offset)
+
+
+def random_normal(shape, dtype, seed: int, offset: int):
+    """Standard normal numbers of `shape` (Box-Muller); the same counters as random_uniform."""
+    return _random("random_normal", shape, dtype, seed, offset)
+
+
+def random_integers(low: int, high: int, shape, seed: int, offset: int):
+    """Integers in [low, high) (int64) of `shape`, from the uniforms of the same counters."""
+    span = int(high) - int(low)
+    if span <= 0:
+        raise ValueError(f"random integers: high ({high}) must be greater than low ({low})")
+    uniform = random_uniform(shape, np.float64, seed, offset)
+    return cupy.minimum(cupy.floor(uniform * span).astype(np.int64), span - 1) + int(low)
 
 
 # The fused normalisations import _module and _C_TYPES from this module, so they come last.

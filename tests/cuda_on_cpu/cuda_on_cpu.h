@@ -2,29 +2,35 @@
 // in tests on machines without a GPU (see runner.py beside this file, and CANNOT_CATCH.md for
 // what this does not prove).
 //
-// A launch runs in one of two modes, chosen by runner.py from the source:
-//  - independent (no __shared__, __syncthreads or warp intrinsics in the source): the blocks are
-//    shared out among the CPU's threads (OpenMP), and each block's threads run one after another
-//    on its CPU thread. Blocks run concurrently, so atomics between blocks are exercised.
-//  - cooperative (CUDA_ON_CPU_COOPERATIVE=1): blocks run one after another, and each block's
-//    threads run at once as an OpenMP team of blockDim threads. __shared__ variables become
-//    statics (one copy, shared by the block that runs), __syncthreads() is a barrier of the
-//    block's threads and warp shuffles are exchanges behind a barrier of the warp's threads. A
-//    thread that returns leaves both barriers, as exited threads do on a GPU.
+// The blocks of a launch are shared out among the CPU's threads (OpenMP), so blocks run
+// concurrently and atomics between them are exercised. Within a block, one of two modes, chosen
+// by runner.py from the source:
+//  - independent (no __shared__, __syncthreads or warp intrinsics in the source): the block's
+//    threads run one after another.
+//  - cooperative (CUDA_ON_CPU_COOPERATIVE=1): each of the block's threads is a fiber (ucontext)
+//    on the block's CPU thread. __shared__ variables are thread_local statics (one copy per
+//    block that runs), __syncthreads() switches to the next fiber until every live thread of the
+//    block has arrived, and warp shuffles exchange values behind a barrier of the warp's lanes.
+//    A thread that returns leaves both barriers, as exited threads do on a GPU. Fibers run in a
+//    different order after every barrier, so a missing barrier shows as a wrong result; threads
+//    that wait at different barriers end the run with a message instead of hanging.
 #pragma once
 
 #include <omp.h>
-#include <sched.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#endif
 
 #include <climits>
 #include <cmath>
-#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
+#include <functional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -41,7 +47,7 @@
 #define __noinline__
 #define __launch_bounds__(...)
 #if CUDA_ON_CPU_COOPERATIVE
-#define __shared__ static
+#define __shared__ static thread_local
 #endif
 
 struct dim3 {
@@ -131,7 +137,7 @@ inline float atomicExch(float* a, float v) {
 inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
-// ----- barriers, __syncthreads and the warp intrinsics -----------------------------------
+// ----- fibers, __syncthreads and the warp intrinsics -------------------------------------
 namespace cuda_on_cpu {
 
 [[noreturn]] inline void fail(const char* what) {
@@ -140,55 +146,83 @@ namespace cuda_on_cpu {
     std::abort();
 }
 
-// A barrier of `expected` threads that a thread can also leave (when its kernel returns).
-class Barrier {
-public:
-    void reset(int expected) {
-        expected_ = expected;
-        arrived_ = 0;
-    }
-    void wait() {
-        std::unique_lock<std::mutex> lock(mutex_);
-        const unsigned long long generation = generation_;
-        if (++arrived_ == expected_) {
-            release();
-        } else {
-            condition_.wait(lock, [&] { return generation != generation_; });
-        }
-    }
-    void leave() {
-        std::unique_lock<std::mutex> lock(mutex_);
-        --expected_;
-        if (arrived_ > 0 && arrived_ == expected_) release();
-    }
+enum class Wait { none, block, warp, done };
 
-private:
-    void release() {
-        arrived_ = 0;
-        ++generation_;
-        condition_.notify_all();
-    }
-    std::mutex mutex_;
-    std::condition_variable condition_;
-    int expected_ = 0, arrived_ = 0;
-    unsigned long long generation_ = 0;
+struct Fiber {
+    ucontext_t context;
+    char* stack = nullptr;
+    Wait wait = Wait::none;
 };
 
-struct Warp {
-    Barrier barrier;
-    int lanes = 0;  // threads in this warp: 32, or fewer in a block's last warp
-    unsigned long long slots[warpSize];
-};
-
+// One block being run by one CPU thread: its threads' fibers and where each of them waits.
 struct Block {
-    Barrier barrier;
-    std::vector<Warp> warps;
+    std::vector<Fiber> fibers;
+    std::vector<int> warp_lanes;                // live lanes of each warp
+    std::vector<unsigned long long> warp_slots;  // 32 exchange slots per warp
+    ucontext_t scheduler;
+    int current = 0, live = 0;
+    std::function<void()> body;
+    const void* scheduler_stack = nullptr;
+    std::size_t scheduler_stack_size = 0;
 };
 
-inline Block* current_block = nullptr;  // cooperative mode runs one block at a time
+inline thread_local Block* current_block = nullptr;
+#if defined(__SANITIZE_ADDRESS__)
+constexpr std::size_t FIBER_STACK_BYTES = 512 * 1024;  // room for the sanitizer's redzones
+#else
+constexpr std::size_t FIBER_STACK_BYTES = 128 * 1024;
+#endif
+
+// The fiber stacks of this CPU thread, kept from launch to launch: mapped, never zeroed, so
+// only the pages a kernel touches cost memory.
+inline char* fiber_stacks(unsigned int threads) {
+    static thread_local char* stacks = nullptr;
+    static thread_local std::size_t bytes = 0;
+    const std::size_t needed = (std::size_t)threads * FIBER_STACK_BYTES;
+    if (needed > bytes) {
+        if (stacks != nullptr) munmap(stacks, bytes);
+        void* memory = mmap(nullptr, needed, PROT_READ | PROT_WRITE,
+                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (memory == MAP_FAILED) fail("cannot map the fiber stacks");
+        stacks = static_cast<char*>(memory);
+        bytes = needed;
+    }
+    return stacks;
+}
 
 inline int linear_thread_index() {
     return (int)((threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x);
+}
+
+inline void switch_context(ucontext_t* from, ucontext_t* to, const void* to_stack,
+                           std::size_t to_size, bool leaving_for_good = false) {
+#if defined(__SANITIZE_ADDRESS__)
+    void* fake_stack = nullptr;
+    __sanitizer_start_switch_fiber(leaving_for_good ? nullptr : &fake_stack, to_stack, to_size);
+    swapcontext(from, to);
+    __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
+#else
+    (void)to_stack, (void)to_size, (void)leaving_for_good;
+    swapcontext(from, to);
+#endif
+}
+
+// Back to the scheduler until released (wait) or for good (done).
+inline void yield(Wait wait) {
+    Block& block = *current_block;
+    Fiber& fiber = block.fibers[block.current];
+    fiber.wait = wait;
+    switch_context(&fiber.context, &block.scheduler, block.scheduler_stack,
+                   block.scheduler_stack_size, wait == Wait::done);
+}
+
+inline void fiber_main() {
+    Block& block = *current_block;
+#if defined(__SANITIZE_ADDRESS__)
+    __sanitizer_finish_switch_fiber(nullptr, &block.scheduler_stack, &block.scheduler_stack_size);
+#endif
+    block.body();
+    yield(Wait::done);
 }
 
 inline Block& block_or_fail(const char* what) {
@@ -196,43 +230,107 @@ inline Block& block_or_fail(const char* what) {
     return *current_block;
 }
 
-inline Warp& warp_of_this_thread(unsigned mask, const char* what) {
-    Warp& warp = block_or_fail(what).warps[linear_thread_index() / warpSize];
-    const unsigned everyone = warp.lanes == warpSize ? 0xffffffffu : (1u << warp.lanes) - 1u;
+inline unsigned full_mask(int lanes) {
+    return lanes >= warpSize ? 0xffffffffu : (1u << lanes) - 1u;
+}
+
+inline int warp_size_of(const Block& block, int warp) {
+    const int threads = (int)block.fibers.size();
+    return std::min(warpSize, threads - warp * warpSize);
+}
+
+inline void check_mask(unsigned mask, const char* what) {
+    Block& block = block_or_fail(what);
+    const unsigned everyone = full_mask(warp_size_of(block, linear_thread_index() / warpSize));
     if ((mask & everyone) != everyone) {
         fail("a warp intrinsic was called with a mask that leaves out lanes of its warp; the "
              "CPU runner only supports whole-warp masks");
     }
-    return warp;
 }
 
-// Every lane publishes `value`; each then reads lane `source(lane)` (or keeps its own value
-// where the source is outside its warp segment).
+// Every lane publishes `value`; each then reads lane `source(lane)` of its warp (or keeps its
+// own value where the source is outside its warp segment).
 template <typename T, typename Source>
 inline T exchange(unsigned mask, T value, Source source, const char* what) {
     static_assert(sizeof(T) <= sizeof(unsigned long long), "warp shuffle of a wide type");
-    Warp& warp = warp_of_this_thread(mask, what);
-    const int lane = linear_thread_index() % warpSize;
-    std::memcpy(&warp.slots[lane], &value, sizeof(T));
-    warp.barrier.wait();
+    check_mask(mask, what);
+    Block& block = *current_block;
+    const int thread = linear_thread_index(), warp = thread / warpSize, lane = thread % warpSize;
+    unsigned long long* slots = &block.warp_slots[(std::size_t)warp * warpSize];
+    std::memcpy(&slots[lane], &value, sizeof(T));
+    yield(Wait::warp);
     const int from = source(lane);
     T result = value;
-    if (from >= 0 && from < warp.lanes) std::memcpy(&result, &warp.slots[from], sizeof(T));
-    warp.barrier.wait();
+    if (from >= 0 && from < warp_size_of(block, warp)) std::memcpy(&result, &slots[from], sizeof(T));
+    yield(Wait::warp);
     return result;
+}
+
+// Run one block: every fiber until it waits or ends, then release the barriers that every
+// live thread concerned has reached; in a new order each round.
+inline void run_block(Block& block, unsigned long long block_number) {
+    const int threads = (int)block.fibers.size();
+    const dim3 block_dim = blockDim;
+    std::vector<int> order(threads);
+    for (int t = 0; t < threads; ++t) order[t] = t;
+    unsigned long long random = 0x9E3779B97F4A7C15ull ^ (block_number + 1);
+    block.live = threads;
+    while (block.live > 0) {
+        bool progressed = false;
+        for (int t : order) {
+            Fiber& fiber = block.fibers[t];
+            if (fiber.wait != Wait::none) continue;
+            block.current = t;
+            threadIdx = dim3(t % block_dim.x, t / block_dim.x % block_dim.y,
+                             t / (block_dim.x * block_dim.y));
+            switch_context(&block.scheduler, &fiber.context, fiber.stack, FIBER_STACK_BYTES);
+            if (fiber.wait == Wait::done) {
+                --block.live;
+                --block.warp_lanes[t / warpSize];
+            }
+            progressed = true;
+        }
+        int at_block = 0;
+        std::vector<int> at_warp(block.warp_lanes.size(), 0);
+        for (int t = 0; t < threads; ++t) {
+            if (block.fibers[t].wait == Wait::block) ++at_block;
+            if (block.fibers[t].wait == Wait::warp) ++at_warp[t / warpSize];
+        }
+        bool released = false;
+        for (int t = 0; t < threads; ++t) {
+            Fiber& fiber = block.fibers[t];
+            const int warp = t / warpSize;
+            if ((fiber.wait == Wait::block && at_block == block.live) ||
+                (fiber.wait == Wait::warp && at_warp[warp] == block.warp_lanes[warp])) {
+                fiber.wait = Wait::none;
+                released = true;
+            }
+        }
+        if (!progressed && !released && block.live > 0) {
+            fail("deadlock: the threads of a block wait at different barriers (a __syncthreads "
+                 "or warp intrinsic that not every live thread reaches)");
+        }
+        for (int t = threads - 1; t > 0; --t) {  // a new order for the next round
+            random ^= random << 13, random ^= random >> 7, random ^= random << 17;
+            std::swap(order[t], order[random % (unsigned long long)(t + 1)]);
+        }
+    }
 }
 
 }  // namespace cuda_on_cpu
 
 inline void __syncthreads() {
-    cuda_on_cpu::block_or_fail("__syncthreads outside a cooperative launch").barrier.wait();
+    cuda_on_cpu::block_or_fail("__syncthreads outside a cooperative launch");
+    cuda_on_cpu::yield(cuda_on_cpu::Wait::block);
 }
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
-    cuda_on_cpu::warp_of_this_thread(mask, "__syncwarp outside a cooperative launch").barrier.wait();
+    cuda_on_cpu::check_mask(mask, "__syncwarp outside a cooperative launch");
+    cuda_on_cpu::yield(cuda_on_cpu::Wait::warp);
 }
 inline unsigned __activemask() {
-    cuda_on_cpu::Warp& warp = cuda_on_cpu::warp_of_this_thread(0xffffffffu, "__activemask");
-    return warp.lanes == warpSize ? 0xffffffffu : (1u << warp.lanes) - 1u;
+    cuda_on_cpu::Block& block = cuda_on_cpu::block_or_fail("__activemask outside a cooperative launch");
+    return cuda_on_cpu::full_mask(
+        cuda_on_cpu::warp_size_of(block, cuda_on_cpu::linear_thread_index() / warpSize));
 }
 template <typename T>
 inline T __shfl_sync(unsigned mask, T value, int source_lane, int width = warpSize) {
@@ -341,44 +439,43 @@ void launch(void (*kernel)(Params...), const unsigned int* grid, const unsigned 
     const unsigned long long blocks = (unsigned long long)grid[0] * grid[1] * grid[2];
     const unsigned int threads = block[0] * block[1] * block[2];
     const auto sequence = std::index_sequence_for<Params...>{};
-    omp_set_dynamic(0);
-    if (!CUDA_ON_CPU_COOPERATIVE) {
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel
+    {
+        gridDim = grid_dim;
+        blockDim = block_dim;
+        Block state;
+        if (CUDA_ON_CPU_COOPERATIVE) {
+            state.fibers.resize(threads);
+            state.warp_slots.resize(((threads + warpSize - 1) / warpSize) * (std::size_t)warpSize);
+            state.body = [&] { call(kernel, args, sequence); };
+        }
+#pragma omp for schedule(dynamic, 1)
         for (unsigned long long b = 0; b < blocks; ++b) {
-            gridDim = grid_dim;
-            blockDim = block_dim;
             set_block_index(b);
+            if (!CUDA_ON_CPU_COOPERATIVE) {
+                for (unsigned int t = 0; t < threads; ++t) {
+                    set_thread_index(t);
+                    call(kernel, args, sequence);
+                }
+                continue;
+            }
+            state.warp_lanes.assign((threads + warpSize - 1) / warpSize, 0);
+            char* const stacks = fiber_stacks(threads);
             for (unsigned int t = 0; t < threads; ++t) {
-                set_thread_index(t);
-                call(kernel, args, sequence);
+                Fiber& fiber = state.fibers[t];
+                ++state.warp_lanes[t / warpSize];
+                fiber.wait = Wait::none;
+                fiber.stack = stacks + (std::size_t)t * FIBER_STACK_BYTES;
+                getcontext(&fiber.context);
+                fiber.context.uc_stack.ss_sp = fiber.stack;
+                fiber.context.uc_stack.ss_size = FIBER_STACK_BYTES;
+                fiber.context.uc_link = nullptr;
+                makecontext(&fiber.context, fiber_main, 0);
             }
+            current_block = &state;
+            run_block(state, b);
+            current_block = nullptr;
         }
-        return;
-    }
-    Block state;
-    state.warps = std::vector<Warp>((threads + warpSize - 1) / warpSize);
-    for (unsigned long long b = 0; b < blocks; ++b) {
-        state.barrier.reset((int)threads);
-        for (std::size_t w = 0; w < state.warps.size(); ++w) {
-            const int lanes = (int)std::min<unsigned int>(warpSize, threads - w * warpSize);
-            state.warps[w].lanes = lanes;
-            state.warps[w].barrier.reset(lanes);
-        }
-        current_block = &state;
-#pragma omp parallel num_threads(threads)
-        {
-            if ((unsigned int)omp_get_num_threads() != threads) {
-                fail("OpenMP gave fewer threads than the block has (OMP_THREAD_LIMIT?)");
-            }
-            gridDim = grid_dim;
-            blockDim = block_dim;
-            set_block_index(b);
-            set_thread_index((unsigned int)omp_get_thread_num());
-            call(kernel, args, sequence);
-            state.barrier.leave();
-            state.warps[linear_thread_index() / warpSize].barrier.leave();
-        }
-        current_block = nullptr;
     }
 }
 
