@@ -44,7 +44,8 @@ def _vector(values, channels: int, fill: float) -> np.ndarray:
 
 @numba.njit(inline="always", **_jit)
 def _exp_float32(t):
-    """e^t to float32 accuracy (see EXP_TAYLOR), in arithmetic that vectorises."""
+    """e^t to float32 accuracy (see EXP_TAYLOR), in arithmetic that vectorises. (Numba's min
+    and max pass a NaN on, so NaN stays NaN.)"""
     u = min(max(t, -EXP_LIMIT), EXP_LIMIT) / 2 ** EXP_SQUARINGS
     power = EXP_TAYLOR[10]
     for k in range(9, -1, -1):

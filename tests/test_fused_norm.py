@@ -267,3 +267,18 @@ def test_dtypes_without_fused_kernels_take_the_composed_ops(fused):
     out = F.group_norm(x, 2, activation="silu")
     assert out.dtype == np.float16
     assert out.grad_fn is not None and not isinstance(out.grad_fn, fused_norm.GroupNormActivation)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_cpu_kernels_pass_a_nan_on_as_the_reference_does(dtype):
+    """A NaN must not vanish inside a fused kernel: a run stops on a loss that turns NaN."""
+    x = np.random.default_rng(14).standard_normal((2, 4, 3, 3)).astype(dtype)
+    x[1, 2, 1, 1] = np.nan
+    for actual, expected in [
+            (cpu.group_norm_forward(x, 2, None, None, 1e-5, True)[0],
+             reference.group_norm_forward(x, 2, None, None, 1e-5, True)[0]),
+            (cpu.softmax_forward(x), reference.softmax_forward(x)),
+            (cpu.batch_norm_forward(x, None, None, None, None, True, 0.1, 1e-5)[0],
+             reference.batch_norm_forward(x, None, None, None, None, True, 0.1, 1e-5)[0])]:
+        np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
+        assert np.isnan(actual).any()
