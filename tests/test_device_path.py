@@ -127,8 +127,9 @@ def test_minigen_sample_writes_samples_drawn_on_the_device(trained_ddpm, tmp_pat
 def test_a_stray_numpy_call_on_device_data_fails_as_on_a_gpu(cuda_backend):
     x = minigen.randn(2, 3, device="cuda")
     assert x.device == "cuda" and not isinstance(x.data, np.ndarray)
-    with pytest.raises(TypeError):
-        np.exp(x.data)
+    if not cuda_backend.on_gpu:  # CuPy itself answers NumPy's ufuncs; the stand-in refuses them
+        with pytest.raises(TypeError):
+            np.exp(x.data)
     with pytest.raises(TypeError):
         np.asarray(x.data)
     with pytest.raises(TypeError):
