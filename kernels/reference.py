@@ -332,3 +332,125 @@ def scale_grads(grads: list, coefficient) -> list:
     """grad * coefficient for each gradient, as new arrays (a gradient array may be shared);
     the coefficient (a number or 0-d array) is cast to each gradient's dtype first."""
     return [grad * np.asarray(coefficient).astype(grad.dtype) for grad in grads]
+
+
+# Fused normalisation and softmax: group norm (+ affine, + optional SiLU), batch norm and
+# the last-axis softmax, each forward and backward. Inputs are (N, C, *) and are read as
+# (N, C, S) with S the product of the trailing dims. Statistics are float64; outputs take the
+# input's dtype. The fast backends (cpu_fused_norm.py, cuda/fused_norm.cu) must match these.
+# ---------------------------------------------------------------------------------------
+def _silu_derivative(z: np.ndarray) -> np.ndarray:
+    """d/dz z * sigmoid(z) = s (1 + z (1 - s)), s = sigmoid(z)."""
+    s = 1 / (1 + np.exp(-z))
+    return s * (1 + z * (1 - s))
+
+
+def _per_channel(vector, channels: int, fill: float) -> np.ndarray:
+    """A (1, C, 1) float64 view of a per-channel vector, or of `fill` where it is None."""
+    values = np.full(channels, fill) if vector is None else np.asarray(vector, np.float64)
+    return values.reshape(1, channels, 1)
+
+
+def group_norm_forward(x: np.ndarray, num_groups: int, weight, bias, eps: float,
+                       silu: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """y = act(x_hat * weight + bias), x_hat normalised over each (sample, group), act = SiLU
+    or the identity. x: (N, C, *); weight, bias: (C,) or None (ones, zeros).
+
+    Returns y (the shape and dtype of x), mean and rstd = 1 / sqrt(var + eps): (N, G) float64.
+    """
+    n, c = x.shape[:2]
+    grouped = x.reshape(n, num_groups, -1).astype(np.float64)
+    mean = grouped.mean(axis=2)
+    rstd = 1 / np.sqrt(grouped.var(axis=2) + eps)
+    x_hat = ((grouped - mean[..., None]) * rstd[..., None]).reshape(n, c, -1)
+    z = x_hat * _per_channel(weight, c, 1.0) + _per_channel(bias, c, 0.0)
+    y = z / (1 + np.exp(-z)) if silu else z
+    return y.reshape(x.shape).astype(x.dtype), mean, rstd
+
+
+def group_norm_backward(grad_output: np.ndarray, x: np.ndarray, mean: np.ndarray,
+                        rstd: np.ndarray, num_groups: int, weight, bias,
+                        silu: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of group_norm_forward given its mean and rstd (N, G).
+
+    With g the gradient at z = x_hat * weight + bias and g_hat = g * weight:
+    grad_x = rstd * (g_hat - mean(g_hat) - x_hat * mean(g_hat * x_hat)), means per group;
+    grad_weight = sum g * x_hat and grad_bias = sum g over (N, *), (C,) in the dtype of x (also
+    where weight or bias is None: then they are the gradients of a weight of ones, a bias of zeros).
+    """
+    n, c = x.shape[:2]
+    grouped = x.reshape(n, num_groups, -1).astype(np.float64)
+    x_hat = ((grouped - mean[..., None]) * rstd[..., None]).reshape(n, c, -1)
+    w = _per_channel(weight, c, 1.0)
+    grad = grad_output.reshape(n, c, -1).astype(np.float64)
+    if silu:
+        grad = grad * _silu_derivative(x_hat * w + _per_channel(bias, c, 0.0))
+    grad_weight, grad_bias = (grad * x_hat).sum(axis=(0, 2)), grad.sum(axis=(0, 2))
+    grad_hat = (grad * w).reshape(n, num_groups, -1)
+    x_hat = x_hat.reshape(n, num_groups, -1)
+    grad_x = rstd[..., None] * (grad_hat - grad_hat.mean(axis=2, keepdims=True)
+                                - x_hat * (grad_hat * x_hat).mean(axis=2, keepdims=True))
+    return (grad_x.reshape(x.shape).astype(x.dtype), grad_weight.astype(x.dtype),
+            grad_bias.astype(x.dtype))
+
+
+def batch_norm_forward(x: np.ndarray, weight, bias, running_mean, running_var, training: bool,
+                       momentum: float, eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """y = x_hat * weight + bias with x_hat normalised per channel over (N, *).
+
+    Training: the batch's mean and biased variance normalise, and running_mean / running_var
+    (when not None) are updated in place as PyTorch does, with the unbiased variance:
+    running = (1 - momentum) * running + momentum * batch. Otherwise the running statistics
+    normalise. Returns y (shape and dtype of x), mean and rstd: (C,) float64.
+    """
+    n, c = x.shape[:2]
+    planes = x.reshape(n, c, -1).astype(np.float64)
+    if training:
+        count = planes.shape[0] * planes.shape[2]
+        mean, var = planes.mean(axis=(0, 2)), planes.var(axis=(0, 2))
+        if running_mean is not None:
+            running_mean[...] = (1 - momentum) * running_mean + momentum * mean
+        if running_var is not None:
+            running_var[...] = (1 - momentum) * running_var + momentum * var * count / (count - 1)
+    else:
+        mean, var = np.asarray(running_mean, np.float64), np.asarray(running_var, np.float64)
+    rstd = 1 / np.sqrt(var + eps)
+    x_hat = (planes - mean.reshape(1, c, 1)) * rstd.reshape(1, c, 1)
+    y = x_hat * _per_channel(weight, c, 1.0) + _per_channel(bias, c, 0.0)
+    return y.reshape(x.shape).astype(x.dtype), mean, rstd
+
+
+def batch_norm_backward(grad_output: np.ndarray, x: np.ndarray, mean: np.ndarray,
+                        rstd: np.ndarray, weight, training: bool
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of batch_norm_forward given its mean and rstd (C,).
+
+    Training (batch statistics depend on x): grad_x = weight * rstd * (g - mean(g) - x_hat *
+    mean(g * x_hat)), means per channel over (N, *); otherwise grad_x = g * weight * rstd.
+    grad_weight = sum g * x_hat, grad_bias = sum g over (N, *), in the dtype of x.
+    """
+    n, c = x.shape[:2]
+    planes = x.reshape(n, c, -1).astype(np.float64)
+    x_hat = (planes - mean.reshape(1, c, 1)) * rstd.reshape(1, c, 1)
+    grad = grad_output.reshape(n, c, -1).astype(np.float64)
+    grad_weight, grad_bias = (grad * x_hat).sum(axis=(0, 2)), grad.sum(axis=(0, 2))
+    scale = _per_channel(weight, c, 1.0) * rstd.reshape(1, c, 1)
+    if training:
+        count = planes.shape[0] * planes.shape[2]
+        grad = grad - (grad_bias / count).reshape(1, c, 1) \
+            - x_hat * (grad_weight / count).reshape(1, c, 1)
+    grad_x = grad * scale
+    return (grad_x.reshape(x.shape).astype(x.dtype), grad_weight.astype(x.dtype),
+            grad_bias.astype(x.dtype))
+
+
+def softmax_forward(x: np.ndarray) -> np.ndarray:
+    """y = exp(x - max) / sum exp(x - max) along the last axis; the shape and dtype of x."""
+    shifted = np.exp(x.astype(np.float64) - x.max(axis=-1, keepdims=True))
+    return (shifted / shifted.sum(axis=-1, keepdims=True)).astype(x.dtype)
+
+
+def softmax_backward(grad_output: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """grad_x = y * (g - sum(g * y)) along the last axis, y the softmax's output."""
+    grad, out = grad_output.astype(np.float64), y.astype(np.float64)
+    return (out * (grad - (grad * out).sum(axis=-1, keepdims=True))).astype(y.dtype)

@@ -4,10 +4,12 @@ Convolution is im2col + GEMM (kernels/gemm_conv.py) with im2col.cu's copy kernel
 cupy.matmul (cuBLAS); pooling (pool.cu) and upsampling (upsample.cu) run one thread per
 element, and random.cu draws the default generator's numbers (Philox, counter-based). The
 fused kernels of fused.cu (bias + activation, the optimizer, EMA and clipping updates) have
-their glue in fused.py, exported from here. Each .cu file is compiled on first use (CuPy caches
-the binary on disk); _KERNELS lists every .cu file and its kernels, which the tests compile with
-NVRTC and run on CPU threads (tests/cuda_on_cpu/). This module imports CuPy, so the dispatch in
-kernels/__init__.py imports it only when it meets a CuPy array.
+their glue in fused.py; the fused group norm, batch norm and softmax (fused_norm.cu, glue in
+fused_norm.py) run one block per normalised slice; both are exported from here. Each .cu file is
+compiled on first use (CuPy caches the binary on disk); _KERNELS lists every .cu file and its
+kernels, which the tests compile with NVRTC and run on CPU threads (tests/cuda_on_cpu/). This
+module imports CuPy, so the dispatch in kernels/__init__.py imports it only when it meets a
+CuPy array.
 """
 from __future__ import annotations
 
@@ -36,6 +38,9 @@ _KERNELS = {
     "random.cu": ("random_uniform", "random_normal"),
     "fused.cu": ("bias_act_forward", "bias_act_backward_input", "bias_grad", "sgd_update",
                  "adam_update", "ema_update", "norm_partials", "scale_into"),
+    "fused_norm.cu": ("group_norm_forward", "group_norm_backward", "group_norm_param_grads",
+                      "batch_norm_forward", "batch_norm_backward", "softmax_forward",
+                      "softmax_backward"),
 }
 
 
@@ -286,6 +291,9 @@ def random_integers(low: int, high: int, shape, seed: int, offset: int):
     return cupy.minimum(cupy.floor(uniform * span).astype(np.int64), span - 1) + int(low)
 
 
-# The fused kernels' glue uses _launch and _module above, so it is imported last.
+# The fused kernels' glue uses _launch, _module and _C_TYPES above, so it is imported last.
 from .fused import (adam_update, bias_act_backward, bias_act_forward,  # noqa: E402,F401
                     ema_update, grad_norm, scale_grads, sgd_update)
+from .fused_norm import (batch_norm_backward, batch_norm_forward,  # noqa: E402
+                         group_norm_backward, group_norm_forward, softmax_backward,
+                         softmax_forward)

@@ -35,26 +35,36 @@ class _AffineNorm(Module):
 
 
 class GroupNorm(_AffineNorm):
-    """Normalise groups of num_channels / num_groups channels per sample; weight, bias (C,)."""
+    """Normalise groups of num_channels / num_groups channels per sample; weight, bias (C,).
+
+    activation="silu" makes the layer SiLU(GroupNorm(x)), one fused pass when fusion is on
+    (the U-Net's blocks); the parameters and their state-dict names are PyTorch's either way.
+    """
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
-                 device: str = "cpu", dtype=np.float32, *, bias: bool = True):
+                 device: str = "cpu", dtype=np.float32, *, bias: bool = True,
+                 activation: str | None = None):
         super().__init__()
         if num_channels % num_groups:
             raise ValueError(f"GroupNorm: num_channels={num_channels} is not divisible by "
                              f"num_groups={num_groups}")
+        if activation not in (None, "silu"):
+            raise ValueError(f"GroupNorm: activation must be None or 'silu', not {activation!r}")
         self.num_groups, self.num_channels, self.eps, self.affine = \
             num_groups, num_channels, eps, affine
+        self.activation = activation
         self._register_affine((num_channels,), affine, bias, device, dtype)
         self.reset_parameters()
 
     def forward(self, x: Tensor) -> Tensor:
         """x (N, C, *) -> same shape."""
-        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps,
+                          activation=self.activation)
 
     def extra_repr(self) -> str:
+        activation = "" if self.activation is None else f", activation={self.activation!r}"
         return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
-                f"bias={self.bias is not None or not self.affine}")
+                f"bias={self.bias is not None or not self.affine}{activation}")
 
 
 class _BatchNorm(_AffineNorm):

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 
-from minigen import backend
+from minigen import backend, kernels
+from minigen.fusion import fusion_enabled
 from minigen.ops.elementwise import constant, erf, exp, where
 from minigen.ops.reduce import logsumexp, sum
-from minigen.tensor import Function, Tensor
+from minigen.tensor import Function, Tensor, is_grad_enabled
 
 
 class ReLU(Function):
@@ -78,18 +79,27 @@ class Softplus(Function):
 
 
 class Softmax(Function):
-    """y = e^x / sum e^x along dim; dx = y (g - sum(g y))."""
+    """y = e^x / sum e^x along dim; dx = y (g - sum(g y)).
+
+    Along the last axis (attention's) with fusion on, forward and the unrecorded backward are
+    one kernel each; the recorded backward (create_graph=True) is the Tensor-op formula."""
 
     def __init__(self, dim: int):
         self.dim = dim
 
     def forward(self, x):
+        self.fused = (fusion_enabled() and self.dim in (-1, x.ndim - 1) and x.dtype.char in "fd"
+                      and x.size > 0)
+        if self.fused:
+            return kernels.for_array(x).softmax_forward(x)
         xp = backend.array_module(x)
         shifted = xp.exp(x - x.max(axis=self.dim, keepdims=True))
         return shifted / shifted.sum(axis=self.dim, keepdims=True)
 
     def backward(self, grad_output):
         y = self.output_tensors()[0]
+        if self.fused and not is_grad_enabled():
+            return Tensor(kernels.for_array(y.data).softmax_backward(grad_output.data, y.data))
         return y * (grad_output - sum(grad_output * y, self.dim, keepdim=True))
 
 

@@ -3,11 +3,16 @@
 Standardize maps x to x_hat = (x - mean) / sqrt(var + eps) over some axes. Its backward is the
 compact dx = rstd * (g - mean(g) - x_hat * mean(g * x_hat)) written in Tensor ops, so that with
 create_graph=True (gradient penalties through a U-Net) second derivatives follow. The affine
-part (weight, bias per channel) is ordinary broadcasting arithmetic.
+part (weight, bias per channel) is ordinary broadcasting arithmetic. When
+minigen.fusion_enabled(), group_norm (with its optional SiLU) and batch_norm run as one fused
+op each instead (fused_norm.py); these composed versions stay the readable definition.
 """
 from __future__ import annotations
 
 from minigen import backend
+from minigen.fusion import fusion_enabled
+from minigen.ops import fused_norm
+from minigen.ops.activations import silu
 from minigen.ops.elementwise import constant
 from minigen.ops.reduce import mean
 from minigen.tensor import Function, Tensor, is_grad_enabled, no_grad
@@ -65,19 +70,40 @@ def _check_channels(name: str, x: Tensor, weight, bias, channels: int, what: str
                              f"{x.shape}) has {channels} {what}")
 
 
+def _fused(x: Tensor) -> bool:
+    """Whether x goes to the fused kernels: fusion on, float32 or float64, and no empty
+    group or channel (an empty batch is fine)."""
+    return fusion_enabled() and x.dtype.char in "fd" and all(size > 0 for size in x.shape[1:])
+
+
+def _or_constant(tensor: Tensor | None, x: Tensor, fill: float) -> Tensor:
+    """`tensor`, or a constant (C,) vector of `fill` in x's dtype and device where it is None."""
+    if tensor is not None:
+        return tensor
+    return constant(backend.array_module(x.data).full(x.shape[1], fill, dtype=x.dtype))
+
+
 def group_norm(x: Tensor, num_groups: int, weight: Tensor | None = None,
-               bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+               bias: Tensor | None = None, eps: float = 1e-5, *,
+               activation: str | None = None) -> Tensor:
     """Normalise each group of C / num_groups channels of each sample (Wu and He, 2018).
 
-    x: (N, C, *); weight, bias: (C,). Returns the shape of x.
+    x: (N, C, *); weight, bias: (C,). Returns the shape of x. activation="silu" applies SiLU
+    to the result, in the same fused pass when fusion is on (the U-Net's GroupNorm -> SiLU).
     """
     if x.ndim < 2 or x.shape[1] % num_groups:
         raise ValueError(f"group_norm: {x.shape[1] if x.ndim > 1 else 'no'} channels (input "
                          f"shape {x.shape}) cannot be split into {num_groups} groups")
+    if activation not in (None, "silu"):
+        raise ValueError(f"group_norm: activation must be None or 'silu', not {activation!r}")
     _check_channels("group_norm", x, weight, bias, x.shape[1], "channels")
+    if _fused(x):
+        return fused_norm.GroupNormActivation(num_groups, eps, activation == "silu")(
+            x, _or_constant(weight, x, 1.0), _or_constant(bias, x, 0.0))
     grouped = x.reshape(x.shape[0], num_groups, -1)
     x_hat = Standardize((2,), eps)(grouped).reshape(x.shape)
-    return _affine(x_hat, weight, bias, _channel_shape(x))
+    out = _affine(x_hat, weight, bias, _channel_shape(x))
+    return silu(out) if activation == "silu" else out
 
 
 def layer_norm(x: Tensor, normalized_shape, weight: Tensor | None = None,
@@ -120,6 +146,9 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
         if running_mean is None or running_var is None:
             raise ValueError("batch_norm: running_mean and running_var are needed when "
                              "training=False (or pass training=True to use batch statistics)")
+        if _fused(x):
+            return _fused_batch_norm(x, running_mean, running_var, weight, bias, False,
+                                     momentum, eps)
         xp = backend.array_module(x.data)
         rstd = 1 / xp.sqrt(running_var.data.reshape(shape) + eps)
         x_hat = (x - constant(running_mean.data.reshape(shape))) * constant(rstd.astype(x.dtype))
@@ -129,6 +158,8 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
     if count < 2:
         raise ValueError(f"batch_norm: training needs more than one value per channel, got "
                          f"input shape {x.shape}")
+    if _fused(x):
+        return _fused_batch_norm(x, running_mean, running_var, weight, bias, True, momentum, eps)
     standardize = Standardize(axes, eps)
     x_hat = standardize(x)
     if running_mean is not None and running_var is not None:
@@ -140,3 +171,10 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
             running_var.data *= 1 - momentum
             running_var.data += momentum * unbiased_var.astype(running_var.dtype)
     return _affine(x_hat, weight, bias, shape)
+
+
+def _fused_batch_norm(x: Tensor, running_mean, running_var, weight, bias, training: bool,
+                      momentum: float, eps: float) -> Tensor:
+    arrays = [None if t is None else t.data for t in (running_mean, running_var)]
+    return fused_norm.BatchNorm(*arrays, training, momentum, eps)(
+        x, _or_constant(weight, x, 1.0), _or_constant(bias, x, 0.0))
