@@ -26,7 +26,7 @@ setup(
     ],
     extras_require={
         "cuda": ["cupy-cuda12x>=13"],
-        "dev": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "torch==2.13.0"],
+        "dev": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "torch==2.13.0", "diffusers>=0.30"],
     },
     entry_points={"console_scripts": ["minigen=minigen.cli:main"]},
 )
