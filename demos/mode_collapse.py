@@ -5,8 +5,8 @@ The data are 8 tight Gaussians (std 0.02) on a circle of radius 2. Nothing in th
 objective rewards covering every mode, and the same vanilla GAN is trained twice: with
 DCGAN's Adam settings (lr 2e-4, batch 64) G collapses onto a thin sliver that swings from one
 part of the ring to another as D learns to reject where it is; with lr 1e-3 and batch 256 it
-settles on the modes but leaves some empty. A third run keeps DCGAN's settings and adds a
-stabilizer of D (minigen.gan): the zero-centred R1 penalty ("r1=GAMMA") or spectral
+settles on the modes but leaves some empty. Two more runs keep DCGAN's settings and add a
+stabilizer of D (minigen.gan): the zero-centred R1 penalty ("r1=GAMMA") and spectral
 normalization ("sn"). Each row of the figure shows G's samples at
 several steps over the true modes (red crosses, circles of 3 std) and, below, the samples per
 mode against the 0.8% bar. The printout gives the modes covered and the share of high-quality
@@ -127,7 +127,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--snapshots", type=int, default=6, help="panels, evenly spaced")
     parser.add_argument("--loss", choices=LOSSES, default="nonsaturating")
-    parser.add_argument("--settings", nargs="+", default=["2e-4:64", "1e-3:256", "2e-4:64:r1=1"],
+    parser.add_argument("--settings", nargs="+",
+                        default=["2e-4:64", "1e-3:256", "2e-4:64:r1=1", "2e-4:64:sn"],
                         metavar="LR:BATCH[:sn|:r1=GAMMA]",
                         help="Adam step size and batch size of each run, and D's stabilizer")
     parser.add_argument("--reuse", action="store_true",
