@@ -221,7 +221,7 @@ def sampling_timesteps(num_timesteps: int, steps: int, spacing: str = "leading")
     if spacing not in SPACINGS:
         raise ValueError(f"unknown timestep spacing {spacing!r}; use one of {', '.join(SPACINGS)}")
     if not 1 <= steps <= num_timesteps:
-        raise ValueError(f"sampling steps must lie in 1..{num_timesteps}, got {steps}")
+        raise ValueError(f"--sampling-steps must lie in 1..{num_timesteps}, got {steps}")
     if spacing == "leading":
         return ddim_timesteps(num_timesteps, steps)[::-1].copy()
     if spacing == "trailing":
