@@ -29,7 +29,8 @@ setup(
         # the [ctk] extra brings them as wheels. `cuda` for a CUDA 12 driver, `cuda13` for 13.
         "cuda": ["cupy-cuda12x[ctk]>=14"],
         "cuda13": ["cupy-cuda13x[ctk]>=14"],
-        "dev": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "torch==2.13.0"],
+        "dev": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "torch==2.13.0",
+                "diffusers>=0.30"]  # diffusers: the samplers' step-by-step oracle,
     },
     entry_points={"console_scripts": ["minigen=minigen.cli:main"]},
 )

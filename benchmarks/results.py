@@ -1,6 +1,7 @@
 """The results table: the GAN and the DDPM trained on digits and on ring8 with the default
-settings of `minigen train`, then measured (feature FID beside its real-vs-real floor, modes
-covered and high-quality share, training time, sampling speed).
+settings of `minigen train`, then measured (feature FID and KID beside their real-vs-real
+floors, precision and recall, memorization, modes covered and high-quality share, training
+time, sampling speed).
 
 Writes docs/results.md (the table, the sample pictures from docs/images/, the command that
 made them) and docs/results.json; the runs themselves go to runs/results/LOOP-DATASET.
@@ -94,11 +95,15 @@ def _model(row: dict) -> str:
 
 
 def table(rows: list[dict]) -> list[str]:
-    lines = ["| model | data | steps × batch | training | FID (floor) | classes | modes "
-             "covered | high-quality share | samples/s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | data | steps × batch | training | FID (floor) | KID (floor) | "
+             "precision / recall | memorization | classes | modes covered | high-quality share "
+             "| samples/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         fid = (f"{row['fid']:.1f} ({row['fid_floor']:.1f})" if "fid" in row else "–")
+        kid = (f"{row['kid']:.0f} ({row['kid_floor']:.0f})" if "kid" in row else "–")
+        recall = (f"{row['precision']:.2f} / {row['recall']:.2f}" if "recall" in row else "–")
+        copies = (f"{row['memorization']:.1%}" if "memorization" in row else "–")
         classes = (f"{row['classes_covered']}/{len(row['class_histogram'])}"
                    if "class_histogram" in row else "–")
         modes = (f"{row['modes_covered']}/{row['num_modes']}" if "num_modes" in row else "–")
@@ -106,7 +111,8 @@ def table(rows: list[dict]) -> list[str]:
                    else "–")
         training = "–" if row["untrained"] else f"{row['train_seconds']:.0f} s"
         lines.append(f"| {_model(row)} | {row['dataset']} | {row['steps']} × "
-                     f"{row['batch_size']} | {training} | {fid} | {classes} | "
+                     f"{row['batch_size']} | {training} | {fid} | {kid} | {recall} | {copies} | "
+                     f"{classes} | "
                      f"{modes} | {quality} | {row['samples_per_second']:.0f} |")
     return lines
 
@@ -146,13 +152,24 @@ def write_report(rows: list[dict], args, seconds: float) -> None:
         "FID with other papers' numbers)."
         + (f" The classifier's held-out accuracy on digits: "
            f"{digits_row['classifier_accuracy']:.1%}." if digits_row else ""),
+        "- **KID (floor)**: the kernel inception distance (Binkowski et al. 2018) in the same "
+        "feature space, the unbiased estimate of the squared MMD under the kernel (x.y/d + 1)^3, "
+        "with the same real-vs-real floor: unbiased, so the floor sits near 0 at any sample "
+        "count (its spread at this n is a few hundred, for features this large).",
+        "- **precision / recall**: improved precision and recall (Kynkäänniemi et al. 2019, "
+        "k = 3) against the held-out split: the share of samples inside the real images' "
+        "k-nearest-neighbour balls, and the share of real images inside the samples'.",
+        "- **memorization**: the share of samples closer (in pixels) to their nearest training "
+        "image than 95% of held-out images are to theirs: about 5% for fresh images, near "
+        "100% for copies.",
         "- **classes**: classes that hold at least 0.8% of the samples by the classifier's "
         "reading; a collapsed generator leaves classes empty.",
         "- **modes covered / high-quality share** (VEEGAN's rule): a sample within 3 standard "
         "deviations of a mode centre is high quality; a mode is covered when at least 0.8% of "
         "the samples are high-quality samples of it.",
         "- **training**: wall-clock seconds of the training steps; **samples/s**: drawing the "
-        f"{args.n} measured samples (DDPM: the default DDIM sampler).", "",
+        f"{args.n} measured samples (DDPM: the default DDIM sampler; GAN: the EMA of G's "
+        "weights, the default).", "",
         "## Samples", ""]
     for row, picture in pictures:
         lines += [f"**{_model(row)} on {row['dataset']}** ({row['steps']} steps)", "",

@@ -5,19 +5,24 @@ The data are 8 tight Gaussians (std 0.02) on a circle of radius 2. Nothing in th
 objective rewards covering every mode, and the same vanilla GAN is trained twice: with
 DCGAN's Adam settings (lr 2e-4, batch 64) G collapses onto a thin sliver that swings from one
 part of the ring to another as D learns to reject where it is; with lr 1e-3 and batch 256 it
-settles on the modes but leaves some empty. Each row of the figure shows G's samples at
+settles on the modes but leaves some empty. Two more runs keep DCGAN's settings and add a
+stabilizer of D (minigen.gan): the zero-centred R1 penalty ("r1=GAMMA") and spectral
+normalization ("sn"). Each row of the figure shows G's samples at
 several steps over the true modes (red crosses, circles of 3 std) and, below, the samples per
 mode against the 0.8% bar. The printout gives the modes covered and the share of high-quality
 samples (within 3 std of a centre; a mode counts when it holds at least 0.8% of 2,500 samples,
 the VEEGAN rule of minigen.metrics.mode_coverage).
 
     python demos/mode_collapse.py [--steps 6000] [--loss nonsaturating] [--out DIR]
+    python demos/mode_collapse.py --settings 2e-4:64:sn     # one run; rows are kept in --out
+    python demos/mode_collapse.py --reuse                   # the figure from the kept rows
 """
 from __future__ import annotations
 
 import argparse
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -42,7 +47,7 @@ def draw(rows: list, data, path: str) -> None:
     columns = max(len(snapshots) for _, snapshots in rows)
     figure = Figure(figsize=(2.4 * columns, 3.9 * len(rows)), dpi=80)
     FigureCanvasAgg(figure)
-    axes = figure.subplots(2 * len(rows), columns,
+    axes = figure.subplots(2 * len(rows), columns, squeeze=False,
                            gridspec_kw=dict(height_ratios=[3, 1] * len(rows)))
     for index, (label, snapshots) in enumerate(rows):
         most = max(max(coverage["samples_per_mode"]) for _, _, coverage in snapshots)
@@ -73,12 +78,34 @@ def draw(rows: list, data, path: str) -> None:
     figure.savefig(path)
 
 
+def parse_setting(text: str) -> tuple[float, int, dict, str]:
+    """"LR:BATCH[:r1=GAMMA|:sn]" -> (lr, batch size, GANLoop options, label)."""
+    parts = text.split(":")
+    try:
+        lr, batch_size = float(parts[0]), int(parts[1])
+        extra, label = {}, f"lr {float(parts[0]):g}, batch {int(parts[1])}"
+        for part in parts[2:]:
+            if part == "sn":
+                extra["spectral_norm"], label = True, label + ", spectral norm"
+            elif part.startswith("r1="):
+                extra["r1"] = float(part[3:])
+                label += f", R1 gamma {extra['r1']:g}"
+            else:
+                raise ValueError(part)
+    except (ValueError, IndexError):
+        raise SystemExit(f"--settings {text}: pass LR:BATCH, optionally with :sn or :r1=GAMMA, "
+                         "e.g. 2e-4:64:r1=1") from None
+    return lr, batch_size, extra, label
+
+
 def train(data, loss: str, lr: float, batch_size: int, steps: int, snapshots: int,
-          seed: int) -> list:
-    """Train a vanilla GAN on the ring; (step, samples, coverage) at `snapshots` even steps."""
+          seed: int, extra: dict | None = None) -> list:
+    """Train a vanilla GAN on the ring; (step, samples, coverage) at `snapshots` even steps.
+    extra: more GANLoop options (spectral_norm, r1)."""
     minigen.manual_seed(seed)
     config = dict(loss=loss, d_steps=1, latent_dim=8, width=128, lr=lr, beta1=0.5,
-                  beta2=0.999, gp_weight=10.0, data_kind="points", data_shape=[2])
+                  beta2=0.999, gp_weight=10.0, data_kind="points", data_shape=[2],
+                  **(extra or {}))
     loop = GANLoop(config, "cpu")
     batches = Batcher(data.train, batch_size, seed=seed)
     show_at = set(np.linspace(steps / snapshots, steps, snapshots).astype(int))
@@ -103,8 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--snapshots", type=int, default=6, help="panels, evenly spaced")
     parser.add_argument("--loss", choices=LOSSES, default="nonsaturating",
                         help="adversarial objective")
-    parser.add_argument("--settings", nargs="+", default=["2e-4:64", "1e-3:256"],
-                        metavar="LR:BATCH", help="Adam step size and batch size of each run")
+    parser.add_argument("--settings", nargs="+",
+                        default=["2e-4:64", "1e-3:256", "2e-4:64:r1=1", "2e-4:64:sn"],
+                        metavar="LR:BATCH[:sn|:r1=GAMMA]",
+                        help="Adam step size and batch size of each run, and D's stabilizer")
+    parser.add_argument("--reuse", action="store_true",
+                        help="take a run kept in --out by an earlier call with the same "
+                             "settings, steps and seed instead of training it again")
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds the weights, the data and the noise")
     return parser
@@ -118,10 +150,21 @@ def main() -> None:
     data = load_dataset("ring8", seed=args.seed)
     rows, finals = [], []
     for setting in args.settings:
-        lr, batch_size = float(setting.split(":")[0]), int(setting.split(":")[1])
-        label = f"lr {lr:g}, batch {batch_size}"
+        lr, batch_size, extra, label = parse_setting(setting)
         print(f"{args.loss} GAN, {label}:")
-        snapshots = train(data, args.loss, lr, batch_size, args.steps, args.snapshots, args.seed)
+        kept = Path(args.out) / (f"{args.loss}-{setting.replace(':', '_')}-{args.steps}-"
+                                 f"{args.snapshots}-{args.seed}.npz")
+        if args.reuse and kept.is_file():
+            with np.load(kept) as saved:
+                snapshots = [(int(step), saved[f"samples{index}"],
+                              mode_coverage(saved[f"samples{index}"], data.centres, data.std))
+                             for index, step in enumerate(saved["steps"])]
+            print(f"  (kept in {kept})")
+        else:
+            snapshots = train(data, args.loss, lr, batch_size, args.steps, args.snapshots,
+                              args.seed, extra)
+            np.savez(kept, steps=[step for step, _, _ in snapshots],
+                     **{f"samples{index}": samples for index, (_, samples, _) in enumerate(snapshots)})
         rows.append((label, snapshots))
         finals.append((label, snapshots[-1][2]))
 

@@ -13,14 +13,16 @@ import contextlib
 import numpy as np
 
 import minigen
-from minigen import backend, diffusion, editing, viz
+from minigen import backend, diffusion, editing, samplers, viz
 from minigen.models.denoiser_mlp import MLPDenoiser
 from minigen.models.unet import UNet
 from minigen.nn.utils import clip_grad_norm_
 from minigen.optim import EMA, AdamW, LinearWarmup
 from minigen.loop import TrainingLoop, gradient_norm
 
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "euler", "heun", "dpm-solver++")
+FEW_STEP_SAMPLERS = {"euler": samplers.euler_sample, "heun": samplers.heun_sample,
+                     "dpm-solver++": samplers.dpm_solver_sample}
 SAMPLE_CHUNK = 256          # images denoised together when sampling
 TRAJECTORY_ROWS = 8         # samples shown in a trajectory strip
 TRAJECTORY_COLUMNS = 11     # states shown per sample, from pure noise to the image
@@ -88,9 +90,15 @@ class DDPMLoop(TrainingLoop):
     @classmethod
     def add_sample_arguments(cls, parser) -> None:
         parser.add_argument("--sampler", choices=SAMPLERS, default="ddim",
-                            help="ddpm: ancestral, all T steps; ddim: --sampling-steps steps")
+                            help="ddpm: ancestral, all T steps; the others take --sampling-steps: "
+                                 "ddim (Song et al.), euler and heun (Karras et al.; heun costs "
+                                 "2 network calls a step), dpm-solver++ (2M, Lu et al.)")
         parser.add_argument("--sampling-steps", type=int, default=50,
-                            help="DDIM steps (ignored by the ddpm sampler)")
+                            help="steps of ddim, euler, heun, dpm-solver++ (ignored by ddpm)")
+        parser.add_argument("--timestep-spacing", choices=diffusion.SPACINGS, default="leading",
+                            help="where the --sampling-steps lie in 0..T-1 (diffusers' names): "
+                                 "leading ends at t = 0, trailing starts at t = T-1, linspace "
+                                 "includes both")
         parser.add_argument("--eta", type=float, default=0.0,
                             help="DDIM noise: 0 deterministic, 1 ancestral-like")
         parser.add_argument("--variance", choices=("beta", "beta_tilde"), default="beta",
@@ -203,7 +211,8 @@ class DDPMLoop(TrainingLoop):
 
     def sample(self, n: int, sampler: str = "ddim", sampling_steps: int = 50, eta: float = 0.0,
                variance: str = "beta", trajectory: str | None = None,
-               class_label: int | None = None, guidance: float | None = None) -> np.ndarray:
+               class_label: int | None = None, guidance: float | None = None,
+               timestep_spacing: str = "leading") -> np.ndarray:
         """n samples from the EMA weights: images in [-1, 1] (n, C, H, W) or points (n, D);
         of class `class_label` with classifier-free guidance `guidance` if given."""
         if sampler not in SAMPLERS:
@@ -216,7 +225,7 @@ class DDPMLoop(TrainingLoop):
                 count = min(SAMPLE_CHUNK, n - start)
                 want_path = trajectory is not None and start == 0
                 result = self._sample_chunk(denoiser, count, sampler, sampling_steps, eta,
-                                            variance, want_path)
+                                            variance, want_path, timestep_spacing)
                 if want_path:
                     result, path = result
                     self._write_trajectory(path, trajectory)
@@ -224,14 +233,17 @@ class DDPMLoop(TrainingLoop):
         return np.concatenate(chunks).reshape(n, *self.data_shape)
 
     def _sample_chunk(self, denoiser, count: int, sampler: str, sampling_steps: int, eta: float,
-                      variance: str, return_trajectory: bool):
+                      variance: str, return_trajectory: bool, timestep_spacing: str = "leading"):
         common = dict(device=self.device, prediction=self.prediction, clip_x0=self.images,
                       return_trajectory=return_trajectory, trajectory_length=TRAJECTORY_COLUMNS)
         shape = (count, *self.data_shape)
         if sampler == "ddpm":
             return diffusion.ddpm_sample(denoiser, self.schedule, shape, variance=variance, **common)
+        if sampler in FEW_STEP_SAMPLERS:
+            return FEW_STEP_SAMPLERS[sampler](denoiser, self.schedule, shape, steps=sampling_steps,
+                                              timestep_spacing=timestep_spacing, **common)
         return diffusion.ddim_sample(denoiser, self.schedule, shape, steps=sampling_steps,
-                                     eta=eta, **common)
+                                     eta=eta, timestep_spacing=timestep_spacing, **common)
 
     @staticmethod
     def _write_trajectory(path: list, file: str) -> None:

@@ -20,6 +20,7 @@ from minigen.tensor import Tensor, no_grad
 
 SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("eps", "x0", "v")
+SPACINGS = ("leading", "trailing", "linspace")
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -202,6 +203,32 @@ def ddim_timesteps(num_timesteps: int, steps: int) -> np.ndarray:
     return (np.arange(steps, dtype=np.int64) * num_timesteps) // steps
 
 
+def sampling_timesteps(num_timesteps: int, steps: int, spacing: str = "leading") -> np.ndarray:
+    """The `steps` timestep indices a few-step sampler visits, in the order visited (descending,
+    int64), laid over 0..T-1 as Lin et al. (2024, Table 2) and diffusers name the choices:
+
+    leading:  0, T/S, 2T/S, ... (what ddim_timesteps gives): starts at T - T/S, ends at t = 0.
+    trailing: T - 1, T - 1 - T/S, ...: starts at the last trained step, so the first step sees
+              the pure-noise level the network was trained on, and stops above t = 0.
+    linspace: S points evenly from 0 to T - 1, both ends included, rounded.
+
+    diffusers computes leading as k * (T // S) where this uses (k * T) // S: the same whenever
+    S divides T, and spread over the whole range when not. diffusers' Euler and Heun keep the
+    linspace points unrounded (fractional timesteps); the denoisers here take integers, so they
+    are rounded as diffusers' DDIM rounds them. diffusers' DPM-Solver lays leading and linspace
+    over S + 1 points and drops the smallest; here every sampler shares one grid per name.
+    """
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown timestep spacing {spacing!r}; use one of {', '.join(SPACINGS)}")
+    if not 1 <= steps <= num_timesteps:
+        raise ValueError(f"--sampling-steps must lie in 1..{num_timesteps}, got {steps}")
+    if spacing == "leading":
+        return ddim_timesteps(num_timesteps, steps)[::-1].copy()
+    if spacing == "trailing":
+        return np.round(num_timesteps - np.arange(steps) * (num_timesteps / steps)).astype(np.int64) - 1
+    return np.linspace(0, num_timesteps - 1, steps).round()[::-1].astype(np.int64)
+
+
 def ddim_step(denoiser: Denoiser, schedule: NoiseSchedule, x: Tensor, i: int, i_prev: int,
               eta: float = 0.0, prediction: str = "eps", clip_x0: bool = True) -> Tensor:
     """One DDIM update (Song et al. 2021, Eq. 12) from x at timestep index i to index i_prev < i
@@ -230,18 +257,21 @@ def ddim_step(denoiser: Denoiser, schedule: NoiseSchedule, x: Tensor, i: int, i_
 def ddim_sample(denoiser: Denoiser, schedule: NoiseSchedule, shape: tuple, steps: int = 50,
                 eta: float = 0.0, device: str = "cpu", prediction: str = "eps",
                 clip_x0: bool = True, return_trajectory: bool = False,
-                trajectory_length: int | None = None, x_T: Tensor | None = None):
+                trajectory_length: int | None = None, x_T: Tensor | None = None,
+                timestep_spacing: str = "leading"):
     """DDIM sampling (Song et al. 2021, Eq. 12) over `steps` timesteps, tau_S > ... > tau_1:
 
     x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma^2) eps_hat + sigma z,
     sigma = eta sqrt((1 - ab_prev) / (1 - ab)) sqrt(1 - ab / ab_prev).
     eta = 0 is deterministic; eta = 1 over all T steps is ancestral sampling with beta_tilde.
-    When x0_hat is clipped, eps_hat is recomputed from it so both stay consistent.
-    Returns as ddpm_sample.
+    When x0_hat is clipped, eps_hat is recomputed from it so both stay consistent. The
+    timesteps are sampling_timesteps(T, steps, timestep_spacing); each step lands on the next
+    of them (diffusers' DDIMScheduler steps to t - T // steps instead, the same point for
+    leading and trailing when steps divides T, off the grid for linspace). Returns as ddpm_sample.
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"DDIM eta must lie in [0, 1], got {eta}")
-    sequence = ddim_timesteps(schedule.num_timesteps, steps)
+    sequence = sampling_timesteps(schedule.num_timesteps, steps, timestep_spacing)[::-1]
     x = minigen.randn(tuple(shape), device=device) if x_T is None else x_T
     keep = _snapshot_steps(len(sequence), trajectory_length) if return_trajectory else set()
     trajectory = [(schedule.num_timesteps, backend.to_numpy(x.data).copy())] if 0 in keep else []

@@ -7,8 +7,13 @@ WGAN-GP objectives; `gradient_penalty` is WGAN-GP's loss on the gradient of D, d
 again by backward. GANLoop (minigen.loop.TrainingLoop) alternates k D steps and one G step, with
 the MLPs of minigen.models.mlp for points and the DCGAN of minigen.models.dcgan for images;
 with --conditional, a class-conditional DCGAN (projection discriminator) that samples a class.
+Three stabilizers are options: spectral normalization of D, the R1 penalty (`r1_penalty`) and
+an EMA of G's weights for sampling.
 """
 from __future__ import annotations
+
+import argparse
+import contextlib
 
 import numpy as np
 
@@ -17,7 +22,9 @@ import minigen.functional as F
 from minigen import backend, editing
 from minigen.models.dcgan import DCGANDiscriminator, DCGANGenerator, dcgan_init
 from minigen.models.mlp import MLPDiscriminator, MLPGenerator
-from minigen.optim import Adam
+from minigen.nn.layers import Conv2d, Linear
+from minigen.nn.utils import spectral_norm
+from minigen.optim import EMA, Adam
 from minigen.loop import TrainingLoop, gradient_norm
 from minigen.tensor import Tensor
 
@@ -26,6 +33,7 @@ PROBABILISTIC_LOSSES = ("nonsaturating", "minimax")  # D(x) = sigmoid(logit) is 
 DEFAULT_LR = 2e-4    # Adam's step size in DCGAN (Radford et al., 2016), for G and D alike
 POINTS_LR = 1e-3     # the toy MLPs are small and their data simple: a larger step
 SAMPLE_CHUNK = 1000  # samples drawn per forward pass of G
+G_EMA_DECAY = 0.999  # the EMA of G's weights (Karras et al. 2018, Yazici et al. 2019)
 
 
 # --- losses -----------------------------------------------------------------------------------
@@ -92,6 +100,27 @@ def gradient_penalty(discriminator, real: Tensor, fake: Tensor,
     return ((norms - 1) ** 2).mean()
 
 
+def r1_penalty(discriminator, real: Tensor, labels: Tensor | None = None) -> Tensor:
+    """E[||grad_x D(x)||^2] over a real batch (N, ...): the R1 regularizer of Mescheder et al.
+    (2018), Eq. 9, without its weight gamma / 2. Zero-centred and on real data only, it pulls D
+    flat on the data manifold, which makes the equilibrium locally convergent. As in
+    gradient_penalty, the gradient is taken with create_graph=True, so backward on the penalty
+    reaches D's weights through second derivatives."""
+    x = real.detach().requires_grad_()
+    scores = discriminator(x) if labels is None else discriminator(x, labels)
+    (grad_x,) = minigen.grad(scores.sum(), x, create_graph=True)
+    return (grad_x * grad_x).reshape(grad_x.shape[0], -1).sum(1).mean()
+
+
+def spectrally_normalized(module):
+    """spectral_norm on every convolution and linear layer of `module` (Miyato et al. 2018:
+    each layer's largest singular value kept at 1, so D is 1-Lipschitz in its input)."""
+    for layer in list(module.modules()):
+        if isinstance(layer, (Conv2d, Linear)):
+            spectral_norm(layer)
+    return module
+
+
 # --- the loop -------------------------------------------------------------------------------
 class GANLoop(TrainingLoop):
     """The adversarial loop: k discriminator steps on real data against G(z).detach(), then
@@ -132,11 +161,22 @@ class GANLoop(TrainingLoop):
         parser.add_argument("--conditional", action="store_true",
                             help="learn p(x | class): G reads a class embedding beside z, D is "
                                  "a projection discriminator (images with labels)")
+        parser.add_argument("--spectral-norm", action="store_true",
+                            help="spectral normalization of every layer of D (Miyato et al. "
+                                 "2018); the DCGAN D then has no batch norm")
+        parser.add_argument("--r1", type=float, default=0.0, metavar="GAMMA",
+                            help="add GAMMA/2 E||grad D(x_real)||^2 to D's loss (Mescheder et "
+                                 "al. 2018; 0: off, e.g. 10 for images, 1 for points)")
+        parser.add_argument("--g-ema-decay", type=float, default=G_EMA_DECAY, metavar="DECAY",
+                            help="keep an EMA of G's weights with this decay and sample from it "
+                                 "(0: none)")
 
     @classmethod
     def add_sample_arguments(cls, parser) -> None:
         parser.add_argument("--class", dest="class_label", type=int, default=None, metavar="C",
                             help="draw class C (a model trained with --conditional)")
+        parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
+                            help="sample from the EMA of G's weights when the run kept one")
 
     def __init__(self, config: dict, device: str):
         self.config, self.device = config, device
@@ -145,6 +185,9 @@ class GANLoop(TrainingLoop):
         if self.d_steps < 1:
             raise ValueError(f"--d-steps must be at least 1, got {self.d_steps}")
         self.gp_weight = float(config.get("gp_weight", 10.0))
+        self.r1_gamma = float(config.get("r1", 0.0))
+        if self.r1_gamma < 0:
+            raise ValueError(f"--r1 is {self.r1_gamma}; pass a weight gamma of 0 (off) or more")
         shape = tuple(config["data_shape"])
         self.num_classes = self._classes(config)
         if config.get("data_kind") == "points":
@@ -159,13 +202,21 @@ class GANLoop(TrainingLoop):
                                  "or resize the dataset to a square size")
             self.latent_dim = int(config.get("latent_dim") or 100)
             self.width = int(config.get("width") or (32 if height <= 16 else 64))
-            norm = "none" if self.loss == "wgan-gp" else "batch"
+            # per-sample penalties and spectral norm work on D without batch statistics
+            norm = "none" if self.loss == "wgan-gp" or config.get("spectral_norm") else "batch"
             self.generator = dcgan_init(DCGANGenerator(self.latent_dim, channels, height,
                                                        self.width, self.num_classes))
             self.discriminator = dcgan_init(DCGANDiscriminator(channels, height, self.width, norm,
                                                                self.num_classes))
+        if config.get("spectral_norm"):  # checkpoints from before the option: without
+            spectrally_normalized(self.discriminator)
         self.generator.to(device)
         self.discriminator.to(device)
+        ema_decay = float(config.get("g_ema_decay") or 0.0)  # older checkpoints: none
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"--g-ema-decay is {ema_decay}; pass a decay in [0, 1), e.g. "
+                             f"{G_EMA_DECAY} (0: no EMA)")
+        self.g_ema = EMA(self.generator, ema_decay, warmup=True) if ema_decay else None
         lr = float(config.get("lr") or (POINTS_LR if config.get("data_kind") == "points"
                                         else DEFAULT_LR))
         betas = (float(config.get("beta1", 0.5)), float(config.get("beta2", 0.999)))
@@ -193,7 +244,7 @@ class GANLoop(TrainingLoop):
         return {"generator": self.g_optimizer, "discriminator": self.d_optimizer}
 
     def emas(self) -> dict:
-        return {}
+        return {} if self.g_ema is None else {"generator": self.g_ema}
 
     def noise(self, n: int) -> Tensor:
         """z ~ N(0, I), (n, latent_dim), from minigen's default generator (so resume is exact)."""
@@ -228,10 +279,16 @@ class GANLoop(TrainingLoop):
         if self.loss == "wgan-gp":
             loss = loss + self.gp_weight * gradient_penalty(self.discriminator, real, fake,
                                                             labels)
+        r1 = None
+        if self.r1_gamma > 0:
+            r1 = r1_penalty(self.discriminator, real, labels)
+            loss = loss + (self.r1_gamma / 2) * r1
         loss.backward()
         stats = {"loss_d": float(loss.item()), "d_real": self._read_out(real_logits.detach()),
                  "d_fake": self._read_out(fake_logits.detach()),
                  "grad_norm_d": gradient_norm(self.discriminator.parameters())}
+        if r1 is not None:
+            stats["r1"] = float(r1.item())
         self.check_finite(loss_d=stats["loss_d"], grad_norm_d=stats["grad_norm_d"])
         self.d_optimizer.step()
         return stats
@@ -270,7 +327,10 @@ class GANLoop(TrainingLoop):
             else:
                 fake = self.generate(self.noise(n), labels)
             d_stats = self.discriminator_step(batch, fake, labels)
-        return {**d_stats, **self.generator_step(fake, labels)}
+        g_stats = self.generator_step(fake, labels)
+        if self.g_ema is not None:
+            self.g_ema.update()
+        return {**d_stats, **g_stats}
 
     def sample_labels(self, n: int, class_label=None) -> Tensor | None:
         """The classes of n samples: None for an unconditional G; class_label (one class, or
@@ -286,10 +346,10 @@ class GANLoop(TrainingLoop):
         # max(n, 1): the class is checked even when no sample is asked for
         return editing.class_labels(class_label, max(n, 1), self.num_classes, self.device)[:n]
 
-    def sample(self, n: int, class_label=None):
+    def sample(self, n: int, class_label=None, ema: bool = True):
         """n samples as a NumPy array: images (n, C, H, W) in [-1, 1] or points (n, D); of
         class `class_label` (an int, or n of them) from a conditional G, of every class in turn
-        when it is None.
+        when it is None; from the EMA of G's weights if the run kept one and `ema`.
 
         G runs in eval mode (BatchNorm with its running statistics), so sampling neither
         depends on the batch it is drawn in nor changes the model."""
@@ -297,8 +357,10 @@ class GANLoop(TrainingLoop):
         was_training = self.generator.training
         self.generator.eval()
         chunks = []
+        averaged = self.g_ema.average_parameters() if ema and self.g_ema is not None \
+            else contextlib.nullcontext()
         try:
-            with minigen.no_grad():
+            with minigen.no_grad(), averaged:
                 for start in range(0, n, SAMPLE_CHUNK):
                     count = min(SAMPLE_CHUNK, n - start)
                     chunk_labels = None if labels is None else labels[start:start + count]

@@ -1,11 +1,14 @@
-"""Measures of sample quality: feature FID on images, mode coverage on the 2D mixtures.
+"""Measures of sample quality: feature FID, KID, precision and recall and a copy detector on
+images, mode coverage on the 2D mixtures.
 
 `frechet_distance` is the distance between two Gaussians, computed in float64 with NumPy;
 `feature_fid` fits those Gaussians to the penultimate features of a small classifier trained
 with minigen itself (minigen.models.classifier), and `fid_floor` measures real against real.
-`mode_coverage` is the VEEGAN rule for mixtures of Gaussians. `evaluate` picks the measures
-that fit a dataset and returns a JSON-able dict (what `minigen eval` prints), `class_measures`
-those of samples asked for one class, and `headline` says either in a few words.
+`kernel_inception_distance`, `precision_recall` and `memorization` work on the same features
+(memorization on pixels). `mode_coverage` is the VEEGAN rule for mixtures of Gaussians.
+`evaluate` picks the measures that fit a dataset and returns a JSON-able dict (what `minigen
+eval` prints), `class_measures` those of samples asked for one class, and `headline` says either
+in a few words.
 """
 from __future__ import annotations
 
@@ -16,6 +19,9 @@ from minigen.models.classifier import classify, load_classifier, predict_in_batc
 
 HIGH_QUALITY_STD = 3.0   # a sample within 3 std of a mode centre is high quality (VEEGAN)
 MODE_MIN_SHARE = 0.008   # a mode is covered when it holds at least 0.8% of the samples
+PRECISION_RECALL_K = 3   # neighbours that set the radius of each ball (Kynkaanniemi et al.)
+MEMORIZATION_QUANTILE = 0.05  # held-out images closer than this to the training set: copies
+DISTANCE_BLOCK = 1024    # rows of a distance matrix computed at once
 
 
 # --- mode coverage on mixtures of Gaussians ----------------------------------------------
@@ -89,6 +95,101 @@ def fid_from_features(features1, features2) -> float:
     return frechet_distance(*gaussian_fit(features1), *gaussian_fit(features2))
 
 
+# --- KID, precision and recall, memorization -------------------------------------------------
+def _as_features(features, name: str) -> np.ndarray:
+    features = np.asarray(backend.to_numpy(features), dtype=np.float64)
+    if features.ndim != 2 or len(features) < 2:
+        raise ValueError(f"{name}: features of shape {features.shape}; pass (N, D) with N >= 2")
+    return features
+
+
+def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a_i - b_j|^2 for a (N, D) and b (M, D): (N, M), in float64, never negative."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    result = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
+    return np.maximum(result, 0.0)
+
+
+def kernel_inception_distance(features1, features2) -> float:
+    """The unbiased estimate of the squared MMD between two feature sets (N, D) and (M, D) under
+    the cubic polynomial kernel k(x, y) = (x.y / D + 1)^3 (Binkowski et al. 2018, "KID"):
+
+        1/(N(N-1)) sum_{i!=j} k(x_i, x_j) + 1/(M(M-1)) sum_{i!=j} k(y_i, y_j)
+            - 2/(NM) sum_{i,j} k(x_i, y_j)
+
+    Its expectation is the population MMD^2, zero when both sets come from one distribution
+    whatever N and M (FID is biased upwards at small N), so it can come out slightly negative.
+    """
+    x = _as_features(features1, "kernel_inception_distance")
+    y = _as_features(features2, "kernel_inception_distance")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"kernel_inception_distance: features of {x.shape[1]} and {y.shape[1]} "
+                         "dimensions; pass two sets from the same feature space")
+    n, m, dim = len(x), len(y), x.shape[1]
+    k_xx, k_yy, k_xy = ((a @ b.T / dim + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+    within_x = (k_xx.sum() - np.trace(k_xx)) / (n * (n - 1))
+    within_y = (k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
+    return float(within_x + within_y - 2 * k_xy.mean())
+
+
+def _row_blocks(points: np.ndarray):
+    """(start, block) pairs of at most DISTANCE_BLOCK rows: distance matrices stay bounded."""
+    for start in range(0, len(points), DISTANCE_BLOCK):
+        yield start, points[start:start + DISTANCE_BLOCK]
+
+
+def _kth_neighbour_radii(features: np.ndarray, k: int) -> np.ndarray:
+    """Distance from each point to its k-th nearest other point of the same set."""
+    radii = []
+    for start, block in _row_blocks(features):
+        distances = squared_distances(block, features)
+        distances[np.arange(len(block)), start + np.arange(len(block))] = np.inf  # not itself
+        radii.append(np.sqrt(np.partition(distances, k - 1, axis=1)[:, k - 1]))
+    return np.concatenate(radii)
+
+
+def _inside_manifold(points: np.ndarray, reference: np.ndarray, k: int) -> np.ndarray:
+    """Whether each point lies in some ball around a reference point whose radius is that
+    point's k-th neighbour distance within the reference set."""
+    radii = _kth_neighbour_radii(reference, k)
+    return np.concatenate([(np.sqrt(squared_distances(block, reference)) <= radii).any(axis=1)
+                           for _, block in _row_blocks(points)])
+
+
+def _nearest(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Distance from each point to the nearest point of `reference`."""
+    return np.concatenate([np.sqrt(squared_distances(block, reference).min(axis=1))
+                           for _, block in _row_blocks(points)])
+
+
+def precision_recall(real_features, fake_features, k: int = PRECISION_RECALL_K) -> dict:
+    """Improved precision and recall (Kynkaanniemi et al. 2019): the manifold of a set is the
+    union of balls around its points, each as wide as the distance to its k-th nearest
+    neighbour. precision: the share of fakes inside the real manifold (are the samples
+    realistic?); recall: the share of reals inside the fake manifold (is the data covered?).
+    real (N, D), fake (M, D), both with more than k points. Returns {"precision", "recall"}."""
+    real = _as_features(real_features, "precision_recall")
+    fake = _as_features(fake_features, "precision_recall")
+    if min(len(real), len(fake)) <= k:
+        raise ValueError(f"precision_recall: {len(real)} real and {len(fake)} fake points; "
+                         f"each set needs more than k = {k}")
+    return {"precision": float(_inside_manifold(fake, real, k).mean()),
+            "recall": float(_inside_manifold(real, fake, k).mean())}
+
+
+def memorization(samples, train, held_out, quantile: float = MEMORIZATION_QUANTILE) -> float:
+    """The share of samples closer to their nearest training image than all but the closest
+    `quantile` of held-out real images are to theirs: a copy detector. Held-out images are
+    fresh draws from the data, so a generator that draws fresh images scores about `quantile`
+    (5%); one that copies its training images scores near 1. Distances are Euclidean in pixel
+    space, where a copy is a copy. samples (N, ...), train (M, ...), held_out (K, ...)."""
+    flat = [np.asarray(backend.to_numpy(a), dtype=np.float64).reshape(len(a), -1)
+            for a in (samples, train, held_out)]
+    nearest_sample, nearest_held_out = (_nearest(part, flat[1]) for part in (flat[0], flat[2]))
+    threshold = np.quantile(nearest_held_out, quantile)
+    return float((nearest_sample < threshold).mean())
+
+
 # --- feature FID on images -------------------------------------------------------------
 def _features(images, classifier) -> np.ndarray:
     return predict_in_batches(classifier, images, method="features")
@@ -100,6 +201,15 @@ def feature_fid(samples, real, classifier) -> float:
     return fid_from_features(_features(samples, classifier), _features(real, classifier))
 
 
+def _floor_choice(dataset, n: int) -> np.ndarray:
+    """The n training images the floors use: a fixed random choice (seed 0)."""
+    if not 2 <= n <= len(dataset.train):
+        raise ValueError(f"fid_floor: n = {n}, but the training split of {dataset.name} has "
+                         f"{len(dataset.train)} images; pass 2 <= n <= {len(dataset.train)}")
+    chosen = np.sort(np.random.default_rng(0).permutation(len(dataset.train))[:n])
+    return dataset.train[backend.array_module(dataset.train).asarray(chosen)]
+
+
 def fid_floor(dataset, n: int, classifier=None) -> float:
     """The FID of n real training images against the held-out split: what a perfect generator
     of n samples would score, since the FID of a finite sample is biased upwards (more so with
@@ -107,12 +217,7 @@ def fid_floor(dataset, n: int, classifier=None) -> float:
     a fixed random choice (seed 0), so the floor is the same number on every run."""
     if classifier is None:
         classifier, _ = load_classifier(dataset)
-    if not 2 <= n <= len(dataset.train):
-        raise ValueError(f"fid_floor: n = {n}, but the training split of {dataset.name} has "
-                         f"{len(dataset.train)} images; pass 2 <= n <= {len(dataset.train)}")
-    chosen = np.sort(np.random.default_rng(0).permutation(len(dataset.train))[:n])
-    xp = backend.array_module(dataset.train)
-    return feature_fid(dataset.train[xp.asarray(chosen)], dataset.test, classifier)
+    return feature_fid(_floor_choice(dataset, n), dataset.test, classifier)
 
 
 def class_histogram(samples, dataset, classifier=None) -> list[int]:
@@ -153,8 +258,14 @@ def _image_measures(samples: np.ndarray, dataset) -> dict:
                         "feature FID"}
     classifier, held_out = load_classifier(dataset)
     histogram = class_histogram(samples, dataset, classifier)
-    return {"fid": feature_fid(samples, dataset.test, classifier),
-            "fid_floor": fid_floor(dataset, len(samples), classifier),
+    fake, real = _features(samples, classifier), _features(dataset.test, classifier)
+    floor = _features(_floor_choice(dataset, len(samples)), classifier)
+    return {"fid": fid_from_features(fake, real),
+            "fid_floor": fid_from_features(floor, real),
+            "kid": kernel_inception_distance(fake, real),
+            "kid_floor": kernel_inception_distance(floor, real),
+            **precision_recall(real, fake),
+            "memorization": memorization(samples, dataset.train, dataset.test),
             "class_histogram": histogram,
             "classes_covered": int(sum(count >= MODE_MIN_SHARE * len(samples)
                                        for count in histogram)),
@@ -206,7 +317,9 @@ def evaluate(samples, dataset, n: int | None = None) -> dict:
     samples: images (N, C, H, W) in [-1, 1] or points (N, D), the first n of them used (all by
     default; images: at most as many as the training split holds). Images: fid (against the
     whole held-out split) and fid_floor (n training images against the same split: compare the
-    two at equal n), class_histogram, classes_covered, classifier_accuracy. Points:
+    two at equal n), kid and kid_floor likewise (unbiased: the floor is near 0 at any n),
+    precision and recall (k = 3) against the held-out split, memorization (about 0.05 for
+    fresh images, near 1 for copies), class_histogram, classes_covered, classifier_accuracy. Points:
     distance_to_data (mean distance from a sample to the nearest held-out point) and its floor
     (training points instead of samples); on mixtures modes_covered, num_modes,
     high_quality_fraction, samples_per_mode; on 1D data the mean and std beside the data's.

@@ -26,6 +26,7 @@ from minigen.data import KNOWN_DATASETS, Batcher, Dataset, load_dataset
 from minigen.divergence import (NONFINITE_MODES, NonFiniteGuard, TrainingDiverged,  # noqa: F401
                                 nonfinite_weight)
 from minigen.files import write_atomically
+from minigen.evallog import EVAL_FILES, EvalLog
 from minigen.loop import TrainingInterrupted, TrainingLoop, UserError  # noqa: F401 (re-exported)
 from minigen.signals import stop_on_signals
 from minigen.steplog import (BAR_FORMAT, FINAL_WINDOW, StepLog, bar_postfix,  # noqa: F401
@@ -46,13 +47,14 @@ POINT_EVAL_SAMPLES = 2500  # ... and of toy points: the mode-coverage papers' co
 # Options a resumed run takes from the command line; every other option comes from the
 # checkpoint (the run keeps the settings it was trained with).
 RESUMABLE_OPTIONS = ("steps", "out", "device", "resume", "force", "data_dir",
-                     "checkpoint_every", "sample_every", "eval_samples", "on_nonfinite")
+                     "checkpoint_every", "sample_every", "eval_samples", "on_nonfinite",
+                     "eval_every")
 # What the harness adds to the options from the dataset and the loop.
 DATA_KEYS = ("loop", "data_kind", "data_shape", "num_classes")
 # Options that do not change the trained weights: ignored when deciding whether an output
 # folder holds the same run.
 NOT_IDENTITY = ("out", "resume", "force", "data_dir", "checkpoint_every", "sample_every",
-                "eval_samples", "on_nonfinite") + DATA_KEYS
+                "eval_samples", "on_nonfinite", "eval_every") + DATA_KEYS
 
 
 # ---------------------------------------------------------------------------------------
@@ -107,6 +109,9 @@ def add_common_arguments(parser, loop_cls: type[TrainingLoop]) -> None:
                         help="a step whose loss or gradient norm is NaN or infinite: stop the "
                              "run (the last checkpoint kept as it was), or skip the step without "
                              "applying its update, counted in log.csv's 'skipped' column")
+    parser.add_argument("--eval-every", type=int, default=0, metavar="K",
+                        help="also measure --eval-samples samples (EMA weights) every K steps "
+                             "into eval.csv and eval.png (0: only at the end)")
 
 
 def _parser_defaults(add) -> dict:
@@ -138,11 +143,15 @@ def _check_options(options: dict) -> None:
              ("batch_size", 1, "the number of samples per step"),
              ("checkpoint_every", 1, "the number of steps between checkpoints"),
              ("seed", 0, "a seed for the random generators"),
-             ("eval_samples", 0, "the number of samples for the quality measures")]
+             ("eval_samples", 0, "the number of samples for the quality measures"),
+             ("eval_every", 0, "the number of steps between measurements (0: none)")]
     for key, low, what in rules:
         value = options.get(key)
         if value is not None and value < low:
             raise UserError(f"--{key.replace('_', '-')} is {value}; pass {what}, {low} or more")
+    if options.get("eval_every") and options.get("eval_samples") == 0:
+        raise UserError("--eval-every measures --eval-samples samples, and that is 0; pass "
+                        "--eval-samples N with N > 0 or drop --eval-every")
     if options.get("sample_every") is not None and options["sample_every"] < 0:
         raise UserError(f"--sample-every is {options['sample_every']}; pass 0 or more")
     try:
@@ -248,7 +257,7 @@ def prepare_out_dir(out: Path, config: dict, say) -> None:
     saved = _saved_run_config(out) if out.is_dir() else None
     if saved is not None and not continues_here:
         if force:
-            for name in RUN_FILES:
+            for name in RUN_FILES + EVAL_FILES:
                 (out / name).unlink(missing_ok=True)
         else:
             keys = sorted((set(saved) | set(config)) - set(NOT_IDENTITY))
@@ -441,6 +450,10 @@ class _Run:
         every = config.get("sample_every")
         self.sample_every = config["checkpoint_every"] if every is None else every
         self.log = StepLog(out / LOG, start_step)
+        self.eval_every = config.get("eval_every") or 0
+        self.eval_log = EvalLog(out, start_step, lambda: quality_measures(
+            loop, dataset, config["eval_samples"], self.picture_options, MEASURE_SEED),
+            f"{config['loop']} on {config['dataset']}") if self.eval_every else None
         self.started = time.perf_counter()
         self.guard = NonFiniteGuard(loop, config, config.get("on_nonfinite", "stop"), skipped)
         self.saved_step = start_step if config.get("resume") else None
@@ -524,6 +537,9 @@ class _Run:
                         self.save(done)
                         raise TrainingInterrupted(stop.signum, done, str(self.out / CHECKPOINT),
                                                   config["loop"])
+                    if self.eval_every and done % self.eval_every == 0:
+                        line = self.eval_log.record(done, self.seconds())
+                        self.say(line) if bar.disable else bar.write(line, file=sys.stderr)
                     if done == steps:
                         break
                     if done % config["checkpoint_every"] == 0:
@@ -539,6 +555,8 @@ class _Run:
             return self.finish()
         finally:
             self.log.close()
+            if self.eval_log is not None:
+                self.eval_log.close()
 
     def finish(self) -> dict:
         config, steps = self.config, self.config["steps"]
@@ -564,7 +582,7 @@ class _Run:
         self.say(f"done: {steps} steps{skipped} in {seconds:.1f} s "
                  f"({summary['images_per_second']:.0f} img/s){'; ' + headline if headline else ''}; "
                  f"{self.out}: "
-                 f"{', '.join(name for name in RUN_FILES if (self.out / name).exists())}")
+                 f"{', '.join(name for name in RUN_FILES + EVAL_FILES if (self.out / name).exists())}")
         return summary
 
 

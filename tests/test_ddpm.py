@@ -61,7 +61,12 @@ def test_resume_equals_a_straight_run_bit_for_bit(tmp_path):
 
 @pytest.mark.parametrize("options", [dict(sampler="ddim", sampling_steps=5, eta=0.0),
                                      dict(sampler="ddim", sampling_steps=4, eta=1.0),
-                                     dict(sampler="ddpm", variance="beta_tilde")])
+                                     dict(sampler="ddpm", variance="beta_tilde"),
+                                     dict(sampler="euler", sampling_steps=4),
+                                     dict(sampler="heun", sampling_steps=3,
+                                          timestep_spacing="trailing"),
+                                     dict(sampler="dpm-solver++", sampling_steps=5,
+                                          timestep_spacing="linspace")])
 def test_sample_gives_images_in_minus_one_to_one_deterministic_under_a_seed(options):
     loop = built_loop(timesteps=20)
     draws = []
@@ -108,8 +113,8 @@ def test_bad_model_options_name_the_option(overrides, message):
 
 
 def test_unknown_sampler_is_refused():
-    with pytest.raises(ValueError, match="ddpm, ddim"):
-        built_loop(timesteps=20).sample(2, sampler="euler")
+    with pytest.raises(ValueError, match="ddpm, ddim, euler, heun, dpm-solver"):
+        built_loop(timesteps=20).sample(2, sampler="unipc")
 
 
 @pytest.mark.slow

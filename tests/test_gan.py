@@ -10,10 +10,11 @@ import pytest
 import minigen
 import minigen.functional as F
 from minigen.gan import (LOSSES, GANLoop, discriminator_loss, generator_loss,
-                         gradient_penalty)
+                         gradient_penalty, r1_penalty)
 from minigen.models.dcgan import LAYOUTS, DCGANDiscriminator, DCGANGenerator, dcgan_init
 from minigen.models.mlp import MLPDiscriminator, MLPGenerator
 from minigen.run import default_config, train
+from minigen.tensor import enable_grad
 from helpers import assert_close, import_torch
 
 torch = import_torch()
@@ -136,6 +137,49 @@ def test_gradient_penalty_and_its_weight_gradients_match_pytorch(critic, sample_
         assert_close(ours_grad, their_grad, np.float64)
 
 
+@pytest.mark.parametrize("critic, sample_shape, weight_shapes", [
+    (mlp_critic, (2,), [(16, 2), (16,), (1, 16), (1,)]),
+    (conv_critic, (1, 6, 6), [(4, 1, 4, 4), (1, 4, 3, 3)]),
+])
+def test_r1_penalty_and_its_weight_gradients_match_pytorch(critic, sample_shape, weight_shapes):
+    rng = np.random.default_rng(1)
+    weights = [rng.standard_normal(shape) * 0.5 for shape in weight_shapes]
+    real = rng.standard_normal((5, *sample_shape))
+    ours = [minigen.tensor(w, requires_grad=True) for w in weights]
+    penalty = r1_penalty(critic(ours), minigen.tensor(real))
+    penalty.backward()
+    theirs = [torch.tensor(w, requires_grad=True) for w in weights]
+    x = torch.tensor(real, requires_grad=True)
+    (grad_x,) = torch.autograd.grad(critic(theirs)(x).sum(), x, create_graph=True)
+    expected = (grad_x.reshape(5, -1) ** 2).sum(dim=1).mean()
+    expected.backward()
+    assert_close(penalty.item(), expected.item(), np.float64)
+    for param, reference in zip(ours, theirs):
+        ours_grad = np.zeros_like(param.data) if param.grad is None else param.grad.numpy()
+        their_grad = np.zeros_like(param.data) if reference.grad is None else reference.grad.numpy()
+        assert_close(ours_grad, their_grad, np.float64)
+
+
+def test_r1_penalty_weight_gradient_passes_gradcheck_through_second_derivatives():
+    """The penalty as a function of D's weights is built from a gradient (create_graph=True);
+    its own gradient, by double backprop, agrees with finite differences (a smooth D: tanh)."""
+    rng = np.random.default_rng(2)
+    real = minigen.tensor(rng.standard_normal((4, 3)))
+
+    def penalty(w1, w2):
+        with enable_grad():  # gradcheck evaluates under no_grad; R1 needs its inner gradient
+            return r1_penalty(lambda x: F.linear(F.tanh(F.linear(x, w1)), w2), real)
+
+    weights = [minigen.tensor(rng.standard_normal(shape) * 0.7, requires_grad=True)
+               for shape in ((5, 3), (1, 5))]
+    assert minigen.gradcheck(penalty, weights)
+
+
+def test_r1_is_zero_for_a_discriminator_flat_in_its_input():
+    constant = lambda x: x[:, :1] * 0.0 + 1.0  # noqa: E731
+    assert r1_penalty(constant, minigen.randn(3, 2, dtype=np.float64)).item() == 0.0
+
+
 # --- the models -----------------------------------------------------------------------------
 @pytest.mark.parametrize("image_size", sorted(LAYOUTS))
 def test_dcgan_maps_noise_to_images_and_images_to_one_logit(image_size):
@@ -241,15 +285,56 @@ def test_sample_leaves_the_generator_and_its_batch_statistics_unchanged():
     assert all(np.array_equal(before[name], b.data) for name, b in loop.generator.named_buffers())
 
 
+@pytest.mark.parametrize("kind", ["points", "images"])
+def test_spectral_norm_option_normalizes_every_layer_of_d_and_r1_is_logged(kind):
+    minigen.manual_seed(0)
+    loop = GANLoop(dict(tiny_config("nonsaturating", kind), spectral_norm=True, r1=10.0), "cpu")
+    names = list(loop.discriminator.state_dict())
+    assert any(name.endswith("weight_u") for name in names)
+    assert not any(name.endswith(".weight") for name in names)  # all normalized, no batch norm
+    scalars = loop.train_step(real_batch(kind), None, 0)
+    assert scalars["r1"] > 0 and math.isfinite(scalars["loss_d"])
+
+
+def test_sampling_uses_the_ema_of_g_unless_asked_not_to():
+    minigen.manual_seed(0)
+    loop = GANLoop(dict(tiny_config("nonsaturating", "points"), g_ema_decay=0.9), "cpu")
+    for step in range(5):
+        loop.train_step(real_batch("points"), None, step)
+    raw = {name: p.data.copy() for name, p in loop.generator.named_parameters()}
+    draws = {}
+    for ema in (True, False):
+        minigen.manual_seed(1)
+        draws[ema] = loop.sample(4, ema=ema)
+    assert not np.allclose(draws[True], draws[False])
+    minigen.manual_seed(1)
+    with minigen.no_grad():
+        expected = loop.generator.eval()(loop.noise(4)).numpy()
+    loop.generator.train()
+    np.testing.assert_array_equal(draws[False], expected)
+    assert all(np.array_equal(raw[name], p.data) for name, p in loop.generator.named_parameters())
+    assert set(loop.emas()) == {"generator"}
+
+
+def test_no_ema_when_the_decay_is_zero_as_in_older_checkpoints():
+    assert GANLoop(dict(tiny_config("hinge", "points"), g_ema_decay=0.0), "cpu").emas() == {}
+    assert GANLoop(tiny_config("hinge", "points"), "cpu").emas() == {}
+
+
 # --- exact resumption through the harness ----------------------------------------------------
-@pytest.mark.parametrize("dataset, loss, conditional", [("ring8", "wgan-gp", False),
-                                                       ("digits", "nonsaturating", False),
-                                                       ("digits", "wgan-gp", True)])
-def test_resumed_run_equals_straight_run_bit_for_bit(tmp_path, dataset, loss, conditional):
+@pytest.mark.parametrize("dataset, loss, conditional, stabilizers", [
+    ("ring8", "wgan-gp", False, {}),
+    ("digits", "nonsaturating", False, {}),
+    ("digits", "wgan-gp", True, {}),
+    ("digits", "nonsaturating", False, dict(spectral_norm=True, r1=10.0)),
+])
+def test_resumed_run_equals_straight_run_bit_for_bit(tmp_path, dataset, loss, conditional,
+                                                     stabilizers):
     def run(out, steps, resume=None):
         options = default_config(GANLoop, dataset=dataset, loss=loss, steps=steps, batch_size=8,
                                  width=8, latent_dim=4, d_steps=2, out=str(out), resume=resume,
-                                 checkpoint_every=100, eval_samples=0, conditional=conditional)
+                                 checkpoint_every=100, eval_samples=0, conditional=conditional,
+                                 **stabilizers)
         train(GANLoop, options, progress=False, say=lambda message: None)
 
     run(tmp_path / "straight", 4)
@@ -258,18 +343,20 @@ def test_resumed_run_equals_straight_run_bit_for_bit(tmp_path, dataset, loss, co
     loops = []
     for name in ("straight", "split"):
         config = default_config(GANLoop, dataset=dataset, loss=loss, width=8, latent_dim=4,
-                                conditional=conditional)
+                                conditional=conditional, **stabilizers)
         config.update(data_kind="images" if dataset == "digits" else "points",
                       data_shape=[1, 8, 8] if dataset == "digits" else [2], num_classes=10)
         loop = GANLoop(config, "cpu")
         state = minigen.load_checkpoint(tmp_path / name / "checkpoint.h5", models=loop.models(),
-                                        optimizers=loop.optimizers())
+                                        optimizers=loop.optimizers(), ema=loop.emas())
         assert state["step"] == 4
         loops.append(loop)
     for key, model in loops[0].models().items():
         other = loops[1].models()[key].state_dict()
         for name, tensor in model.state_dict().items():
             assert np.array_equal(tensor.data, other[name].data), f"{key}.{name} differs"
+    for name, shadow in loops[0].g_ema.shadow.items():
+        assert np.array_equal(shadow, loops[1].g_ema.shadow[name]), f"EMA {name} differs"
 
 
 @pytest.mark.parametrize("kind, expected", [("images", 2e-4), ("points", 1e-3)])

@@ -94,6 +94,106 @@ def test_a_mode_counts_as_covered_from_point_8_percent_of_the_samples(samples_on
     assert result["samples_per_mode"][7] == samples_on_last_mode
 
 
+# --- KID -------------------------------------------------------------------------------
+def test_kid_is_the_unbiased_mmd_of_the_cubic_kernel_written_out():
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((7, 3)), rng.standard_normal((5, 3)) + 0.4
+    kernel = lambda a, b: (a @ b / 3 + 1) ** 3  # noqa: E731
+    within_x = sum(kernel(x[i], x[j]) for i in range(7) for j in range(7) if i != j) / (7 * 6)
+    within_y = sum(kernel(y[i], y[j]) for i in range(5) for j in range(5) if i != j) / (5 * 4)
+    across = sum(kernel(x[i], y[j]) for i in range(7) for j in range(5)) / (7 * 5)
+    expected = within_x + within_y - 2 * across
+    assert metrics.kernel_inception_distance(x, y) == pytest.approx(expected, rel=1e-12)
+
+
+def test_kid_is_unbiased_on_two_small_draws_from_one_gaussian_where_fid_is_not():
+    """Two sets of 20 points from the same 8-D Gaussian: over 300 repeats the KIDs average to
+    0 within their standard error; the FIDs of the same pairs sit far above 0."""
+    rng = np.random.default_rng(1)
+    kids, fids = [], []
+    for _ in range(300):
+        x, y = rng.standard_normal((20, 8)), rng.standard_normal((20, 8))
+        kids.append(metrics.kernel_inception_distance(x, y))
+        fids.append(metrics.fid_from_features(x, y))
+    standard_error = np.std(kids) / np.sqrt(len(kids))
+    assert abs(np.mean(kids)) < 3 * standard_error
+    assert min(kids) < 0 < max(kids)
+    assert np.mean(fids) > 20 * standard_error and min(fids) > 0
+
+
+def test_kid_grows_with_the_shift_between_the_sets():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((200, 4))
+    kids = [metrics.kernel_inception_distance(x, rng.standard_normal((200, 4)) + shift)
+            for shift in (0.0, 0.5, 1.0, 2.0)]
+    assert kids == sorted(kids) and abs(kids[0]) < 0.1 * kids[1]
+
+
+# --- precision and recall ----------------------------------------------------------------
+def _precision_recall_written_out(real, fake, k):
+    def radius(point_set, i):
+        others = sorted(np.linalg.norm(point_set[i] - point_set[j])
+                        for j in range(len(point_set)) if j != i)
+        return others[k - 1]
+
+    def inside(point, reference):
+        return any(np.linalg.norm(point - reference[j]) <= radius(reference, j)
+                   for j in range(len(reference)))
+    return (np.mean([inside(f, real) for f in fake]), np.mean([inside(r, fake) for r in real]))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_precision_recall_match_the_definition_written_out(k):
+    rng = np.random.default_rng(k)
+    real, fake = rng.standard_normal((15, 2)), 1.3 * rng.standard_normal((12, 2)) + 0.5
+    precision, recall = _precision_recall_written_out(real, fake, k)
+    result = metrics.precision_recall(real, fake, k=k)
+    assert result == {"precision": pytest.approx(precision), "recall": pytest.approx(recall)}
+
+
+def test_a_collapsed_sample_set_is_precise_but_recalls_little():
+    rng = np.random.default_rng(3)
+    real = rng.standard_normal((400, 4))
+    collapsed = real[0] + 0.05 * rng.standard_normal((400, 4))  # all near one real point
+    result = metrics.precision_recall(real, collapsed)
+    assert result["precision"] > 0.95 and result["recall"] < 0.05
+
+
+def test_a_noisy_sample_set_recalls_the_data_but_is_imprecise():
+    rng = np.random.default_rng(4)
+    real = rng.standard_normal((400, 4))
+    noisy = 3.0 * rng.standard_normal((400, 4))  # covers the data, mostly off it
+    result = metrics.precision_recall(real, noisy)
+    assert result["recall"] > 0.9 and result["precision"] < 0.5
+    same = metrics.precision_recall(real, rng.standard_normal((400, 4)))
+    assert same["precision"] > 0.8 and same["recall"] > 0.8
+
+
+def test_precision_recall_need_more_points_than_neighbours():
+    with pytest.raises(ValueError, match="each set needs more than k = 3"):
+        metrics.precision_recall(np.zeros((3, 2)), np.zeros((10, 2)))
+
+
+# --- memorization --------------------------------------------------------------------------
+def test_memorization_is_the_share_closer_than_the_held_out_quantile_written_out():
+    rng = np.random.default_rng(5)
+    train, held_out = rng.standard_normal((30, 2, 2)), rng.standard_normal((20, 2, 2))
+    samples = rng.standard_normal((25, 2, 2))
+    nearest = lambda a: np.array([min(np.linalg.norm(x - t) for t in train) for x in a])  # noqa
+    threshold = np.quantile(nearest(held_out), 0.05)
+    expected = np.mean(nearest(samples) < threshold)
+    assert metrics.memorization(samples, train, held_out) == pytest.approx(expected)
+
+
+def test_memorization_tells_copies_from_fresh_draws():
+    rng = np.random.default_rng(6)
+    train, held_out = rng.standard_normal((500, 6)), rng.standard_normal((500, 6))
+    copies = train[:300] + 1e-3 * rng.standard_normal((300, 6))
+    fresh = rng.standard_normal((2000, 6))
+    assert metrics.memorization(copies, train, held_out) == 1.0
+    assert 0.02 < metrics.memorization(fresh, train, held_out) < 0.09
+
+
 # --- the classifier and the feature FID ------------------------------------------------
 @pytest.fixture(scope="module")
 def digits():
@@ -160,6 +260,25 @@ def test_fid_floor_is_far_below_the_fid_of_noise(trained, digits):
     assert 0 < floor < metrics.feature_fid(noise, digits.test, trained[0]) / 5
 
 
+def test_kid_of_real_digits_against_held_out_averages_to_zero_far_below_noise(trained, digits):
+    """Real training digits against the held-out split, over 40 random choices of 300: the
+    mean KID is 0 within its standard error (the FID of the same sets is not), and one KID
+    of noise is many standard deviations away."""
+    real = metrics._features(digits.test, trained[0])
+    train = metrics._features(digits.train, trained[0])
+    rng = np.random.default_rng(0)
+    kids, fids = [], []
+    for _ in range(40):
+        chosen = train[rng.permutation(len(train))[:300]]
+        kids.append(metrics.kernel_inception_distance(chosen, real))
+        fids.append(metrics.fid_from_features(chosen, real))
+    standard_error = np.std(kids) / np.sqrt(len(kids))
+    assert abs(np.mean(kids)) < 3 * standard_error and min(fids) > 0
+    noise = np.random.default_rng(0).uniform(-1, 1, size=(300, 1, 8, 8)).astype(np.float32)
+    noisy = metrics.kernel_inception_distance(metrics._features(noise, trained[0]), real)
+    assert noisy > 10 * np.std(kids)
+
+
 def test_class_histogram_shows_the_classes_a_collapsed_generator_misses(trained, digits):
     collapsed = digits.test[digits.test_labels < 3]
     histogram = metrics.class_histogram(collapsed, digits, trained[0])
@@ -170,7 +289,8 @@ def test_class_histogram_shows_the_classes_a_collapsed_generator_misses(trained,
 # --- evaluate ---------------------------------------------------------------------------
 def test_evaluate_on_images_reports_fid_floor_and_classes(trained, digits):
     result = metrics.evaluate(digits.train[:200], digits)
-    assert set(result) == {"n", "fid", "fid_floor", "class_histogram", "classes_covered",
+    assert set(result) == {"n", "fid", "fid_floor", "kid", "kid_floor", "precision", "recall",
+                           "memorization", "class_histogram", "classes_covered",
                            "classifier_accuracy"}
     assert result["n"] == 200 and result["classes_covered"] == 10
     assert result["classifier_accuracy"] == trained[1]

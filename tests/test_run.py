@@ -406,3 +406,40 @@ def test_resuming_a_checkpoint_that_records_no_loop_is_refused(tmp_path):
     with pytest.raises(UserError, match="records no training loop"):
         train(TinyLoop, dict(default_config(TinyLoop), resume=str(tmp_path / "bare.h5")),
               explicit={"resume"}, say=lambda _: None)
+
+
+# --- quality measured during training (--eval-every) -----------------------------------------
+def test_eval_every_writes_a_curve_of_the_measures_and_leaves_training_alone(tmp_path, real_plots):
+    measured, plain = tmp_path / "measured", tmp_path / "plain"
+    messages = []
+    train(TinyLoop, tiny_config(measured, steps=6, eval_every=2, eval_samples=200),
+          say=messages.append)
+    train(TinyLoop, tiny_config(plain, steps=6), say=lambda _: None)
+    (loop_a, _), (loop_b, _) = (load_tiny(folder / "checkpoint.h5") for folder in (measured, plain))
+    for name, tensor in loop_a.model.state_dict().items():
+        np.testing.assert_array_equal(tensor.data, loop_b.model.state_dict()[name].data)
+    with open(measured / "eval.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["step"] for row in rows] == ["2", "4", "6"]
+    assert {"modes_covered", "high_quality_fraction", "distance_to_data",
+            "distance_to_data_floor"} <= set(rows[0])
+    assert sum(message.startswith("eval at step") for message in messages) == 3
+    with Image.open(measured / "eval.png") as image:
+        assert image.size[0] > 100
+    assert not (plain / "eval.csv").exists()
+
+
+def test_a_resumed_eval_log_keeps_the_rows_before_the_checkpoint(tmp_path):
+    folder = tmp_path / "run"
+    train(TinyLoop, tiny_config(folder, steps=4, eval_every=2, eval_samples=100),
+          say=lambda _: None)
+    train(TinyLoop, tiny_config(folder, steps=6, eval_every=2, eval_samples=100,
+                                resume=str(folder / "checkpoint.h5")), say=lambda _: None)
+    with open(folder / "eval.csv", newline="") as handle:
+        assert [row["step"] for row in csv.DictReader(handle)] == ["2", "4", "6"]
+
+
+def test_eval_every_without_samples_is_one_clear_error(tmp_path):
+    with pytest.raises(UserError, match="--eval-every measures --eval-samples samples, and that "
+                                        "is 0"):
+        train(TinyLoop, tiny_config(tmp_path / "run", steps=2, eval_every=1), say=lambda _: None)

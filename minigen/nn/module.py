@@ -39,6 +39,16 @@ def _array_of(value):
     return np.asarray(value)
 
 
+class RemovableHandle:
+    """What register_forward_pre_hook returns: remove() takes the hook out again."""
+
+    def __init__(self, hooks: OrderedDict):
+        self.hooks, self.key = hooks, object()  # a key no other handle can have
+
+    def remove(self) -> None:
+        self.hooks.pop(self.key, None)
+
+
 class Module:
     """Base class of every layer and model; subclasses define `forward`."""
 
@@ -50,13 +60,24 @@ class Module:
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_non_persistent_buffers", set())
         object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_forward_pre_hooks", OrderedDict())
         object.__setattr__(self, "training", True)
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} has no forward(); define it in the subclass")
 
     def __call__(self, *args, **kwargs):
+        for hook in self.__dict__.get("_forward_pre_hooks", {}).values():
+            hook(self, args)
         return self.forward(*args, **kwargs)
+
+    def register_forward_pre_hook(self, hook: Callable) -> "RemovableHandle":
+        """Call hook(module, args) before every forward, as PyTorch does (spectral_norm
+        recomputes the weight there). Returns a handle whose remove() unregisters it."""
+        hooks = self.__dict__.setdefault("_forward_pre_hooks", OrderedDict())
+        handle = RemovableHandle(hooks)
+        hooks[handle.key] = hook
+        return handle
 
     # ---- registration ---------------------------------------------------------------------
     def _registries(self):

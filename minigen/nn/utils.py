@@ -1,11 +1,13 @@
-"""Gradient clipping, as torch.nn.utils: clip_grad_norm_ (by the global norm of all gradients)
-and clip_grad_value_. Both replace each `.grad` with a new array rather than scaling in place,
-because a gradient array can be shared with other tensors of the graph."""
+"""As torch.nn.utils: gradient clipping, clip_grad_norm_ (by the global norm of all gradients)
+and clip_grad_value_, and spectral_norm (Miyato et al. 2018) with remove_spectral_norm. The
+clippers replace each `.grad` with a new array rather than scaling in place, because a gradient
+array can be shared with other tensors of the graph."""
 from __future__ import annotations
 
 import math
 from typing import Iterable
 
+import minigen
 from minigen import backend, kernels
 from minigen.fusion import fusion_enabled
 from minigen.tensor import Tensor
@@ -67,3 +69,93 @@ def clip_grad_value_(parameters: Iterable[Tensor] | Tensor, clip_value: float) -
     for param in _with_grads(parameters):
         xp = backend.array_module(param.grad.data)
         param.grad = Tensor(xp.clip(param.grad.data, -clip_value, clip_value))
+
+
+# --- spectral normalization ------------------------------------------------------------------
+class SpectralNorm:
+    """The forward pre-hook of spectral_norm: weight = weight_orig / sigma(weight_orig), with
+    sigma estimated by power iteration on the persistent buffers weight_u and weight_v."""
+
+    def __init__(self, name: str, n_power_iterations: int, dim: int, eps: float):
+        self.name, self.n_power_iterations, self.dim, self.eps = name, n_power_iterations, dim, eps
+
+    def matrix(self, weight: Tensor) -> Tensor:
+        """The weight as a (size along dim, everything else) matrix."""
+        if self.dim != 0:
+            order = [self.dim] + [axis for axis in range(weight.ndim) if axis != self.dim]
+            weight = weight.permute(*order)
+        return weight.reshape(weight.shape[0], -1)
+
+    def _normalize(self, vector):
+        xp = backend.array_module(vector)
+        return vector / xp.maximum(xp.linalg.norm(vector), self.eps)
+
+    def compute_weight(self, module, do_power_iteration: bool) -> Tensor:
+        weight = getattr(module, self.name + "_orig")
+        u, v = getattr(module, self.name + "_u"), getattr(module, self.name + "_v")
+        matrix = self.matrix(weight)
+        if do_power_iteration:
+            # u and v are constants of the graph (no gradient flows into the estimate), and are
+            # written in place, so the next step continues from where this one stopped.
+            for _ in range(self.n_power_iterations):
+                v.data[...] = self._normalize(matrix.data.T @ u.data)
+                u.data[...] = self._normalize(matrix.data @ v.data)
+        u_now, v_now = Tensor(u.data.copy()), Tensor(v.data.copy())
+        sigma = (u_now * (matrix @ v_now)).sum()
+        return weight / sigma
+
+    def __call__(self, module, args) -> None:
+        object.__setattr__(module, self.name, self.compute_weight(module, module.training))
+
+
+def spectral_norm(module, name: str = "weight", n_power_iterations: int = 1, eps: float = 1e-12,
+                  dim: int | None = None):
+    """Spectral normalization (Miyato et al. 2018) with PyTorch's behaviour
+    (torch.nn.utils.spectral_norm): the parameter `name` becomes `name_orig`, and before each
+    forward `name` = name_orig / sigma, sigma = u^T W v the largest singular value of W (the
+    weight as a (shape[dim], -1) matrix) estimated by n_power_iterations of power iteration in
+    training mode (none in eval mode). u (shape[dim],) and v are persistent buffers `name_u`
+    and `name_v`, so they are saved in state dicts and checkpoints. dim: 1 for a transposed
+    convolution, else 0. Returns the module.
+    """
+    from minigen.nn.layers import ConvTranspose2d  # the layers import this file
+    from minigen.nn.module import Parameter
+
+    if any(isinstance(hook, SpectralNorm) and hook.name == name
+           for hook in module._forward_pre_hooks.values()):
+        raise RuntimeError(f"spectral_norm: '{name}' of {type(module).__name__} is already "
+                           "spectrally normalized")
+    weight = module._parameters.get(name)
+    if weight is None:
+        raise ValueError(f"spectral_norm: {type(module).__name__} has no parameter '{name}'; "
+                         f"pass the name of a weight, e.g. name='weight'")
+    if dim is None:
+        dim = 1 if isinstance(module, ConvTranspose2d) else 0
+    hook = SpectralNorm(name, n_power_iterations, dim, eps)
+    rows, columns = hook.matrix(weight).shape
+    device, dtype = weight.device, weight.dtype
+    u = hook._normalize(minigen.randn(rows, dtype=dtype, device=device).data)
+    v = hook._normalize(minigen.randn(columns, dtype=dtype, device=device).data)
+    del module._parameters[name]
+    module.register_parameter(name + "_orig", Parameter(weight.data, weight.requires_grad))
+    module.register_buffer(name + "_u", Tensor(u))
+    module.register_buffer(name + "_v", Tensor(v))
+    object.__setattr__(module, name, Tensor(weight.data))
+    module.register_forward_pre_hook(hook)
+    return module
+
+
+def remove_spectral_norm(module, name: str = "weight"):
+    """Undo spectral_norm: `name` becomes a Parameter again, holding the normalized weight."""
+    from minigen.nn.module import Parameter
+
+    for key, hook in list(module._forward_pre_hooks.items()):
+        if isinstance(hook, SpectralNorm) and hook.name == name:
+            weight = hook.compute_weight(module, do_power_iteration=False)
+            del module._forward_pre_hooks[key]
+            for suffix in ("_orig", "_u", "_v"):
+                delattr(module, name + suffix)
+            module.__dict__.pop(name, None)
+            module.register_parameter(name, Parameter(weight.data.copy()))
+            return module
+    raise ValueError(f"spectral_norm of '{name}' not found in {type(module).__name__}")
