@@ -19,13 +19,14 @@ from pathlib import Path
 import numpy as np
 
 import minigen
-from minigen import backend
+from minigen import backend, distributed
 from minigen.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minigen.data import KNOWN_DATASETS, Batcher, Dataset, load_dataset
 from minigen.loop import TrainingInterrupted, TrainingLoop, UserError  # noqa: F401 (re-exported)
 from minigen.signals import stop_on_signals
 from minigen.steplog import FINAL_WINDOW, StepLog  # noqa: F401 (re-exported)
 from minigen import viz
+from minigen.viz import write_samples  # noqa: F401 (re-exported for minigen.cli)
 
 # What a run folder holds.
 CHECKPOINT, SAMPLES, LOSS, METRICS, CONFIG, LOG = (
@@ -42,7 +43,7 @@ POINT_EVAL_SAMPLES = 2500  # ... and of toy points: the mode-coverage papers' co
 RESUMABLE_OPTIONS = ("steps", "out", "device", "resume", "force", "data_dir",
                      "checkpoint_every", "sample_every", "eval_samples")
 # What the harness adds to the options from the dataset and the loop.
-DATA_KEYS = ("loop", "data_kind", "data_shape", "num_classes")
+DATA_KEYS = ("loop", "data_kind", "data_shape", "num_classes", "world_size")
 # Options that do not change the trained weights: ignored when deciding whether an output
 # folder holds the same run.
 NOT_IDENTITY = ("out", "resume", "force", "data_dir", "checkpoint_every", "sample_every",
@@ -262,24 +263,6 @@ def draw_samples(loop: TrainingLoop, n: int, options: dict, seed: int) -> np.nda
     return samples
 
 
-def write_samples(samples: np.ndarray, path: str | os.PathLike,
-                  dataset: Dataset | None = None) -> None:
-    """.npy: the raw array; .png: an image grid, or points scattered over the data (first two
-    coordinates) when `dataset` holds points."""
-    path = os.fspath(path)
-    if path.endswith(".npy"):
-        np.save(path, samples)
-    elif samples.ndim == 2:
-        reference = dataset if dataset is not None and dataset.kind == "points" else None
-        viz.save_scatter(samples[:, :2], path,
-                         true_points=None if reference is None else reference.test[:, :2],
-                         centres=None if reference is None or reference.centres is None
-                         else reference.centres[:, :2],
-                         std=None if reference is None else reference.std)
-    else:
-        viz.save_image_grid(samples, path)
-
-
 # ---------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------
@@ -325,7 +308,15 @@ def train(loop_cls: type[TrainingLoop], options: dict, explicit: set | None = No
     options: every train option (see default_config). explicit: the options the user gave
     (for --resume; None: all). progress: show the tqdm bar (None: only on a terminal).
     Raises UserError for bad input and TrainingInterrupted after saving on SIGINT / SIGTERM.
+    Under `mpiexec -n N` every rank runs this (minigen.distributed); rank 0 says and writes.
     """
+    with distributed.ranks_together(options.get("device", "cpu")) as world:
+        return _train(world, loop_cls, options, explicit, progress,
+                      say if world.rank == 0 else lambda message: None)
+
+
+def _train(world, loop_cls: type[TrainingLoop], options: dict, explicit: set | None,
+           progress: bool | None, say) -> dict:
     options = dict(options)
     if options.get("resume"):
         options = resumed_options(loop_cls, options, explicit)
@@ -338,10 +329,13 @@ def train(loop_cls: type[TrainingLoop], options: dict, explicit: set | None = No
         raise UserError(f"--batch-size {config['batch_size']} is more than the "
                         f"{len(dataset.train)} training samples of {dataset.name}; pass a "
                         "smaller batch size")
-    prepare_out_dir(out, config, say)
+    distributed.check_batch_size(world, config["batch_size"])
     config.update(data_kind=dataset.kind, data_shape=list(dataset.shape),
-                  num_classes=dataset.num_classes)
-    (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+                  num_classes=dataset.num_classes, world_size=world.size)
+    if world.rank == 0:
+        prepare_out_dir(out, config, say)
+        (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    distributed.share_cores(world, say)
 
     device = backend.check_device(config["device"])
     minigen.manual_seed(config["seed"])
@@ -357,25 +351,31 @@ def train(loop_cls: type[TrainingLoop], options: dict, explicit: set | None = No
         if start_step > config["steps"]:
             raise UserError(f"{config['resume']} is at step {start_step}, beyond --steps "
                             f"{config['steps']}; --steps is the total to reach, pass more")
-    return _Run(loop, config, dataset, out, start_step, seconds_before, progress, say).run()
+    world.check_all(None, setup_done=True)
+    return _Run(loop, config, dataset, out, start_step, seconds_before, progress, say,
+                world).run()
 
 
 class _Run:
     """One training run from `start_step` to config["steps"], writing into `out`."""
 
     def __init__(self, loop: TrainingLoop, config: dict, dataset: Dataset, out: Path,
-                 start_step: int, seconds_before: float, progress: bool | None, say):
+                 start_step: int, seconds_before: float, progress: bool | None, say,
+                 world=None):
         self.loop, self.config, self.dataset, self.out = loop, config, dataset, out
         self.start_step, self.seconds_before, self.say = start_step, seconds_before, say
         self.progress = progress
         on_device = dataset.to(loop.device)
         arrays = on_device.train if dataset.train_labels is None else (on_device.train,
                                                                        on_device.train_labels)
-        self.batcher = Batcher(arrays, config["batch_size"], seed=config["seed"])
+        self.parallel = distributed.DataParallel(world or distributed.SingleProcess(), loop)
+        self.rank = self.parallel.communicator.rank
+        self.batcher = Batcher(arrays, config["batch_size"], seed=config["seed"],
+                               rank=self.rank, world_size=self.parallel.communicator.size)
         self.picture_options = sample_defaults(type(loop))
         every = config.get("sample_every")
         self.sample_every = config["checkpoint_every"] if every is None else every
-        self.log = StepLog(out / LOG, start_step)
+        self.log = StepLog(out / LOG if self.rank == 0 else None, start_step)
         self.started = time.perf_counter()
 
     def seconds(self) -> float:
@@ -392,6 +392,8 @@ class _Run:
         return minigen.Tensor(batch), None
 
     def save(self, step: int) -> None:
+        if self.rank != 0:
+            return
         try:
             save_checkpoint(self.out / CHECKPOINT, models=self.loop.models(),
                             optimizers=self.loop.optimizers(), ema=self.loop.emas(), step=step,
@@ -403,6 +405,8 @@ class _Run:
                                  title=f"{self.config['loop']} on {self.config['dataset']}")
 
     def pictures(self) -> None:
+        if self.rank != 0:
+            return
         samples = draw_samples(self.loop, PICTURE_COUNT, self.picture_options, PICTURE_SEED)
         write_samples(samples, self.out / SAMPLES, self.dataset)
 
@@ -420,22 +424,27 @@ class _Run:
                  f"{'x'.join(map(str, data.shape))}) on {config['device']}: steps "
                  f"{self.start_step} -> {steps}, into {self.out}")
         disable = None if self.progress is None else not self.progress  # None: terminals only
+        disable = True if self.rank != 0 else disable
+        self.parallel.start()
         try:
             with stop_on_signals() as stop, tqdm(total=steps, initial=self.start_step,
                                                   disable=disable, unit="step", file=sys.stderr,
                                                   dynamic_ncols=True) as bar:
                 for step in range(self.start_step, steps):
                     batch, labels = self.batch(step)
-                    scalars = self.loop.train_step(batch, labels, step)
+                    with self.parallel.step(batch.shape[0]):
+                        scalars = self.loop.train_step(batch, labels, step)
+                    scalars, signum = self.parallel.finish_step(scalars, stop.signum)
                     done = step + 1
                     self.log.append(step, scalars, self.seconds())
                     bar.set_postfix({**{key: f"{value:.4g}" for key, value in scalars.items()},
                                      "img/s": f"{self.images_per_second(done):.0f}"},
                                     refresh=False)
                     bar.update()
-                    if stop.signum is not None:
+                    if signum is not None:
                         self.save(done)
-                        raise TrainingInterrupted(stop.signum, done, str(self.out / CHECKPOINT),
+                        self.parallel.communicator.barrier()  # saved before any rank exits
+                        raise TrainingInterrupted(signum, done, str(self.out / CHECKPOINT),
                                                   config["loop"])
                     if done == steps:
                         break
@@ -457,7 +466,9 @@ class _Run:
         summary = {"loop": config["loop"], "dataset": config["dataset"], "steps": steps,
                    "seconds": round(seconds, 3),
                    "images_per_second": round(config["batch_size"] * steps / max(seconds, 1e-9), 1),
-                   "final": self.log.final()}
+                   "world_size": config.get("world_size", 1), "final": self.log.final()}
+        if self.rank != 0:
+            return summary
         measures = quality_measures(self.loop, self.dataset, config["eval_samples"],
                                     self.picture_options, PICTURE_SEED + 1)
         (self.out / METRICS).write_text(json.dumps({**(measures or {}), "training": summary},
