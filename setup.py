@@ -26,6 +26,9 @@ setup(
     ],
     extras_require={
         "cuda": ["cupy-cuda12x>=13"],
+        # data-parallel training, `mpiexec -n N minigen train ...`: MPI's Python binding and an
+        # MPI from the package index (the mpich wheel brings mpiexec); NCCL comes with CuPy
+        "dist": ["mpi4py>=4", "mpich>=4"],
         "dev": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "torch==2.13.0"],
     },
     entry_points={"console_scripts": ["minigen=minigen.cli:main"]},

@@ -313,9 +313,14 @@ class Heartbeat(threading.Thread):
                 request.Wait()
 
 
+_ending = False  # the ranks have agreed to end: another one exiting non-zero is expected
+
+
 def _peer_failed(signum, frame) -> None:
-    # MPICH's launcher sends SIGUSR1 when another process of the job failed and it does not
-    # clean the job up itself (mpiexec -disable-auto-cleanup).
+    # MPICH's launcher sends SIGUSR1 when another process of the job failed (died, or exited
+    # non-zero) and it does not clean the job up itself (mpiexec -disable-auto-cleanup).
+    if _ending:
+        return
     abandon(PeerLost("another process of this MPI job failed (its launcher says so); stopping "
                      "this rank too (the last checkpoint is whole)"))
 
@@ -350,6 +355,7 @@ def ranks_together(device: str):
     setup is raised on every rank (rank 0 reports it), a stop request is reported by rank 0
     alone, a lost peer ends this rank at once; and the heartbeat stops, saying goodbye only
     when every rank ends together."""
+    global _ending
     communicator = world(device)
     together = True
     try:
@@ -357,15 +363,19 @@ def ranks_together(device: str):
     except UserError as error:
         if not communicator.setup_done:
             communicator.check_all(error)
+            _ending = True
         raise
     except TrainingInterrupted as interrupted:
         interrupted.quiet = communicator.rank != 0
+        _ending = True
         raise
     except PeerLost as lost:
         abandon(lost)
     except BaseException:
         together = False
         raise
+    else:
+        _ending = True
     finally:
         communicator.close(goodbye=together)
 

@@ -3,7 +3,9 @@ other ranks and for NCCL, then whole runs under `mpiexec -n 2` (skipped where MP
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import shutil
@@ -30,15 +32,30 @@ WORKER = str(Path(__file__).with_name("distributed_worker.py"))
 SMALL_DDPM = {"batch_size": 16, "base_channels": 8, "eval_samples": 0, "sample_every": 0}
 
 
+@contextlib.contextmanager
+def once_for_all_workers(tmp_path_factory, name: str):
+    """(folder, done): a folder shared by the pytest-xdist workers, and whether another
+    worker has already filled it; held under a lock until the block ends."""
+    folder = tmp_path_factory.getbasetemp().parent / name
+    folder.mkdir(exist_ok=True)
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = (folder / ".done").exists()
+        yield folder, done
+        (folder / ".done").touch()
+
+
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> str:
     """256 labelled 8x8 images in a .npz file: loads in no time (the digits need scikit-learn,
     seconds to import on every rank)."""
-    path = tmp_path_factory.mktemp("data") / "images.npz"
-    generator = np.random.default_rng(0)
-    np.savez(path, x=generator.uniform(-1, 1, (256, 1, 8, 8)).astype(np.float32),
-             y=generator.integers(0, 4, 256))
-    return str(path)
+    with once_for_all_workers(tmp_path_factory, "images") as (folder, done):
+        if not done:
+            generator = np.random.default_rng(0)
+            np.savez(folder / "images.npz",
+                     x=generator.uniform(-1, 1, (256, 1, 8, 8)).astype(np.float32),
+                     y=generator.integers(0, 4, 256))
+    return str(folder / "images.npz")
 
 
 def _mpi_missing() -> str | None:
@@ -274,14 +291,16 @@ def ddpm_runs(tmp_path_factory, images):
     "other" resumes the first half on 1 process."""
     if _mpi_missing():
         pytest.skip(_mpi_missing())
-    root = tmp_path_factory.mktemp("ddpm")
-    options = dict(SMALL_DDPM, dataset=images, steps=20, checkpoint_every=10)
-    worker_train(root / "two", options)
-    worker_train(root / "one", options, n=1)
-    worker_train(root / "halves", dict(options, steps=10))
-    shutil.copytree(root / "halves", root / "other")
-    worker_train(root / "halves", dict(options, resume=str(root / "halves" / "checkpoint.h5")))
-    worker_train(root / "other", dict(options, resume=str(root / "other" / "checkpoint.h5")), n=1)
+    with once_for_all_workers(tmp_path_factory, "ddpm") as (root, done):
+        if not done:
+            options = dict(SMALL_DDPM, dataset=images, steps=20, checkpoint_every=10)
+            worker_train(root / "two", options)
+            worker_train(root / "one", options, n=1)
+            worker_train(root / "halves", dict(options, steps=10))
+            shutil.copytree(root / "halves", root / "other")
+            worker_train(root / "halves", dict(options, resume=str(root / "halves" / "checkpoint.h5")))
+            worker_train(root / "other", dict(options, resume=str(root / "other" / "checkpoint.h5")),
+                         n=1)
     return root
 
 
@@ -335,6 +354,16 @@ def test_a_batch_that_ranks_cannot_share_is_one_line_naming_both(tmp_path, image
     assert lines == ["minigen: error: --batch-size 15 cannot be split evenly over 2 processes; "
                      "pass a multiple of 2"], result.stderr
     assert result.returncode != 0
+
+
+@needs_mpi
+def test_a_setup_error_on_rank_0_alone_stops_every_rank_with_one_line(tmp_path, images):
+    (tmp_path / "file").write_text("not a folder")  # only rank 0 prepares the output folder
+    result = mpiexec(["-m", "minigen", "train", "ddpm", "--steps", "1", "--dataset", images,
+                      "--out", str(tmp_path / "file")])
+    lines = [line for line in result.stderr.splitlines() if line.startswith("minigen")]
+    assert len(lines) == 1 and "is a file" in lines[0], result.stderr
+    assert result.returncode == 2
 
 
 @needs_mpi
