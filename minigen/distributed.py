@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
+import socket
 import sys
 import threading
 import time
@@ -57,10 +59,16 @@ def timeout_seconds() -> float:
                         f"{TIMEOUT_VARIABLE}=30") from None
 
 
+_abandoning = threading.Lock()
+
+
 def abandon(error: Exception) -> None:
     """Report a lost peer in one line and leave at once: MPI cannot be shut down cleanly
     with a rank missing, and waiting for it is what must not happen."""
+    if not _abandoning.acquire(blocking=False):  # another thread is reporting already
+        time.sleep(60)
     print(f"minigen: error: {error}", file=sys.stderr, flush=True)
+    time.sleep(0.2)  # the launcher forwards the line before it sees this process end
     os._exit(EXIT_PEER_LOST)
 
 
@@ -176,7 +184,7 @@ class MPICommunicator(SingleProcess):
         local.Free()
         self.nccl = nccl_reducer
         self.backend_name = "MPI + NCCL" if nccl_reducer is not None else "MPI"
-        self.heartbeat = Heartbeat(self.comm.Dup(), self.rank, self.size, timeout)
+        self.heartbeat = Heartbeat(self.comm, self.rank, self.size, timeout)
         self.heartbeat.start()
 
     def _wait(self, request, what: str) -> None:
@@ -251,49 +259,67 @@ class MPICommunicator(SingleProcess):
 
 
 class Heartbeat(threading.Thread):
-    """Each rank sends rank 0 a byte every HEARTBEAT_SECONDS and rank 0 sends each rank one; a
-    rank that hears nothing from its partner(s) for `timeout` seconds reports it in one line and
-    exits (EXIT_PEER_LOST). A star, so a lost rank is noticed within two timeouts on any number
-    of ranks, with 2 (N - 1) small messages per beat in all. Runs on its own communicator."""
+    """A watchdog beside MPI: each rank holds a TCP connection to rank 0 and both ends send a
+    byte every HEARTBEAT_SECONDS. A rank that dies closes its end at once (the kernel does it),
+    and one that hangs falls silent; either way its partner reports it in one line and exits
+    (EXIT_PEER_LOST) within `timeout` seconds at most, and the others follow as rank 0 goes: a
+    star, so any rank is noticed within two timeouts. It never calls MPI after the start, so a
+    failing MPI cannot take it down before it has spoken."""
 
     def __init__(self, comm, rank: int, size: int, timeout: float):
         super().__init__(name="minigen-heartbeat", daemon=True)
-        self.comm, self.rank, self.timeout = comm, rank, timeout
-        self.peers = [peer for peer in range(size) if peer != rank] if rank == 0 else [0]
+        self.rank, self.timeout = rank, timeout
         self.stopping = threading.Event()
-        self.sends, self.receives, self.inbox = {}, {}, {}
+        server = socket.create_server(("", 0)) if rank == 0 else None
+        address = comm.bcast((socket.gethostname(), server.getsockname()[1]) if server else None)
+        self.peers = {}  # rank -> socket
+        if rank == 0:
+            server.settimeout(60)
+            for _ in range(size - 1):
+                connection, _ = server.accept()
+                connection.settimeout(60)
+                self.peers[int.from_bytes(_receive_exactly(connection, 4), "little")] = connection
+            server.close()
+        elif size > 1:
+            connection = socket.create_connection(address, timeout=60)
+            connection.sendall(rank.to_bytes(4, "little"))
+            self.peers[0] = connection
+        for connection in self.peers.values():
+            connection.setblocking(False)
 
     def run(self) -> None:
-        try:
-            self._beat()
-        except Exception as error:  # an MPI failure in the thread: a peer is gone
-            abandon(PeerLost(f"rank {self.rank}: lost contact with the other ranks "
-                             f"({type(error).__name__}: {error})"))
-
-    def _beat(self) -> None:
         heard = {peer: time.monotonic() for peer in self.peers}
-        beat = np.ones(1, np.uint8)
-        for peer in self.peers:
-            self.inbox[peer] = np.zeros(1, np.uint8)
-            self.receives[peer] = self.comm.Irecv(self.inbox[peer], source=peer, tag=1)
-        while not self.stopping.wait(HEARTBEAT_SECONDS):
+        while not self.stopping.is_set():
+            for peer in list(heard):
+                with contextlib.suppress(BlockingIOError):  # a full buffer: it is not reading
+                    try:
+                        self.peers[peer].send(b"\x01")
+                    except OSError:
+                        self._lost(peer, "closed its connection (it died)")
+            readable, _, _ = select.select([self.peers[peer] for peer in heard], [], [],
+                                           HEARTBEAT_SECONDS)
             now = time.monotonic()
-            for peer in self.peers:
-                if peer not in self.sends or self.sends[peer].Test():
-                    self.sends[peer] = self.comm.Isend(beat, dest=peer, tag=1)
-                while peer in heard and self.receives[peer].Test():
+            for peer in [peer for peer in list(heard) if self.peers[peer] in readable]:
+                try:
+                    data = self.peers[peer].recv(4096)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if bytes([GOODBYE]) in data:  # it finished normally: no longer watched
+                    del heard[peer]
+                elif not data:
+                    self._lost(peer, "closed its connection (it died)")
+                else:
                     heard[peer] = now
-                    if self.inbox[peer][0] == GOODBYE:  # it finished: no longer watched
-                        del heard[peer], self.receives[peer]
-                    else:
-                        self.receives[peer] = self.comm.Irecv(self.inbox[peer], source=peer,
-                                                              tag=1)
-            silent = [peer for peer in heard if now - heard[peer] > self.timeout]
-            if silent:
-                abandon(PeerLost(f"rank {self.rank}: rank {silent[0]} has not answered for "
-                                 f"{self.timeout:g} s (it died or hangs); stopping this rank too "
-                                 f"(the last checkpoint is whole; {TIMEOUT_VARIABLE} sets the "
-                                 "wait)"))
+            for peer, when in heard.items():
+                if now - when > self.timeout:
+                    self._lost(peer, f"has not answered for {self.timeout:g} s (it hangs)")
+
+    def _lost(self, peer: int, what: str) -> None:
+        if not self.stopping.is_set():
+            abandon(PeerLost(f"rank {self.rank}: rank {peer} {what}; stopping this rank too "
+                             f"(the last checkpoint is whole; {TIMEOUT_VARIABLE} sets the wait)"))
 
     def stop(self, goodbye: bool) -> None:
         """Stop beating; with goodbye, first tell the partners that this rank finished
@@ -301,16 +327,23 @@ class Heartbeat(threading.Thread):
         self.stopping.set()
         if self.is_alive():
             self.join()
-        if goodbye:
-            farewell = np.full(1, GOODBYE, np.uint8)
-            sends = [self.comm.Isend(farewell, dest=peer, tag=1) for peer in self.peers]
-            deadline = time.monotonic() + 1.0
-            while not all(request.Test() for request in sends) and time.monotonic() < deadline:
-                time.sleep(POLL_SECONDS)
-        for request in self.receives.values():
-            with contextlib.suppress(Exception):
-                request.Cancel()
-                request.Wait()
+        for connection in self.peers.values():
+            with contextlib.suppress(OSError):
+                if goodbye:
+                    connection.setblocking(True)
+                    connection.settimeout(1.0)
+                    connection.sendall(bytes([GOODBYE]))
+                connection.close()
+
+
+def _receive_exactly(connection, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = connection.recv(count - len(data))
+        if not chunk:
+            raise ConnectionError("a rank closed its heartbeat connection at the start")
+        data += chunk
+    return data
 
 
 _ending = False  # the ranks have agreed to end: another one exiting non-zero is expected
