@@ -5,8 +5,8 @@ its communicator: `MPICommunicator` when launched on more than one process, else
 `SingleProcess`, which does nothing. `DataParallel` is what the harness (minigen.run) does with
 it around a loop: broadcast rank 0's weights, shard each step's random draws, average the
 gradients at the end of every backward() in a few flat buckets (`GradientAverager`: MPI
-Allreduce, or NCCL for GPU arrays), and agree on when to stop. A `Heartbeat` thread ends a
-rank with one line when another rank falls silent, so no rank waits for ever on a dead one.
+Allreduce, or NCCL for GPU arrays), and agree on when to stop. A `Heartbeat` thread (TCP, beside
+MPI) ends a rank with one line when another dies or hangs, so no rank waits for ever.
 """
 from __future__ import annotations
 

@@ -62,7 +62,7 @@ def _mpi_missing() -> str | None:
     if shutil.which("mpiexec") is None:
         return "mpiexec is not on PATH (pip install 'minigen[dist]')"
     try:
-        import mpi4py  # noqa: F401
+        import mpi4py  # noqa: F401 (only whether it imports)
     except ImportError:
         return "mpi4py is not installed (pip install 'minigen[dist]')"
     return None
@@ -94,7 +94,8 @@ def worker_train(folder: Path, options: dict, n: int = 2, loop: str = "ddpm"):
     """Train under mpiexec -n n (n=1: a plain process); each rank dumps rankR.npz in folder."""
     folder.mkdir(parents=True, exist_ok=True)
     args = [WORKER, "train", loop, str(folder),
-            *(f"{key}={json.dumps(value)}" for key, value in {**options, "out": str(folder)}.items())]
+            *(f"{key}={json.dumps(value)}"
+              for key, value in {**options, "out": str(folder)}.items())]
     result = run_job([sys.executable, *args]) if n == 1 else mpiexec(args, n)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -241,7 +242,8 @@ class FakeNccl:
             assert send == receive and op == FakeNccl.NCCL_SUM and stream == 1234
             FakeNccl.pending.append((receive, count, dtype))
             if FakeNccl.arrived.wait() == 0:
-                ctype = {FakeNccl.NCCL_FLOAT32: ctypes.c_float, FakeNccl.NCCL_FLOAT64: ctypes.c_double}[dtype]
+                ctype = {FakeNccl.NCCL_FLOAT32: ctypes.c_float,
+                         FakeNccl.NCCL_FLOAT64: ctypes.c_double}[dtype]
                 views = [np.ctypeslib.as_array((ctype * n).from_address(ptr))
                          for ptr, n, _ in FakeNccl.pending]
                 total = sum(view.copy() for view in views)
@@ -298,15 +300,15 @@ def ddpm_runs(tmp_path_factory, images):
             worker_train(root / "one", options, n=1)
             worker_train(root / "halves", dict(options, steps=10))
             shutil.copytree(root / "halves", root / "other")
-            worker_train(root / "halves", dict(options, resume=str(root / "halves" / "checkpoint.h5")))
-            worker_train(root / "other", dict(options, resume=str(root / "other" / "checkpoint.h5")),
-                         n=1)
+            for folder, n in (("halves", 2), ("other", 1)):
+                worker_train(root / folder,
+                             dict(options, resume=str(root / folder / "checkpoint.h5")), n=n)
     return root
 
 
 @needs_mpi
 def test_parameters_are_equal_on_every_rank(ddpm_runs):
-    rank0, rank1 = weights(ddpm_runs / "two" / "rank0.npz"), weights(ddpm_runs / "two" / "rank1.npz")
+    rank0, rank1 = (weights(ddpm_runs / "two" / f"rank{rank}.npz") for rank in (0, 1))
     for key in rank0:
         np.testing.assert_array_equal(rank0[key], rank1[key], err_msg=key)
 
@@ -429,7 +431,8 @@ def test_a_signal_saves_one_checkpoint_and_stops_every_rank(tmp_path, images, ta
     print(f"{signal.Signals(signum).name} to {target}: every rank stopped in {seconds:.2f} s")
     assert process.returncode != 0
     reports = [line for line in stderr.splitlines() if line.startswith("minigen:")]
-    assert len(reports) == 1 and f"interrupted by {signal.Signals(signum).name}" in reports[0], stderr
+    assert len(reports) == 1, stderr
+    assert f"interrupted by {signal.Signals(signum).name}" in reports[0], stderr
     step = int(reports[0].split("after step ")[1].split(";")[0])
     assert assert_checkpoint_loads(tmp_path / "job") == step
     assert seconds < 10
