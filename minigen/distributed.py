@@ -50,6 +50,15 @@ def launched_world_size() -> int:
     return 1
 
 
+def launched_rank() -> int:
+    """This process's rank as its launcher says (0 when no launcher started it)."""
+    for variable in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"):
+        value = os.environ.get(variable, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
 def timeout_seconds() -> float:
     value = os.environ.get(TIMEOUT_VARIABLE)
     try:
@@ -378,6 +387,8 @@ def world(device: str = "cpu"):
         _mpi_world = MPI.COMM_WORLD
         if hasattr(signal, "SIGUSR1") and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGUSR1, _peer_failed)
+    if device == "cuda" and backend.cuda_status() is not None:
+        raise UserError(f"device 'cuda' was asked for, but {backend.cuda_status()}")
     reducer = _nccl_reducer(_mpi_world) if device == "cuda" else None
     return MPICommunicator(_mpi_world, reducer, timeout_seconds())
 
@@ -389,7 +400,11 @@ def ranks_together(device: str):
     alone, a lost peer ends this rank at once; and the heartbeat stops, saying goodbye only
     when every rank ends together."""
     global _ending
-    communicator = world(device)
+    try:
+        communicator = world(device)
+    except UserError as error:  # the same on every rank: rank 0 reports it
+        error.quiet = launched_rank() != 0
+        raise
     together = True
     try:
         yield communicator

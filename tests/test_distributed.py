@@ -369,6 +369,16 @@ def test_a_setup_error_on_rank_0_alone_stops_every_rank_with_one_line(tmp_path, 
 
 
 @needs_mpi
+@pytest.mark.skipif(backend.cuda_available(), reason="this machine has a GPU")
+def test_cuda_on_several_processes_without_a_gpu_is_one_line(tmp_path, images):
+    result = mpiexec(["-m", "minigen", "train", "ddpm", "--device", "cuda", "--steps", "1",
+                      "--dataset", images, "--out", str(tmp_path / "run")])
+    lines = [line for line in result.stderr.splitlines() if line.startswith("minigen")]
+    assert len(lines) == 1 and "device 'cuda' was asked for" in lines[0], result.stderr
+    assert result.returncode == 2
+
+
+@needs_mpi
 def test_gan_batchnorm_keeps_per_rank_statistics_and_equal_weights(tmp_path, images):
     options = {"dataset": images, "batch_size": 16, "steps": 4, "eval_samples": 0,
                "sample_every": 0, "checkpoint_every": 4}
