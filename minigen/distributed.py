@@ -409,9 +409,11 @@ def ranks_together(device: str):
     try:
         yield communicator
     except UserError as error:
-        if not communicator.setup_done:
-            communicator.check_all(error)
-            _ending = True
+        if communicator.setup_done:  # one rank's failure during training: the others
+            together = False         # learn of it from its heartbeat, which ends unsaid
+            raise
+        _ending = True
+        communicator.check_all(error)
         raise
     except TrainingInterrupted as interrupted:
         interrupted.quiet = communicator.rank != 0
