@@ -29,8 +29,12 @@ setup(
         # the [ctk] extra brings them as wheels. `cuda` for a CUDA 12 driver, `cuda13` for 13.
         "cuda": ["cupy-cuda12x[ctk]>=14"],
         "cuda13": ["cupy-cuda13x[ctk]>=14"],
+        # data-parallel training, `mpiexec -n N minigen train ...`: MPI's Python binding and an
+        # MPI from the package index (the mpich wheel brings mpiexec); NCCL comes with CuPy
+        "dist": ["mpi4py>=4", "mpich>=4"],
+        # diffusers: the samplers' step-by-step oracle
         "dev": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "torch==2.13.0",
-                "diffusers>=0.30"]  # diffusers: the samplers' step-by-step oracle,
+                "diffusers>=0.30"],
     },
     entry_points={"console_scripts": ["minigen=minigen.cli:main"]},
 )

@@ -111,13 +111,17 @@ def draw(runs: list, path: str) -> None:
     figure.savefig(path)
 
 
-def main() -> None:
+def build_parser():
     parser = demo_parser(__doc__, "dirac_gan")
     parser.add_argument("--steps", type=int, default=1000, help="gradient steps of each run")
     parser.add_argument("--lr", type=float, default=0.1, help="SGD step size of G and D")
     parser.add_argument("--r1", type=float, default=1.0, help="gamma of the R1 run")
     parser.add_argument("--gp-weight", type=float, default=1.0, help="lambda of the WGAN-GP run")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     os.makedirs(args.out, exist_ok=True)
     settings = [("simultaneous GD", "minimax", dict(simultaneous=True)),
                 ("alternating GD", "minimax", dict(simultaneous=False)),

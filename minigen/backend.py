@@ -157,13 +157,16 @@ class CpuGenerator:
         self._generator = np.random.Generator(np.random.PCG64(seed))
 
     def normal(self, shape, dtype):
-        return self._generator.standard_normal(shape, dtype=np.float64).astype(dtype, copy=False)
+        return _sharded(lambda shape: self._generator.standard_normal(
+            shape, dtype=np.float64).astype(dtype, copy=False), shape)
 
     def uniform(self, shape, dtype):
-        return self._generator.random(shape, dtype=np.float64).astype(dtype, copy=False)
+        return _sharded(lambda shape: self._generator.random(
+            shape, dtype=np.float64).astype(dtype, copy=False), shape)
 
     def integers(self, low, high, shape):
-        return self._generator.integers(low, high, size=shape, dtype=np.int64)
+        return _sharded(lambda shape: self._generator.integers(
+            low, high, size=shape, dtype=np.int64), shape)
 
     def permutation(self, n: int):
         return self._generator.permutation(n)
@@ -196,16 +199,16 @@ class CudaGenerator:
         return cuda
 
     def normal(self, shape, dtype):
-        shape = _as_shape(shape)
-        return self._kernels().random_normal(shape, dtype, self._seed, self._take(shape))
+        return _sharded(lambda shape: self._kernels().random_normal(
+            shape, dtype, self._seed, self._take(shape)), shape)
 
     def uniform(self, shape, dtype):
-        shape = _as_shape(shape)
-        return self._kernels().random_uniform(shape, dtype, self._seed, self._take(shape))
+        return _sharded(lambda shape: self._kernels().random_uniform(
+            shape, dtype, self._seed, self._take(shape)), shape)
 
     def integers(self, low, high, shape):
-        shape = _as_shape(shape)
-        return self._kernels().random_integers(low, high, shape, self._seed, self._take(shape))
+        return _sharded(lambda shape: self._kernels().random_integers(
+            low, high, shape, self._seed, self._take(shape)), shape)
 
     def permutation(self, n: int):
         # The order that sorts n uniform keys is a uniform random permutation.
@@ -259,3 +262,78 @@ def set_rng_state(state: dict) -> None:
         if device == "cuda" and cuda_status() is not None:
             continue  # a GPU run's stream cannot be restored on a machine without a usable GPU
         generator(device).set_state(device_state)
+
+
+# ---------------------------------------------------------------------------------------
+# Data-parallel training (minigen.distributed) needs three things of the machine: the draws
+# of one rank's shard of a global batch, the CPU threads a rank may use, and its GPU.
+# ---------------------------------------------------------------------------------------
+_shard: tuple[int, int, int] | None = None  # (rank, world_size, local batch) during a step
+
+
+class shard_draws:
+    """Within this context, a draw whose leading dimension is the local batch size is drawn
+    for the whole global batch (world_size times as many rows, from the same generator on
+    every rank) and this rank's rows are returned: the noise, timesteps and dropout masks
+    of sample i of a global batch do not depend on how many ranks share the batch."""
+
+    def __init__(self, rank: int, world_size: int, batch: int):
+        self.shard = (int(rank), int(world_size), int(batch))
+
+    def __enter__(self):
+        global _shard
+        self.previous, _shard = _shard, self.shard if self.shard[1] > 1 else None
+        return self
+
+    def __exit__(self, *exc_info):
+        global _shard
+        _shard = self.previous
+
+
+def _sharded(draw, shape):
+    """draw(shape), or this rank's rows of draw(global shape) inside shard_draws."""
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    if _shard is None or not shape or shape[0] != _shard[2]:
+        return draw(shape)
+    rank, world_size, batch = _shard
+    return draw((batch * world_size, *shape[1:]))[rank * batch:(rank + 1) * batch]
+
+
+def set_cpu_threads(count: int) -> None:
+    """Use `count` threads for the CPU kernels (Numba) and for BLAS."""
+    import numba
+    from threadpoolctl import ThreadpoolController
+
+    numba.set_num_threads(max(1, min(int(count), numba.config.NUMBA_NUM_THREADS)))
+    ThreadpoolController().limit(limits=max(1, int(count)), user_api="blas")
+
+
+def gpu_count() -> int:
+    """The number of CUDA GPUs this process can see (0 without CuPy)."""
+    if _cupy is None:
+        return 0
+    try:
+        return int(_cupy.cuda.runtime.getDeviceCount())
+    except Exception:  # pragma: no cover - depends on the machine
+        return 0
+
+
+def use_gpu(index: int) -> None:
+    """Make GPU `index` the current device of this process (one GPU per rank)."""
+    _cupy.cuda.Device(int(index)).use()  # pragma: no cover - needs a GPU
+
+
+def nccl():
+    """cupy.cuda.nccl, or None when CuPy or its NCCL binding is missing."""
+    if _cupy is None:
+        return None
+    try:
+        from cupy.cuda import nccl as module
+    except Exception:  # pragma: no cover - depends on the machine
+        return None
+    return module if getattr(module, "available", True) else None
+
+
+def current_stream_ptr() -> int:
+    """The raw pointer of CuPy's current stream (what NCCL calls take)."""
+    return _cupy.cuda.get_current_stream().ptr  # pragma: no cover - needs a GPU

@@ -560,10 +560,12 @@ def main(argv: list[str] | None = None) -> int:
         args.argv = argv
         return args.handler(args)
     except UserError as error:
-        print(f"minigen: error: {error}", file=sys.stderr)
+        if not error.quiet:  # a data-parallel run reports once, from rank 0
+            print(f"minigen: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except TrainingInterrupted as interrupted:
-        print(f"minigen: {interrupted}", file=sys.stderr)
+        if not getattr(interrupted, "quiet", False):
+            print(f"minigen: {interrupted}", file=sys.stderr)
         return interrupted.exit_code
     except KeyboardInterrupt:
         print("minigen: interrupted", file=sys.stderr)

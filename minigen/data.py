@@ -411,9 +411,14 @@ class Batcher:
     a resumed run asks for `batch(step)` and gets what the straight run got, with no saved
     state, and a CPU run and a GPU run see the same batches. Arrays may live on the GPU;
     they are indexed there with an index array moved once per epoch.
+
+    Data-parallel training: with world_size N, batch_size is the global batch and `batch`
+    returns rank `rank`'s consecutive share of it (batch_size / N samples), so the samples
+    of each global batch, and their order, do not depend on N.
     """
 
-    def __init__(self, arrays, batch_size: int, seed: int = 0, drop_last: bool = True):
+    def __init__(self, arrays, batch_size: int, seed: int = 0, drop_last: bool = True,
+                 rank: int = 0, world_size: int = 1):
         self.single = not isinstance(arrays, (tuple, list))
         self.arrays = (arrays,) if self.single else tuple(arrays)
         self.count = len(self.arrays[0])
@@ -426,7 +431,11 @@ class Batcher:
             raise ValueError(f"Batcher: batch_size {batch_size} does not fit a dataset of "
                              f"{self.count} samples; use 1 <= batch_size <= {self.count} "
                              "(or drop_last=False)")
+        if world_size < 1 or not 0 <= rank < world_size or batch_size % world_size:
+            raise ValueError(f"Batcher: a batch of {batch_size} cannot be split evenly over "
+                             f"{world_size} processes; pass a batch size divisible by {world_size}")
         self.batch_size, self.seed, self.drop_last = batch_size, seed, drop_last
+        self.rank, self.world_size = rank, world_size
         self._epoch, self._order = None, None
 
     @property
@@ -446,6 +455,9 @@ class Batcher:
             xp = backend.array_module(self.arrays[0])
             self._epoch, self._order = epoch, xp.asarray(self.permutation(epoch))
         index = self._order[position * self.batch_size:(position + 1) * self.batch_size]
+        if self.world_size > 1:
+            share = len(index) // self.world_size  # drop_last=False: the last batch may be short
+            index = index[self.rank * share:(self.rank + 1) * share]
         batch = tuple(array[index] for array in self.arrays)
         return batch[0] if self.single else batch
 

@@ -13,7 +13,7 @@ import contextlib
 import numpy as np
 
 import minigen
-from minigen import backend, diffusion, editing, samplers, viz
+from minigen import backend, diffusion, editing, samplers
 from minigen.models.denoiser_mlp import MLPDenoiser
 from minigen.models.unet import UNet
 from minigen.nn.utils import clip_grad_norm_
@@ -248,5 +248,6 @@ class DDPMLoop(TrainingLoop):
     @staticmethod
     def _write_trajectory(path: list, file: str) -> None:
         """Rows: samples; columns: states from pure noise (left) to the sample (right)."""
+        from minigen import viz  # pictures only: training does not need matplotlib
         states = np.stack([state[:TRAJECTORY_ROWS] for _, state in path], axis=1)  # (R, S, C, H, W)
         viz.save_trajectory(states, [t for t, _ in path], file)  # columns labelled t=1000 .. t=0

@@ -17,6 +17,8 @@ import numpy as np
 class UserError(Exception):
     """Bad input from the user (an option, a file, a folder): reported as one line, no traceback."""
 
+    quiet = False  # True on the ranks of a data-parallel run that leave the report to rank 0
+
 
 class TrainingInterrupted(Exception):
     """SIGINT or SIGTERM arrived; the run saved a checkpoint at `step` and stopped."""

@@ -10,7 +10,6 @@ minigen.cli is a thin command line over it.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 import minigen
-from minigen import backend
+from minigen import backend, distributed
 from minigen.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minigen.data import KNOWN_DATASETS, Batcher, Dataset, load_dataset
 from minigen.divergence import (NONFINITE_MODES, NonFiniteGuard, TrainingDiverged,  # noqa: F401
@@ -32,6 +31,7 @@ from minigen.signals import stop_on_signals
 from minigen.steplog import (BAR_FORMAT, FINAL_WINDOW, StepLog, bar_postfix,  # noqa: F401
                              terminal_columns)
 from minigen import viz
+from minigen.viz import write_samples  # noqa: F401 (re-exported for minigen.cli)
 
 # What a run folder holds.
 CHECKPOINT, SAMPLES, LOSS, METRICS, CONFIG, LOG = (
@@ -50,7 +50,7 @@ RESUMABLE_OPTIONS = ("steps", "out", "device", "resume", "force", "data_dir",
                      "checkpoint_every", "sample_every", "eval_samples", "on_nonfinite",
                      "eval_every")
 # What the harness adds to the options from the dataset and the loop.
-DATA_KEYS = ("loop", "data_kind", "data_shape", "num_classes")
+DATA_KEYS = ("loop", "data_kind", "data_shape", "num_classes", "world_size")
 # Options that do not change the trained weights: ignored when deciding whether an output
 # folder holds the same run.
 NOT_IDENTITY = ("out", "resume", "force", "data_dir", "checkpoint_every", "sample_every",
@@ -315,26 +315,6 @@ def draw_samples(loop: TrainingLoop, n: int, options: dict, seed: int) -> np.nda
     return samples
 
 
-def write_samples(samples: np.ndarray, path: str | os.PathLike,
-                  dataset: Dataset | None = None) -> None:
-    """.npy: the raw array; .png: an image grid, or points scattered over the data (first two
-    coordinates) when `dataset` holds points."""
-    path = os.fspath(path)
-    if path.endswith(".npy"):
-        buffer = io.BytesIO()
-        np.save(buffer, samples)
-        write_atomically(path, buffer.getvalue())
-    elif samples.ndim == 2:
-        reference = dataset if dataset is not None and dataset.kind == "points" else None
-        viz.save_scatter(samples[:, :2], path,
-                         true_points=None if reference is None else reference.test[:, :2],
-                         centres=None if reference is None or reference.centres is None
-                         else reference.centres[:, :2],
-                         std=None if reference is None else reference.std)
-    else:
-        viz.save_image_grid(samples, path)
-
-
 # ---------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------
@@ -394,7 +374,15 @@ def train(loop_cls: type[TrainingLoop], options: dict, explicit: set | None = No
     options: every train option (see default_config). explicit: the options the user gave
     (for --resume; None: all). progress: show the tqdm bar (None: only on a terminal).
     Raises UserError for bad input and TrainingInterrupted after saving on SIGINT / SIGTERM.
+    Under `mpiexec -n N` every rank runs this (minigen.distributed); rank 0 says and writes.
     """
+    with distributed.ranks_together(options.get("device", "cpu")) as world:
+        return _train(world, loop_cls, options, explicit, progress,
+                      say if world.rank == 0 else lambda message: None)
+
+
+def _train(world, loop_cls: type[TrainingLoop], options: dict, explicit: set | None,
+           progress: bool | None, say) -> dict:
     options = dict(options)
     if options.get("resume"):
         options = resumed_options(loop_cls, options, explicit)
@@ -407,10 +395,13 @@ def train(loop_cls: type[TrainingLoop], options: dict, explicit: set | None = No
         raise UserError(f"--batch-size {config['batch_size']} is more than the "
                         f"{len(dataset.train)} training samples of {dataset.name}; pass a "
                         "smaller batch size")
-    prepare_out_dir(out, config, say)
+    distributed.check_batch_size(world, config["batch_size"])
     config.update(data_kind=dataset.kind, data_shape=list(dataset.shape),
-                  num_classes=dataset.num_classes)
-    write_atomically(out / CONFIG, json.dumps(config, indent=2) + "\n")
+                  num_classes=dataset.num_classes, world_size=world.size)
+    if world.rank == 0:
+        prepare_out_dir(out, config, say)
+        write_atomically(out / CONFIG, json.dumps(config, indent=2) + "\n")
+    distributed.share_cores(world, say)
 
     device = backend.check_device(config["device"])
     minigen.manual_seed(config["seed"])
@@ -429,8 +420,9 @@ def train(loop_cls: type[TrainingLoop], options: dict, explicit: set | None = No
         if start_step > config["steps"]:
             raise UserError(f"{config['resume']} is at step {start_step}, beyond --steps "
                             f"{config['steps']}; --steps is the total to reach, pass more")
+    world.check_all(None, setup_done=True)
     return _Run(loop, config, dataset, out, start_step, seconds_before, progress, say,
-                skipped).run()
+                skipped, world).run()
 
 
 class _Run:
@@ -438,22 +430,26 @@ class _Run:
 
     def __init__(self, loop: TrainingLoop, config: dict, dataset: Dataset, out: Path,
                  start_step: int, seconds_before: float, progress: bool | None, say,
-                 skipped: int = 0):
+                 skipped: int = 0, world=None):
         self.loop, self.config, self.dataset, self.out = loop, config, dataset, out
         self.start_step, self.seconds_before, self.say = start_step, seconds_before, say
         self.progress = progress
         on_device = dataset.to(loop.device)
         arrays = on_device.train if dataset.train_labels is None else (on_device.train,
                                                                        on_device.train_labels)
-        self.batcher = Batcher(arrays, config["batch_size"], seed=config["seed"])
+        self.parallel = distributed.DataParallel(world or distributed.SingleProcess(), loop)
+        self.rank = self.parallel.communicator.rank
+        self.batcher = Batcher(arrays, config["batch_size"], seed=config["seed"],
+                               rank=self.rank, world_size=self.parallel.communicator.size)
         self.picture_options = sample_defaults(type(loop))
         every = config.get("sample_every")
         self.sample_every = config["checkpoint_every"] if every is None else every
-        self.log = StepLog(out / LOG, start_step)
+        self.log = StepLog(out / LOG if self.rank == 0 else None, start_step)
         self.eval_every = config.get("eval_every") or 0
         self.eval_log = EvalLog(out, start_step, lambda: quality_measures(
             loop, dataset, config["eval_samples"], self.picture_options, MEASURE_SEED),
-            f"{config['loop']} on {config['dataset']}") if self.eval_every else None
+            f"{config['loop']} on {config['dataset']}") if self.eval_every and self.rank == 0 \
+            else None
         self.started = time.perf_counter()
         self.guard = NonFiniteGuard(loop, config, config.get("on_nonfinite", "stop"), skipped)
         self.saved_step = start_step if config.get("resume") else None
@@ -472,6 +468,8 @@ class _Run:
         return minigen.Tensor(batch), None
 
     def save(self, step: int) -> None:
+        if self.rank != 0:
+            return
         bad_weight = nonfinite_weight(self.loop)
         if bad_weight is not None:
             self.diverged(f"after step {step - 1} the weight {bad_weight} holds NaN or inf "
@@ -499,6 +497,8 @@ class _Run:
         raise TrainingDiverged(f"{reason}; {kept}; {self.guard.advice()}")
 
     def pictures(self) -> None:
+        if self.rank != 0:
+            return
         samples = draw_samples(self.loop, PICTURE_COUNT, self.picture_options, PICTURE_SEED)
         write_samples(samples, self.out / SAMPLES, self.dataset)
 
@@ -519,13 +519,17 @@ class _Run:
         disable = None if self.progress is None else not self.progress  # None: terminals only
         if disable is not True and terminal_columns() == 0:
             disable = True  # a terminal that reports no width shows no bar: status lines instead
+        disable = True if self.rank != 0 else disable
+        self.parallel.start()
         try:
             with stop_on_signals() as stop, tqdm(total=steps, initial=self.start_step,
                                                   disable=disable, unit="step", file=sys.stderr,
                                                   dynamic_ncols=True, bar_format=BAR_FORMAT) as bar:
                 for step in range(self.start_step, steps):
                     batch, labels = self.batch(step)
-                    scalars, stop_reason = self.guard.step(batch, labels, step)
+                    with self.parallel.step(batch.shape[0]):
+                        scalars, stop_reason = self.guard.step(batch, labels, step)
+                    scalars, signum = self.parallel.finish_step(scalars, stop.signum)
                     done = step + 1
                     self.log.append(step, scalars, self.seconds())
                     if stop_reason:
@@ -533,11 +537,12 @@ class _Run:
                     bar.set_postfix_str(bar_postfix(scalars, self.images_per_second(done)),
                                         refresh=False)
                     bar.update()
-                    if stop.signum is not None:
+                    if signum is not None:
                         self.save(done)
-                        raise TrainingInterrupted(stop.signum, done, str(self.out / CHECKPOINT),
+                        self.parallel.communicator.barrier()  # saved before any rank exits
+                        raise TrainingInterrupted(signum, done, str(self.out / CHECKPOINT),
                                                   config["loop"])
-                    if self.eval_every and done % self.eval_every == 0:
+                    if self.eval_log is not None and done % self.eval_every == 0:
                         line = self.eval_log.record(done, self.seconds())
                         self.say(line) if bar.disable else bar.write(line, file=sys.stderr)
                     if done == steps:
@@ -564,9 +569,11 @@ class _Run:
         summary = {"loop": config["loop"], "dataset": config["dataset"], "steps": steps,
                    "seconds": round(seconds, 3),
                    "images_per_second": round(config["batch_size"] * steps / max(seconds, 1e-9), 1),
-                   "final": self.log.final()}
+                   "world_size": config.get("world_size", 1), "final": self.log.final()}
         if self.guard.skipping:
             summary["skipped_steps"] = self.guard.skipped
+        if self.rank != 0:
+            return summary
         n = config["eval_samples"]
         n = default_eval_samples(self.dataset) if n is None else n
         if n > 0:

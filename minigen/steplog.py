@@ -23,21 +23,22 @@ class StepLog:
     """log.csv: one row per step (step, the loop's scalars, cumulative seconds).
 
     The rows are also kept in memory for loss.png and metrics.json. A resumed run keeps the
-    rows of the steps before it and drops any written after its checkpoint.
+    rows of the steps before it and drops any written after its checkpoint. With path None
+    (the ranks other than 0 of a data-parallel run) the rows are kept in memory only.
     """
 
-    def __init__(self, path: Path, start_step: int):
+    def __init__(self, path: Path | None, start_step: int):
         self.path, self.rows, self.fields = path, [], None
         self.failed = False
-        if start_step > 0 and path.is_file():
+        if start_step > 0 and path is not None and path.is_file():
             with open(path, newline="") as handle:
                 reader = csv.DictReader(handle)
                 self.fields = reader.fieldnames
                 self.rows = [self._parse(row) for row in reader
                              if row.get("step", "").isdigit() and int(row["step"]) < start_step]
         self.writer = None
-        try:
-            self.handle = open(path, "w", newline="")
+        try:  # the ranks other than 0 of a data-parallel run write nowhere
+            self.handle = open(path if path is not None else os.devnull, "w", newline="")
         except OSError as error:
             raise WriteError(describe_write_error(path, error, None)) from None
         if self.fields:

@@ -32,6 +32,22 @@ def set_grad_enabled(mode: bool):
         _grad_enabled = previous
 
 
+# Called as hook(leaves) after each backward() with the leaves that received a gradient:
+# data-parallel training averages the gradients over processes there (minigen.distributed),
+# before the loop clips them or steps an optimizer, so the loops need not know about it.
+_backward_hooks: list = []
+
+
+@contextlib.contextmanager
+def after_backward(hook):
+    """Within this context, call hook(leaves) at the end of every backward()."""
+    _backward_hooks.append(hook)
+    try:
+        yield hook
+    finally:
+        _backward_hooks.remove(hook)
+
+
 def no_grad():
     """Context manager (and decorator) under which no graph is recorded."""
     return set_grad_enabled(False)
@@ -442,6 +458,10 @@ def run_backward(roots, root_grads, retain_graph: bool, create_graph: bool, targ
             continue
         grad = grads[key] if create_graph else grads[key].detach()
         leaf.grad = grad if leaf.grad is None else leaf.grad + grad
+    if _backward_hooks:
+        updated = [leaf for leaf in leaves.values() if leaf.requires_grad]
+        for hook in tuple(_backward_hooks):
+            hook(updated)
     return None
 
 

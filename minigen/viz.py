@@ -284,3 +284,22 @@ def save_loss_curves(log, path: str | os.PathLike, keys: Iterable[str] | None = 
         axes.set_title(title, fontsize=10)
     figure.tight_layout()
     _write_figure(figure, path, 100)
+
+
+def write_samples(samples: np.ndarray, path: str | os.PathLike, dataset=None) -> None:
+    """.npy: the raw array; .png: an image grid, or points scattered over the data (first two
+    coordinates) when `dataset` (a minigen.data.Dataset) holds points."""
+    path = os.fspath(path)
+    if path.endswith(".npy"):
+        buffer = io.BytesIO()
+        np.save(buffer, samples)
+        write_atomically(path, buffer.getvalue())
+    elif samples.ndim == 2:
+        reference = dataset if dataset is not None and dataset.kind == "points" else None
+        save_scatter(samples[:, :2], path,
+                     true_points=None if reference is None else reference.test[:, :2],
+                     centres=None if reference is None or reference.centres is None
+                     else reference.centres[:, :2],
+                     std=None if reference is None else reference.std)
+    else:
+        save_image_grid(samples, path)
