@@ -49,6 +49,11 @@ COLUMNS_BUDGET_BYTES = 4 * 2**20
 # at 16. The channels counted are those of one group, the fewer of input and output.
 WINOGRAD_MIN_CHANNELS = 32
 
+# Below this many output pixels per sample, a chunk's im2col forward is one GEMM over all its
+# samples' pixels rather than one per sample: for the 4x4 stride-2 DCGAN convolution (8x8
+# output) the per-sample GEMMs ran at 0.85 of the speed of one wide GEMM.
+WIDE_GEMM_PIXELS = 256
+
 # Threads for the chunks of one convolution; None: numba.get_num_threads().
 THREADS = None
 
@@ -188,17 +193,19 @@ def _pad_split(x, n_start, split, padding):
 
 
 @numba.njit(**_jit)
-def _im2col(split, cols, kernel, dilation, out_hw):
+def _im2col(split, cols, kernel, dilation, out_hw, rows_first):
     """cols[b, (c*kH + i)*kW + j, oh*W_out + ow] = padded[b, c, oh*s_h + i*d_h, ow*s_w + j*d_w],
     with padded held in phases of the stride (split, from _pad_split; for stride 1 the padded
     array as (B, C, 1, 1, H_p, W_p)): that element is split[b, c, (i*d_h) % s_h, (j*d_w) % s_w,
     oh + (i*d_h) // s_h, ow + (j*d_w) // s_w], so each tap reads rows at unit stride.
 
-    cols: (B, C*kH*kW, H_out*W_out), either contiguous (each sample's column matrix one block,
-    written front to back: 2-3x faster than rows interleaved across samples) or a transposed
-    view of a (C*kH*kW, B*H_out*W_out) matrix.
+    cols: contiguous, (B, C*kH*kW, H_out*W_out) (each sample's column matrix one block, written
+    front to back: 2-3x faster than rows interleaved across samples), or with rows_first
+    (C*kH*kW, B, H_out*W_out), the columns of all samples side by side for one wide GEMM.
+    (Writing the second through a transposed view of it took twice the time: numba compiles
+    copies through arbitrary strides, which do not vectorize.)
     """
-    batch, channels = cols.shape[0], split.shape[1]
+    batch, channels = split.shape[0], split.shape[1]
     stride_h, stride_w = split.shape[2], split.shape[3]
     k_h, k_w = kernel
     out_h, out_w = _U(out_hw[0]), _U(out_hw[1])
@@ -209,9 +216,10 @@ def _im2col(split, cols, kernel, dilation, out_hw):
             for j in range(k_w):
                 r_w, q_w = _U((j * dilation[1]) % stride_w), _U((j * dilation[1]) // stride_w)
                 row = _U((int(c) * k_h + i) * k_w + j)
+                target = cols[row, b] if rows_first else cols[b, row]
                 for oh in range(out_h):
                     for ow in range(out_w):
-                        cols[b, row, oh * out_w + ow] = split[b, c, r_h, r_w, oh + q_h, ow + q_w]
+                        target[oh * out_w + ow] = split[b, c, r_h, r_w, oh + q_h, ow + q_w]
     return cols
 
 
@@ -295,12 +303,13 @@ class _Im2colPlan:
         buffer = _scratch("padded", (count, self.in_channels, *self.padded_hw), self.dtype)
         return _pad(x, start, buffer, self.padding).reshape(count, *self.split_shape)
 
-    def columns(self, x, start: int, count: int, out=None):
-        """The columns of samples start.. of x: into `out` (count, rows, pixels) if given,
-        else into a scratch buffer of that shape."""
-        if out is None:
-            out = _scratch("columns", (count, self.rows, self.pixels), self.dtype)
-        return _im2col(self.padded(x, start, count), out, *self.geometry)
+    def columns(self, x, start: int, count: int, wide: bool = False):
+        """The columns of samples start.. of x in a scratch buffer: (count, rows, pixels), or
+        if wide (rows, count*pixels), every sample's pixels side by side."""
+        shape = (self.rows, count, self.pixels) if wide else (count, self.rows, self.pixels)
+        cols = _im2col(self.padded(x, start, count), _scratch("columns", shape, self.dtype),
+                       *self.geometry, wide)
+        return cols.reshape(self.rows, -1) if wide else cols
 
     def by_group(self, matrices):
         return gemm_conv.by_group(matrices, self.groups)
@@ -317,8 +326,18 @@ def _forward(x, weight, stride, padding, dilation, groups, out_hw):
     y = np.empty((plan.batch, plan.out_channels, plan.pixels), dtype=x.dtype)
 
     def chunk(start: int, count: int) -> None:
-        np.matmul(weight_groups, plan.by_group(plan.columns(x, start, count)),
-                  out=plan.by_group(y[start:start + count]))
+        if plan.pixels >= WIDE_GEMM_PIXELS:
+            np.matmul(weight_groups, plan.by_group(plan.columns(x, start, count)),
+                      out=plan.by_group(y[start:start + count]))
+            return
+        # Few pixels per sample: one GEMM over all the chunk's pixels, (rows, B*pixels), then
+        # the (C_out, B, pixels) product moved into NCHW order.
+        matrix = plan.columns(x, start, count, wide=True)
+        product = np.matmul(weight_groups, plan.by_group(matrix),
+                            out=_scratch("product", (plan.groups, plan.out_channels // plan.groups,
+                                                     count * plan.pixels), plan.dtype))
+        y[start:start + count] = product.reshape(plan.out_channels, count,
+                                                 plan.pixels).transpose(1, 0, 2)
 
     _run_chunks(plan.chunks(), chunk)
     return y.reshape(plan.batch, plan.out_channels, *out_hw)
@@ -411,9 +430,7 @@ def conv2d_backward_weight(grad_output: np.ndarray, x: np.ndarray, weight_shape,
         # One GEMM whose inner dimension runs over all the chunk's pixels: the columns as
         # (rows, B*pixels) times grad_output as (B*pixels, C_out). Per-sample products would
         # have only H_out*W_out there, which halves BLAS's speed at 8x8.
-        matrix = _scratch("columns", (plan.rows, count * plan.pixels), plan.dtype)
-        plan.columns(x, start, count, out=matrix.reshape(plan.rows, count, plan.pixels)
-                     .transpose(1, 0, 2))
+        matrix = plan.columns(x, start, count, wide=True)
         pixels_by_channel = np.ascontiguousarray(by_pixel[start:start + count]).reshape(
             count * plan.pixels, groups, -1).transpose(1, 0, 2)
         return np.matmul(plan.by_group(matrix), pixels_by_channel)
