@@ -4,7 +4,10 @@ NumPy's BLAS (OpenBLAS) does the GEMMs, and the chunks of a batch run on paralle
 Two algorithms, chosen per call:
 - im2col + GEMM: each chunk of samples is padded into a zero-bordered buffer and expanded into
   one (C_in*kH*kW, H_out*W_out) column block per sample; one stacked GEMM with the weight writes
-  the NCHW output directly. Chunks keep the columns in cache (COLUMNS_BUDGET_BYTES).
+  the NCHW output directly (or, with few output pixels, one wide GEMM over all the chunk's
+  samples). Chunks keep the columns in cache (COLUMNS_BUDGET_BYTES). With a stride, the padded
+  input is held in the phases of the stride (_pad_split), so that every tap's rows are read
+  and, in col2im, accumulated at unit stride.
 - Winograd F(2x2, 3x3) (winograd.py) for 3x3 stride-1 convolutions with WINOGRAD_MIN_CHANNELS
   or more channels: 2.25x less GEMM work.
 1x1 convolutions are plain GEMMs (gemm_conv.py).
