@@ -4,7 +4,10 @@ NumPy's BLAS (OpenBLAS) does the GEMMs, and the chunks of a batch run on paralle
 Two algorithms, chosen per call:
 - im2col + GEMM: each chunk of samples is padded into a zero-bordered buffer and expanded into
   one (C_in*kH*kW, H_out*W_out) column block per sample; one stacked GEMM with the weight writes
-  the NCHW output directly. Chunks keep the columns in cache (COLUMNS_BUDGET_BYTES).
+  the NCHW output directly (or, with few output pixels, one wide GEMM over all the chunk's
+  samples). Chunks keep the columns in cache (COLUMNS_BUDGET_BYTES). With a stride, the padded
+  input is held in the phases of the stride (_pad_split), so that every tap's rows are read
+  and, in col2im, accumulated at unit stride.
 - Winograd F(2x2, 3x3) (winograd.py) for 3x3 stride-1 convolutions with WINOGRAD_MIN_CHANNELS
   or more channels: 2.25x less GEMM work.
 1x1 convolutions are plain GEMMs (gemm_conv.py).
@@ -48,6 +51,11 @@ COLUMNS_BUDGET_BYTES = 4 * 2**20
 # of the time at 48-128 channels on 4x4 to 32x32 images, 0.85-1.01 at 32 channels, and 0.83-1.15
 # at 16. The channels counted are those of one group, the fewer of input and output.
 WINOGRAD_MIN_CHANNELS = 32
+
+# Below this many output pixels per sample, a chunk's im2col forward is one GEMM over all its
+# samples' pixels rather than one per sample: for the 4x4 stride-2 DCGAN convolution (8x8
+# output) the per-sample GEMMs ran at 0.85 of the speed of one wide GEMM.
+WIDE_GEMM_PIXELS = 256
 
 # Threads for the chunks of one convolution; None: numba.get_num_threads().
 THREADS = None
@@ -97,9 +105,14 @@ def _run_chunks(chunks, body) -> list:
 
 
 def _chunks(batch: int, per_sample_bytes: int):
-    """(first sample, number of samples) of each chunk: under COLUMNS_BUDGET_BYTES each, and
-    at least threads() of them when the batch allows."""
-    chunk = max(1, min(COLUMNS_BUDGET_BYTES // per_sample_bytes, math.ceil(batch / threads())))
+    """(first sample, number of samples) of each chunk: under COLUMNS_BUDGET_BYTES each, at
+    least threads() of them when the batch allows, and as many as the threads can share evenly
+    (chunks of 21, 21, 21 and 1 samples left one of two threads idle a third of the time on a
+    1x1 convolution; 16 each do not)."""
+    count = threads()
+    largest = max(1, COLUMNS_BUDGET_BYTES // per_sample_bytes)
+    pieces = max(1, min(batch, count * math.ceil(batch / (largest * count))))
+    chunk = math.ceil(batch / pieces)
     for start in range(0, batch, chunk):
         yield start, min(chunk, batch - start)
 
@@ -146,59 +159,123 @@ def _pad(x, n_start, padded, padding):
     return padded
 
 
-@numba.njit(**_jit)
-def _im2col(padded, cols, kernel, stride, dilation, out_hw):
-    """cols[b, (c*kH + i)*kW + j, oh*W_out + ow] = padded[b, c, oh*s_h + i*d_h, ow*s_w + j*d_w].
+# The loops below index with unsigned integers (_U): numba wraps negative signed indices
+# around, and that test on every access keeps LLVM from vectorizing the copies. Unsigned
+# indices made the 4x4 stride-2 im2col 2x faster than signed ones.
+_U = np.uint64
 
-    padded: (B, C, H + 2p_h, W + 2p_w), the zero padding already in place, so the loops have
-    no bounds to test. cols: (B, C*kH*kW, H_out*W_out), either contiguous (each sample's column
-    matrix one block, written front to back: 2-3x faster than rows interleaved across samples)
-    or a transposed view of a (C*kH*kW, B*H_out*W_out) matrix.
-    """
-    batch, channels = cols.shape[0], padded.shape[1]
-    k_h, k_w = kernel
-    stride_h, stride_w = stride
-    out_h, out_w = out_hw
-    unit = stride_h == stride_w == dilation[0] == dilation[1] == 1
+
+@numba.njit(**_jit)
+def _pad_split(x, n_start, split, padding):
+    """The zero-padded input in phases of the stride: split[b, c, r_h, r_w, u, v] =
+    padded[b, c, u*s_h + r_h, v*s_w + r_w] (padded: x[n_start + b] with its zero border, and
+    zero past it), where (s_h, s_w) = split.shape[2:4].
+
+    In this layout a strided im2col reads every tap's rows at unit stride (see _im2col), so
+    its loops vectorize like those of a stride-1 convolution."""
+    batch, channels, height, width = split.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    stride_h, stride_w, rows, row_w = split.shape[2], split.shape[3], split.shape[4], split.shape[5]
+    pad_h, pad_w = padding
     for plane in range(batch * channels):
-        b, c = plane // channels, plane % channels
+        b, c = _U(plane // channels), _U(plane % channels)
+        n = _U(n_start) + b
+        for r_h in range(_U(stride_h)):
+            for u in range(_U(rows)):
+                h = int(u * _U(stride_h) + r_h) - pad_h
+                for r_w in range(_U(stride_w)):
+                    if h < 0 or h >= height:
+                        for v in range(_U(row_w)):
+                            split[b, c, r_h, r_w, u, v] = 0
+                        continue
+                    # Columns v with 0 <= v*s_w + r_w - p_w < width.
+                    first = max(0, -((int(r_w) - pad_w) // stride_w))
+                    last = max(first, min(row_w, (width - 1 - int(r_w) + pad_w) // stride_w + 1))
+                    for v in range(_U(first)):
+                        split[b, c, r_h, r_w, u, v] = 0
+                    for v in range(_U(first), _U(last)):
+                        split[b, c, r_h, r_w, u, v] = x[n, c, _U(h),
+                                                        _U(int(v * _U(stride_w) + r_w) - pad_w)]
+                    for v in range(_U(last), _U(row_w)):
+                        split[b, c, r_h, r_w, u, v] = 0
+    return split
+
+
+@numba.njit(**_jit)
+def _im2col(split, cols, kernel, dilation, out_hw, rows_first):
+    """cols[b, (c*kH + i)*kW + j, oh*W_out + ow] = padded[b, c, oh*s_h + i*d_h, ow*s_w + j*d_w],
+    with padded held in phases of the stride (split, from _pad_split; for stride 1 the padded
+    array as (B, C, 1, 1, H_p, W_p)): that element is split[b, c, (i*d_h) % s_h, (j*d_w) % s_w,
+    oh + (i*d_h) // s_h, ow + (j*d_w) // s_w], so each tap reads rows at unit stride.
+
+    cols: contiguous, (B, C*kH*kW, H_out*W_out) (each sample's column matrix one block, written
+    front to back: 2-3x faster than rows interleaved across samples), or with rows_first
+    (C*kH*kW, B, H_out*W_out), the columns of all samples side by side for one wide GEMM.
+    (Writing the second through a transposed view of it took twice the time: numba compiles
+    copies through arbitrary strides, which do not vectorize.)
+    """
+    batch, channels = split.shape[0], split.shape[1]
+    stride_h, stride_w = split.shape[2], split.shape[3]
+    k_h, k_w = kernel
+    out_h, out_w = _U(out_hw[0]), _U(out_hw[1])
+    for plane in range(batch * channels):
+        b, c = _U(plane // channels), _U(plane % channels)
         for i in range(k_h):
+            r_h, q_h = _U((i * dilation[0]) % stride_h), _U((i * dilation[0]) // stride_h)
             for j in range(k_w):
-                row = (c * k_h + i) * k_w + j
-                if unit:
-                    # Indices built from loop counters alone are known to be >= 0, so LLVM
-                    # drops the negative-index checks and vectorizes: 2x the speed of the
-                    # general loop below on a 3x3 "same" convolution.
-                    for oh in range(out_h):
-                        for ow in range(out_w):
-                            cols[b, row, oh * out_w + ow] = padded[b, c, oh + i, ow + j]
-                    continue
+                r_w, q_w = _U((j * dilation[1]) % stride_w), _U((j * dilation[1]) // stride_w)
+                row = _U((int(c) * k_h + i) * k_w + j)
+                target = cols[row, b] if rows_first else cols[b, row]
                 for oh in range(out_h):
-                    ih = oh * stride_h + i * dilation[0]
                     for ow in range(out_w):
-                        cols[b, row, oh * out_w + ow] = padded[b, c, ih,
-                                                               ow * stride_w + j * dilation[1]]
+                        target[oh * out_w + ow] = split[b, c, r_h, r_w, oh + q_h, ow + q_w]
     return cols
 
 
 @numba.njit(**_jit)
-def _col2im(cols, padded_grad, kernel, stride, dilation, out_hw):
-    """The adjoint of _im2col: padded_grad[b, c, oh*s_h + i*d_h, ow*s_w + j*d_w] +=
-    cols[b, (c*kH + i)*kW + j, oh*W_out + ow]."""
-    batch, channels = cols.shape[0], padded_grad.shape[1]
+def _col2im(cols, split_grad, kernel, dilation, out_hw):
+    """The adjoint of _im2col, into the phases of the stride: split_grad[b, c, (i*d_h) % s_h,
+    (j*d_w) % s_w, oh + (i*d_h) // s_h, ow + (j*d_w) // s_w] += cols[b, (c*kH + i)*kW + j,
+    oh*W_out + ow]: unit-stride reads and writes, where scattering at the stride into the
+    padded image does not vectorize."""
+    batch, channels = cols.shape[0], split_grad.shape[1]
+    stride_h, stride_w = split_grad.shape[2], split_grad.shape[3]
     k_h, k_w = kernel
-    stride_h, stride_w = stride
-    out_h, out_w = out_hw
+    out_h, out_w = _U(out_hw[0]), _U(out_hw[1])
     for plane in range(batch * channels):
-        b, c = plane // channels, plane % channels
+        b, c = _U(plane // channels), _U(plane % channels)
         for i in range(k_h):
+            r_h, q_h = _U((i * dilation[0]) % stride_h), _U((i * dilation[0]) // stride_h)
             for j in range(k_w):
-                row, w_offset = (c * k_h + i) * k_w + j, j * dilation[1]
+                r_w, q_w = _U((j * dilation[1]) % stride_w), _U((j * dilation[1]) // stride_w)
+                row = _U((int(c) * k_h + i) * k_w + j)
                 for oh in range(out_h):
-                    ih, line = oh * stride_h + i * dilation[0], oh * out_w
                     for ow in range(out_w):
-                        padded_grad[b, c, ih, ow * stride_w + w_offset] += cols[b, row, line + ow]
-    return padded_grad
+                        split_grad[b, c, r_h, r_w, oh + q_h, ow + q_w] += cols[b, row,
+                                                                               oh * out_w + ow]
+    return split_grad
+
+
+@numba.njit(**_jit)
+def _unsplit(split, grad_x, n_start, padding):
+    """grad_x[n_start + b, c, h, w] = padded[b, c, h + p_h, w + p_w], padded held in phases of
+    the stride as _pad_split leaves it: the inverse of _pad_split on the unpadded part."""
+    batch, channels = split.shape[0], grad_x.shape[1]
+    height, width = grad_x.shape[2], grad_x.shape[3]
+    stride_h, stride_w = split.shape[2], split.shape[3]
+    pad_h, pad_w = padding
+    for plane in range(batch * channels):
+        b, c = _U(plane // channels), _U(plane % channels)
+        n = _U(n_start) + b
+        for h in range(height):
+            r_h, u = _U((h + pad_h) % stride_h), _U((h + pad_h) // stride_h)
+            for r_w in range(stride_w):
+                # Columns w with (w + p_w) % s_w == r_w: w = first + k*s_w.
+                first = (r_w - pad_w) % stride_w
+                offset = _U((first + pad_w) // stride_w)
+                for k in range(_U((width - first + stride_w - 1) // stride_w)):
+                    grad_x[n, c, _U(h), _U(first) + k * _U(stride_w)] = split[b, c, r_h, _U(r_w),
+                                                                              u, offset + k]
+    return grad_x
 
 
 # ---------------------------------------------------------------------------------------
@@ -211,28 +288,36 @@ class _Im2colPlan:
                  dtype):
         self.batch, self.in_channels, height, width = input_shape
         self.out_channels, _, k_h, k_w = weight_shape
-        self.groups, self.padding, self.dtype = groups, padding, dtype
+        self.groups, self.padding, self.stride, self.dtype = groups, padding, stride, dtype
         self.rows = self.in_channels * k_h * k_w
         self.pixels = out_hw[0] * out_hw[1]
-        self.geometry = ((k_h, k_w), stride, dilation, tuple(out_hw))
+        self.geometry = ((k_h, k_w), dilation, tuple(out_hw))
         self.padded_hw = (height + 2 * padding[0], width + 2 * padding[1])
+        # The padded image in phases of the stride (see _pad_split).
+        self.split_shape = (self.in_channels, *stride,
+                            *(-(-size // step) for size, step in zip(self.padded_hw, stride)))
 
     def chunks(self):
         return _chunks(self.batch, self.rows * self.pixels * self.dtype.itemsize)
 
     def padded(self, x, start: int, count: int):
-        """Samples start..start+count of x (N, C, H, W) with their zero padding."""
+        """Samples start..start+count of x (N, C, H, W) with their zero padding, in phases of
+        the stride: (count, C, s_h, s_w, ceil(H_p/s_h), ceil(W_p/s_w))."""
+        if self.stride != (1, 1):
+            return _pad_split(x, start, _scratch("padded", (count, *self.split_shape),
+                                                 self.dtype), self.padding)
         if self.padding == (0, 0):
-            return x[start:start + count]
+            return x[start:start + count].reshape(count, *self.split_shape)
         buffer = _scratch("padded", (count, self.in_channels, *self.padded_hw), self.dtype)
-        return _pad(x, start, buffer, self.padding)
+        return _pad(x, start, buffer, self.padding).reshape(count, *self.split_shape)
 
-    def columns(self, x, start: int, count: int, out=None):
-        """The columns of samples start.. of x: into `out` (count, rows, pixels) if given,
-        else into a scratch buffer of that shape."""
-        if out is None:
-            out = _scratch("columns", (count, self.rows, self.pixels), self.dtype)
-        return _im2col(self.padded(x, start, count), out, *self.geometry)
+    def columns(self, x, start: int, count: int, wide: bool = False):
+        """The columns of samples start.. of x in a scratch buffer: (count, rows, pixels), or
+        if wide (rows, count*pixels), every sample's pixels side by side."""
+        shape = (self.rows, count, self.pixels) if wide else (count, self.rows, self.pixels)
+        cols = _im2col(self.padded(x, start, count), _scratch("columns", shape, self.dtype),
+                       *self.geometry, wide)
+        return cols.reshape(self.rows, -1) if wide else cols
 
     def by_group(self, matrices):
         return gemm_conv.by_group(matrices, self.groups)
@@ -249,8 +334,18 @@ def _forward(x, weight, stride, padding, dilation, groups, out_hw):
     y = np.empty((plan.batch, plan.out_channels, plan.pixels), dtype=x.dtype)
 
     def chunk(start: int, count: int) -> None:
-        np.matmul(weight_groups, plan.by_group(plan.columns(x, start, count)),
-                  out=plan.by_group(y[start:start + count]))
+        if plan.pixels >= WIDE_GEMM_PIXELS:
+            np.matmul(weight_groups, plan.by_group(plan.columns(x, start, count)),
+                      out=plan.by_group(y[start:start + count]))
+            return
+        # Few pixels per sample: one GEMM over all the chunk's pixels, (rows, B*pixels), then
+        # the (C_out, B, pixels) product moved into NCHW order.
+        matrix = plan.columns(x, start, count, wide=True)
+        product = np.matmul(weight_groups, plan.by_group(matrix),
+                            out=_scratch("product", (plan.groups, plan.out_channels // plan.groups,
+                                                     count * plan.pixels), plan.dtype))
+        y[start:start + count] = product.reshape(plan.out_channels, count,
+                                                 plan.pixels).transpose(1, 0, 2)
 
     _run_chunks(plan.chunks(), chunk)
     return y.reshape(plan.batch, plan.out_channels, *out_hw)
@@ -305,17 +400,14 @@ def conv2d_backward_input(grad_output: np.ndarray, weight: np.ndarray, input_sha
     weight_groups_t = plan.by_group(weight.reshape(plan.out_channels, -1)).swapaxes(-1, -2)
     by_sample = grad_output.reshape(plan.batch, plan.out_channels, plan.pixels)
     grad_x = np.empty(input_shape, dtype=grad_output.dtype)
-    (pad_h, pad_w), (height, width) = padding, input_shape[2:]
 
     def chunk(start: int, count: int) -> None:
         cols = _scratch("columns", (count, plan.rows, plan.pixels), plan.dtype)
         np.matmul(weight_groups_t, plan.by_group(by_sample[start:start + count]),
                   out=plan.by_group(cols))
-        padded_grad = _scratch("padded", (count, plan.in_channels, *plan.padded_hw), plan.dtype)
-        padded_grad.fill(0)
-        _col2im(cols, padded_grad, *plan.geometry)
-        grad_x[start:start + count] = padded_grad[:, :, pad_h:pad_h + height,
-                                                  pad_w:pad_w + width]
+        split_grad = _scratch("padded", (count, *plan.split_shape), plan.dtype)
+        split_grad.fill(0)
+        _unsplit(_col2im(cols, split_grad, *plan.geometry), grad_x, start, padding)
 
     _run_chunks(plan.chunks(), chunk)
     return grad_x
@@ -346,9 +438,7 @@ def conv2d_backward_weight(grad_output: np.ndarray, x: np.ndarray, weight_shape,
         # One GEMM whose inner dimension runs over all the chunk's pixels: the columns as
         # (rows, B*pixels) times grad_output as (B*pixels, C_out). Per-sample products would
         # have only H_out*W_out there, which halves BLAS's speed at 8x8.
-        matrix = _scratch("columns", (plan.rows, count * plan.pixels), plan.dtype)
-        plan.columns(x, start, count, out=matrix.reshape(plan.rows, count, plan.pixels)
-                     .transpose(1, 0, 2))
+        matrix = plan.columns(x, start, count, wide=True)
         pixels_by_channel = np.ascontiguousarray(by_pixel[start:start + count]).reshape(
             count * plan.pixels, groups, -1).transpose(1, 0, 2)
         return np.matmul(plan.by_group(matrix), pixels_by_channel)

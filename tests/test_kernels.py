@@ -324,6 +324,80 @@ def test_cpu_conv2d_gives_every_thread_a_chunk_of_the_batch(threads, sizes, monk
     assert [count for _, count in cpu_conv._chunks(batch=9, per_sample_bytes=1)] == sizes
 
 
+def test_cpu_conv2d_chunks_share_evenly_between_threads(monkeypatch):
+    # 64 samples whose budget allows 21 each: four chunks of 16 keep two threads equally busy
+    # (21, 21, 21, 1 would not); one thread gets the same budget-bound chunks.
+    per_sample = cpu_conv.COLUMNS_BUDGET_BYTES // 21
+    for threads in (1, 2):
+        monkeypatch.setattr(cpu_conv, "THREADS", threads)
+        assert [count for _, count in cpu_conv._chunks(64, per_sample)] == [16] * 4
+    monkeypatch.setattr(cpu_conv, "THREADS", 2)
+    assert [count for _, count in cpu_conv._chunks(7, 1)] == [4, 3]
+    assert [count for _, count in cpu_conv._chunks(1, 10**12)] == [1]
+
+
+# ---------------------------------------------------------------------------------------
+# Strided im2col and col2im over the input split in phases of the stride, and the forward's
+# wide GEMM for few output pixels.
+# ---------------------------------------------------------------------------------------
+STRIDE_PHASE_CASES = [
+    ConvCase("dcgan_4x4_stride_2_padding_1", 3, 5, 6, 16, 16, 4, 2, 1),
+    ConvCase("4x4_stride_2_odd_size", 2, 3, 4, 11, 9, 4, 2, 1),
+    ConvCase("batch_1_stride_2_no_padding", 1, 3, 2, 7, 8, 3, 2, 0),
+    ConvCase("stride_3_padding_2_dilation_2", 2, 2, 3, 13, 10, 3, 3, 2, 2),
+    ConvCase("stride_2_3_rectangular", 2, 4, 6, 9, 14, (3, 4), (2, 3), (1, 2), groups=2),
+    ConvCase("stride_2_kernel_larger_than_padded_phase", 2, 2, 2, 5, 5, 5, 2, 2),
+    ConvCase("1x1_stride_2", 2, 4, 3, 7, 6, 1, 2, 0),
+    ConvCase("1x1_stride_1_padding_1", 2, 4, 3, 5, 5, 1, 1, 1),
+    ConvCase("stride_1_dilation_2_padding_past_reach", 2, 3, 2, 6, 7, 2, 1, 3, 2),
+]
+
+
+@pytest.mark.parametrize("case", STRIDE_PHASE_CASES, ids=lambda case: case.name)
+def test_cpu_pad_split_holds_every_phase_of_the_padded_input(case):
+    x, _, _ = conv_inputs(case, np.float32, seed=20)
+    stride, padding, _, _ = case.args
+    plan = cpu_conv._Im2colPlan(x.shape, case.weight_shape, stride, padding, (1, 1), 1, (1, 1),
+                                x.dtype)
+    split = plan.padded(x, 1 if case.batch > 1 else 0, 1)
+    rows, row_w = split.shape[4:]
+    padded = np.zeros((1, case.in_channels, rows * stride[0], row_w * stride[1]), x.dtype)
+    n = 1 if case.batch > 1 else 0
+    padded[:, :, padding[0]:padding[0] + case.height, padding[1]:padding[1] + case.width] = \
+        x[n:n + 1]
+    for r_h in range(stride[0]):
+        for r_w in range(stride[1]):
+            np.testing.assert_array_equal(split[:, :, r_h, r_w], padded[:, :, r_h::stride[0],
+                                                                         r_w::stride[1]])
+    grad_x = np.full_like(x, np.nan)
+    cpu_conv._unsplit(split, grad_x, n, padding)
+    np.testing.assert_array_equal(grad_x[n:n + 1], x[n:n + 1])
+
+
+@pytest.mark.parametrize("case", STRIDE_PHASE_CASES, ids=lambda case: case.name)
+@dtypes
+@pytest.mark.parametrize("layout", ["contiguous", "non_contiguous"])
+@pytest.mark.parametrize("wide_below", [0, 2**20], ids=["per_sample_gemm", "wide_gemm"])
+@pytest.mark.parametrize("threads, budget", [(1, 2**22), (2, 1)],
+                         ids=["one_chunk", "one_sample_chunks_two_threads"])
+def test_cpu_strided_conv2d_matches_reference(case, dtype, layout, wide_below, threads, budget,
+                                              monkeypatch):
+    monkeypatch.setattr(cpu_conv, "WIDE_GEMM_PIXELS", wide_below)
+    monkeypatch.setattr(cpu_conv, "THREADS", threads)
+    monkeypatch.setattr(cpu_conv, "COLUMNS_BUDGET_BYTES", budget)
+    monkeypatch.setattr(cpu_conv, "WINOGRAD_MIN_CHANNELS", 10**6)
+    x, weight, grad_output = conv_inputs(case, dtype, seed=21)
+    if layout == "non_contiguous":
+        x, weight, grad_output = (non_contiguous(array) for array in (x, weight, grad_output))
+    args = case.args
+    assert_close(cpu.conv2d_forward(x, weight, *args), reference.conv2d_forward(x, weight, *args),
+                 dtype)
+    assert_close(cpu.conv2d_backward_input(grad_output, weight, x.shape, *args),
+                 reference.conv2d_backward_input(grad_output, weight, x.shape, *args), dtype)
+    assert_close(cpu.conv2d_backward_weight(grad_output, x, weight.shape, *args),
+                 reference.conv2d_backward_weight(grad_output, x, weight.shape, *args), dtype)
+
+
 def _conv_sum_in_child(queue, x, weight):
     queue.put(float(cpu.conv2d_forward(x, weight, (1, 1), (1, 1), (1, 1), 1).sum()))
 
@@ -389,12 +463,14 @@ def conv_geometries(draw):
 
 @settings(max_examples=60, deadline=None, derandomize=True, database=None)
 @given(case=conv_geometries(), winograd_threshold=st.sampled_from([0, 32]),
-       budget=st.sampled_from([1, 2**22]), threads=st.sampled_from([1, 3]))
+       budget=st.sampled_from([1, 2**22]), threads=st.sampled_from([1, 3]),
+       wide_below=st.sampled_from([0, 2**20]))
 def test_cpu_conv2d_matches_reference_on_random_geometries(case, winograd_threshold, budget,
-                                                           threads):
+                                                           threads, wide_below):
     x, weight, grad_output = conv_inputs(case, seed=19)
     args = case.args
     with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu_conv, "WIDE_GEMM_PIXELS", wide_below)
         patch.setattr(cpu_conv, "WINOGRAD_MIN_CHANNELS", winograd_threshold)
         patch.setattr(cpu_conv, "COLUMNS_BUDGET_BYTES", budget)
         patch.setattr(cpu_conv, "THREADS", threads)
