@@ -237,13 +237,7 @@ class Adam(Optimizer):
             param.data *= 1 - lr * decay
         elif decay:
             grad = grad + decay * param.data
-        if not state:
-            state["step"] = 0
-            state["exp_avg"] = xp.zeros_like(param.data)
-            state["exp_avg_sq"] = xp.zeros_like(param.data)
-            if group["amsgrad"]:
-                state["max_exp_avg_sq"] = xp.zeros_like(param.data)
-        state["step"] += 1
+        self._count_step(state, param, group)
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         exp_avg += (1 - beta1) * (grad - exp_avg)
         exp_avg_sq *= beta2
@@ -258,16 +252,21 @@ class Adam(Optimizer):
         denominator = xp.sqrt(second_moment) / ((1 - beta2 ** step) ** 0.5) + group["eps"]
         param.data -= step_size * (exp_avg / denominator)
 
+    @staticmethod
+    def _count_step(state: dict, param, group: dict) -> None:
+        """Counts one more step in `state`, creating the moments (zeros) on the first."""
+        if not state:
+            xp = backend.array_module(param.data)
+            state["step"] = 0
+            state["exp_avg"] = xp.zeros_like(param.data)
+            state["exp_avg_sq"] = xp.zeros_like(param.data)
+            if group["amsgrad"]:
+                state["max_exp_avg_sq"] = xp.zeros_like(param.data)
+        state["step"] += 1
+
     def _fused_update(self, backend_kernels, params, grads, states, group):
-        xp = backend.array_module(params[0].data)
         for param, state in zip(params, states):
-            if not state:
-                state["step"] = 0
-                state["exp_avg"] = xp.zeros_like(param.data)
-                state["exp_avg_sq"] = xp.zeros_like(param.data)
-                if group["amsgrad"]:
-                    state["max_exp_avg_sq"] = xp.zeros_like(param.data)
-            state["step"] += 1
+            self._count_step(state, param, group)
         beta1, beta2 = group["betas"]
         backend_kernels.adam_update(
             [p.data for p in params], grads, [s["exp_avg"] for s in states],
