@@ -13,9 +13,10 @@ Two algorithms, chosen per call:
 1x1 convolutions are plain GEMMs (gemm_conv.py).
 
 Threads: the batch is cut into at least as many chunks as threads (numba.get_num_threads(),
-set by NUMBA_NUM_THREADS), and each thread pads, transforms and multiplies whole chunks in
-buffers of its own, with BLAS on one thread (process-wide, from the first parallel call; see
-_hold_blas_to_one_thread). OpenBLAS's own threads barely speed up the small stacked GEMMs
+set by NUMBA_NUM_THREADS, but only as many as have MACS_PER_THREAD multiply-adds each; the
+calling thread takes chunks too), and each thread pads, transforms and multiplies whole chunks
+in buffers of its own, with BLAS on one thread (process-wide, from the first convolution on
+more than one thread; see _hold_blas_to_one_thread). OpenBLAS's own threads barely speed up the small stacked GEMMs
 (1.1x for Winograd's), and handing each copy loop to Numba's thread pool moved the data
 between the cores' caches: two threads ran no faster than one.
 
@@ -57,8 +58,13 @@ WINOGRAD_MIN_CHANNELS = 32
 # output) the per-sample GEMMs ran at 0.85 of the speed of one wide GEMM.
 WIDE_GEMM_PIXELS = 256
 
-# Threads for the chunks of one convolution; None: numba.get_num_threads().
+# Threads for the chunks of one convolution; None: numba.get_num_threads(), but only as many as
+# have MACS_PER_THREAD multiply-adds each (a value set here is used as it is).
 THREADS = None
+# Waking a pool thread and waiting for it costs about 80 us on an idle machine (two no-op chunks),
+# more than small convolutions take: on two threads the DCGAN's 4x4 layers of 1.6 million
+# multiply-adds ran at 0.3-0.7x of their one-thread speed, those of 8.4 million at 1.1-1.25x.
+MACS_PER_THREAD = 3 * 2**20
 
 # Scratch arrays up to this size are kept between calls (a few per thread and dtype).
 SCRATCH_KEEP_BYTES = 64 * 2**20
@@ -84,7 +90,7 @@ def _executor(count: int, process: int) -> concurrent.futures.ThreadPoolExecutor
 
 @functools.lru_cache(maxsize=1)
 def _hold_blas_to_one_thread() -> None:
-    """Once, before chunks first run in parallel: OpenBLAS on one thread, process-wide.
+    """Once, at the first convolution with threads() > 1: OpenBLAS on one thread, process-wide.
 
     Its idle worker threads spin for a while after each call, and a spinning one takes a core
     from a chunk: holding BLAS to one thread only around each convolution left forward times
@@ -94,22 +100,49 @@ def _hold_blas_to_one_thread() -> None:
     ThreadpoolController().limit(limits=1, user_api="blas")
 
 
-def _run_chunks(chunks, body) -> list:
-    """[body(start, count) for each chunk], the chunks spread over threads() threads."""
-    chunks = list(chunks)
-    count = min(threads(), len(chunks))
+def threads_for(macs: int) -> int:
+    """How many threads a convolution of `macs` multiply-adds uses (see MACS_PER_THREAD)."""
+    if THREADS is not None:
+        return max(1, THREADS)
+    return max(1, min(numba.get_num_threads(), macs // MACS_PER_THREAD))
+
+
+def _run_chunks(batch: int, per_sample_bytes: int, macs: int, body) -> list:
+    """[body(start, count) for each chunk of the batch], the chunks spread over
+    threads_for(macs) threads."""
+    if threads() > 1:  # BLAS's spinning threads would fight the chunks and the other kernels
+        _hold_blas_to_one_thread()
+    count = threads_for(macs)
+    chunks = list(_chunks(batch, per_sample_bytes, count))
+    count = min(count, len(chunks))
     if count <= 1:
         return [body(start, size) for start, size in chunks]
-    _hold_blas_to_one_thread()
-    return list(_executor(count, os.getpid()).map(lambda chunk: body(*chunk), chunks))
+    # The calling thread takes chunks too, from the same queue as count - 1 pool threads: one
+    # hand-off fewer per call than waiting for count of them (next() on a range iterator is
+    # atomic under the GIL).
+    results = [None] * len(chunks)
+    order = iter(range(len(chunks)))
+
+    def drain() -> None:
+        for index in order:
+            results[index] = body(*chunks[index])
+
+    pool = _executor(count - 1, os.getpid())
+    helpers = [pool.submit(drain) for _ in range(count - 1)]
+    try:
+        drain()
+    finally:
+        for helper in helpers:
+            helper.result()
+    return results
 
 
-def _chunks(batch: int, per_sample_bytes: int):
+def _chunks(batch: int, per_sample_bytes: int, count: int = None):
     """(first sample, number of samples) of each chunk: under COLUMNS_BUDGET_BYTES each, at
-    least threads() of them when the batch allows, and as many as the threads can share evenly
-    (chunks of 21, 21, 21 and 1 samples left one of two threads idle a third of the time on a
-    1x1 convolution; 16 each do not)."""
-    count = threads()
+    least `count` (default threads()) of them when the batch allows, and as many as the threads
+    can share evenly (chunks of 21, 21, 21 and 1 samples left one of two threads idle a third of
+    the time on a 1x1 convolution; 16 each do not)."""
+    count = threads() if count is None else count
     largest = max(1, COLUMNS_BUDGET_BYTES // per_sample_bytes)
     pieces = max(1, min(batch, count * math.ceil(batch / (largest * count))))
     chunk = math.ceil(batch / pieces)
@@ -297,8 +330,10 @@ class _Im2colPlan:
         self.split_shape = (self.in_channels, *stride,
                             *(-(-size // step) for size, step in zip(self.padded_hw, stride)))
 
-    def chunks(self):
-        return _chunks(self.batch, self.rows * self.pixels * self.dtype.itemsize)
+    def run(self, body) -> list:
+        """body(start, count) for each chunk, on as many threads as the work pays for."""
+        macs = self.batch * self.out_channels * (self.rows // self.groups) * self.pixels
+        return _run_chunks(self.batch, self.rows * self.pixels * self.dtype.itemsize, macs, body)
 
     def padded(self, x, start: int, count: int):
         """Samples start..start+count of x (N, C, H, W) with their zero padding, in phases of
@@ -347,7 +382,7 @@ def _forward(x, weight, stride, padding, dilation, groups, out_hw):
         y[start:start + count] = product.reshape(plan.out_channels, count,
                                                  plan.pixels).transpose(1, 0, 2)
 
-    _run_chunks(plan.chunks(), chunk)
+    plan.run(chunk)
     return y.reshape(plan.batch, plan.out_channels, *out_hw)
 
 
@@ -362,7 +397,8 @@ def conv2d_forward(x: np.ndarray, weight: np.ndarray, stride: Pair, padding: Pai
     x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
     if gemm_conv.is_pointwise(weight.shape, stride, padding):
         y = np.empty((x.shape[0], weight.shape[0], *out_hw), x.dtype)
-        _run_chunks(_chunks(x.shape[0], (x[0].size + y[0].size) * x.itemsize),
+        _run_chunks(x.shape[0], (x[0].size + y[0].size) * x.itemsize,
+                    x.shape[0] * weight.size * math.prod(out_hw),
                     lambda start, count: gemm_conv.pointwise_forward(
                         np, x[start:start + count], weight, groups, out_hw,
                         out=y[start:start + count]))
@@ -383,8 +419,8 @@ def conv2d_backward_input(grad_output: np.ndarray, weight: np.ndarray, input_sha
     grad_output, weight = np.ascontiguousarray(grad_output), np.ascontiguousarray(weight)
     if gemm_conv.is_pointwise(weight.shape, stride, padding):
         grad_x = np.empty(input_shape, grad_output.dtype)
-        _run_chunks(_chunks(grad_x.shape[0], (grad_x[0].size + grad_output[0].size)
-                            * grad_x.itemsize),
+        _run_chunks(grad_x.shape[0], (grad_x[0].size + grad_output[0].size) * grad_x.itemsize,
+                    grad_x.shape[0] * weight.size * math.prod(grad_output.shape[2:]),
                     lambda start, count: gemm_conv.pointwise_backward_input(
                         np, grad_output[start:start + count], weight, groups,
                         (count, *input_shape[1:]), out=grad_x[start:start + count]))
@@ -409,7 +445,7 @@ def conv2d_backward_input(grad_output: np.ndarray, weight: np.ndarray, input_sha
         split_grad.fill(0)
         _unsplit(_col2im(cols, split_grad, *plan.geometry), grad_x, start, padding)
 
-    _run_chunks(plan.chunks(), chunk)
+    plan.run(chunk)
     return grad_x
 
 
@@ -425,7 +461,8 @@ def conv2d_backward_weight(grad_output: np.ndarray, x: np.ndarray, weight_shape,
     grad_output, x = np.ascontiguousarray(grad_output), np.ascontiguousarray(x)
     if gemm_conv.is_pointwise(weight_shape, stride, padding):
         return sum(_run_chunks(
-            _chunks(x.shape[0], (x[0].size + grad_output[0].size) * x.itemsize),
+            x.shape[0], (x[0].size + grad_output[0].size) * x.itemsize,
+            x.shape[0] * math.prod(weight_shape) * math.prod(grad_output.shape[2:]),
             lambda start, count: gemm_conv.pointwise_backward_weight(
                 np, grad_output[start:start + count], x[start:start + count], groups,
                 weight_shape)))
@@ -443,7 +480,7 @@ def conv2d_backward_weight(grad_output: np.ndarray, x: np.ndarray, weight_shape,
             count * plan.pixels, groups, -1).transpose(1, 0, 2)
         return np.matmul(plan.by_group(matrix), pixels_by_channel)
 
-    grad_weight_t = sum(_run_chunks(plan.chunks(), chunk))  # (groups, rows/g, C_out/g)
+    grad_weight_t = sum(plan.run(chunk))  # (groups, rows/g, C_out/g)
     return np.ascontiguousarray(grad_weight_t.swapaxes(-1, -2)).reshape(weight_shape)
 
 
@@ -466,10 +503,15 @@ class _WinogradPlan:
         self.dtype, self.padded_hw = dtype, winograd.padded_hw(out_hw)
         self.tiles_hw = winograd.tiles(out_hw)
         self.tiles = self.tiles_hw[0] * self.tiles_hw[1]
+        self.out_pixels = out_hw[0] * out_hw[1]
 
-    def chunks(self):
-        return _chunks(self.batch, 16 * (self.channels + self.channels_out) * self.tiles
-                       * self.dtype.itemsize)
+    def run(self, body) -> list:
+        """body(start, count) for each chunk, on as many threads as the work pays for (counted
+        as the direct convolution's multiply-adds)."""
+        macs = (self.batch * self.channels_out * (self.channels // self.groups) * 9
+                * self.out_pixels)
+        return _run_chunks(self.batch, 16 * (self.channels + self.channels_out) * self.tiles
+                           * self.dtype.itemsize, macs, body)
 
     def planes(self, slot: str, channels: int, count: int):
         """A (16, channels, count*tiles) scratch buffer. The transforms write (or read) all 16
@@ -502,7 +544,7 @@ def _winograd_forward(x, weight, padding, groups, out_hw):
         np.matmul(transformed_weight, plan.by_group(transformed), out=plan.by_group(products))
         winograd.transform_output(products, y, start, plan.tiles_hw)
 
-    _run_chunks(plan.chunks(), chunk)
+    plan.run(chunk)
     return y
 
 
@@ -517,5 +559,5 @@ def _winograd_backward_weight(grad_output, x, weight_shape, padding, groups):
             plan.tiles_hw)
         return np.matmul(plan.by_group(grad_planes), plan.by_group(transformed).swapaxes(-1, -2))
 
-    sums = sum(_run_chunks(plan.chunks(), chunk))  # (16, groups, C_out/g, C_in/g)
+    sums = sum(plan.run(chunk))  # (16, groups, C_out/g, C_in/g)
     return winograd.weight_gradient(sums.reshape(16, *weight_shape[:2]))

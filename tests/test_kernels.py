@@ -585,3 +585,54 @@ def test_cpu_upsample_nearest2d_matches_reference(shape, scale, dtype, layout):
                  reference.upsample_nearest2d_forward(x, scale), dtype)
     assert_close(cpu.upsample_nearest2d_backward(grad_output, scale),
                  reference.upsample_nearest2d_backward(grad_output, scale), dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# CPU conv: threads only where the work pays (MACS_PER_THREAD)
+# ---------------------------------------------------------------------------------------
+def test_cpu_conv2d_threads_follow_the_work(monkeypatch):
+    monkeypatch.setattr(cpu_conv, "THREADS", None)
+    monkeypatch.setattr(cpu_conv.numba, "get_num_threads", lambda: 2)
+    per_thread = cpu_conv.MACS_PER_THREAD
+    assert cpu_conv.threads_for(0) == 1
+    assert cpu_conv.threads_for(2 * per_thread - 1) == 1
+    assert cpu_conv.threads_for(2 * per_thread) == 2
+    assert cpu_conv.threads_for(10**15) == 2
+    monkeypatch.setattr(cpu_conv, "THREADS", 3)  # a value set there is used as it is
+    assert cpu_conv.threads_for(0) == 3
+
+
+THREAD_SWITCH_CASES = [
+    ConvCase("3x3_padding_1", 5, 4, 3, 7, 6),
+    ConvCase("4x4_stride_2", 4, 3, 5, 10, 9, 4, 2, 1),
+    ConvCase("pointwise", 6, 5, 4, 3, 5, 1, 1, 0),
+]
+
+
+@pytest.mark.parametrize("case", THREAD_SWITCH_CASES, ids=lambda case: case.name)
+@pytest.mark.parametrize("winograd_min", [0, 10**6], ids=["winograd", "im2col"])
+@pytest.mark.parametrize("per_thread, threads", [(1, 2), (10**15, 1)],
+                         ids=["parallel", "serial"])
+def test_cpu_conv2d_serial_and_parallel_paths_match_reference(case, winograd_min, per_thread,
+                                                              threads, monkeypatch):
+    monkeypatch.setattr(cpu_conv, "THREADS", None)
+    monkeypatch.setattr(cpu_conv.numba, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(cpu_conv, "MACS_PER_THREAD", per_thread)
+    monkeypatch.setattr(cpu_conv, "WINOGRAD_MIN_CHANNELS", winograd_min)
+    monkeypatch.setattr(cpu_conv, "COLUMNS_BUDGET_BYTES", 1)  # one sample per chunk
+    used = []
+    chunks = cpu_conv._chunks
+    monkeypatch.setattr(cpu_conv, "_chunks",
+                        lambda batch, size, count=None: used.append(count)
+                        or chunks(batch, size, count))
+    x, weight, grad_output = conv_inputs(case, np.float32, seed=23)
+    args = case.args
+    assert_close(cpu.conv2d_forward(x, weight, *args), reference.conv2d_forward(x, weight, *args),
+                 np.float32)
+    assert_close(cpu.conv2d_backward_input(grad_output, weight, x.shape, *args),
+                 reference.conv2d_backward_input(grad_output, weight, x.shape, *args),
+                 np.float32)
+    assert_close(cpu.conv2d_backward_weight(grad_output, x, weight.shape, *args),
+                 reference.conv2d_backward_weight(grad_output, x, weight.shape, *args),
+                 np.float32)
+    assert used and set(used) == {threads}
