@@ -13,10 +13,11 @@ Two algorithms, chosen per call:
 1x1 convolutions are plain GEMMs (gemm_conv.py).
 
 Threads: the batch is cut into at least as many chunks as threads (numba.get_num_threads(),
-set by NUMBA_NUM_THREADS, but only as many as have MACS_PER_THREAD multiply-adds each; the
-calling thread takes chunks too), and each thread pads, transforms and multiplies whole chunks
-in buffers of its own, with BLAS on one thread (process-wide, from the first convolution on
-more than one thread; see _hold_blas_to_one_thread). OpenBLAS's own threads barely speed up the small stacked GEMMs
+set by NUMBA_NUM_THREADS, but only as many as have MACS_PER_THREAD multiply-adds or
+BYTES_PER_THREAD of columns each; the calling thread takes chunks too), and each thread pads,
+transforms and multiplies whole chunks in buffers of its own, with BLAS on one thread
+(process-wide, from the first convolution on more than one thread; see
+_hold_blas_to_one_thread). OpenBLAS's own threads barely speed up the small stacked GEMMs
 (1.1x for Winograd's), and handing each copy loop to Numba's thread pool moved the data
 between the cores' caches: two threads ran no faster than one.
 
@@ -59,12 +60,16 @@ WINOGRAD_MIN_CHANNELS = 32
 WIDE_GEMM_PIXELS = 256
 
 # Threads for the chunks of one convolution; None: numba.get_num_threads(), but only as many as
-# have MACS_PER_THREAD multiply-adds each (a value set here is used as it is).
+# have MACS_PER_THREAD multiply-adds or BYTES_PER_THREAD each (a value set here is used as it is).
 THREADS = None
 # Waking a pool thread and waiting for it costs about 80 us on an idle machine (two no-op chunks),
 # more than small convolutions take: on two threads the DCGAN's 4x4 layers of 1.6 million
 # multiply-adds ran at 0.3-0.7x of their one-thread speed, those of 8.4 million at 1.1-1.25x.
 MACS_PER_THREAD = 3 * 2**20
+# ... or at least this many bytes of columns (or, for 1x1, input and output) each: the DCGAN's
+# 28x28 convolutions down to one output channel or pixel are few multiply-adds over many bytes
+# (0.4 million over 1.6 MB of columns), and ran 1.7x faster on two threads.
+BYTES_PER_THREAD = 256 * 2**10
 
 # Scratch arrays up to this size are kept between calls (a few per thread and dtype).
 SCRATCH_KEEP_BYTES = 64 * 2**20
@@ -100,11 +105,13 @@ def _hold_blas_to_one_thread() -> None:
     ThreadpoolController().limit(limits=1, user_api="blas")
 
 
-def threads_for(macs: int) -> int:
-    """How many threads a convolution of `macs` multiply-adds uses (see MACS_PER_THREAD)."""
+def threads_for(macs: int, nbytes: int = 0) -> int:
+    """How many threads a convolution of `macs` multiply-adds over `nbytes` of columns uses
+    (see MACS_PER_THREAD and BYTES_PER_THREAD)."""
     if THREADS is not None:
         return max(1, THREADS)
-    return max(1, min(numba.get_num_threads(), macs // MACS_PER_THREAD))
+    return max(1, min(numba.get_num_threads(),
+                      max(macs // MACS_PER_THREAD, nbytes // BYTES_PER_THREAD)))
 
 
 def _run_chunks(batch: int, per_sample_bytes: int, macs: int, body) -> list:
@@ -112,7 +119,7 @@ def _run_chunks(batch: int, per_sample_bytes: int, macs: int, body) -> list:
     threads_for(macs) threads."""
     if threads() > 1:  # BLAS's spinning threads would fight the chunks and the other kernels
         _hold_blas_to_one_thread()
-    count = threads_for(macs)
+    count = threads_for(macs, batch * per_sample_bytes)
     chunks = list(_chunks(batch, per_sample_bytes, count))
     count = min(count, len(chunks))
     if count <= 1:

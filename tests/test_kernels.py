@@ -598,6 +598,9 @@ def test_cpu_conv2d_threads_follow_the_work(monkeypatch):
     assert cpu_conv.threads_for(2 * per_thread - 1) == 1
     assert cpu_conv.threads_for(2 * per_thread) == 2
     assert cpu_conv.threads_for(10**15) == 2
+    per_thread_bytes = cpu_conv.BYTES_PER_THREAD
+    assert cpu_conv.threads_for(0, 2 * per_thread_bytes - 1) == 1
+    assert cpu_conv.threads_for(0, 2 * per_thread_bytes) == 2
     monkeypatch.setattr(cpu_conv, "THREADS", 3)  # a value set there is used as it is
     assert cpu_conv.threads_for(0) == 3
 
@@ -618,6 +621,7 @@ def test_cpu_conv2d_serial_and_parallel_paths_match_reference(case, winograd_min
     monkeypatch.setattr(cpu_conv, "THREADS", None)
     monkeypatch.setattr(cpu_conv.numba, "get_num_threads", lambda: 2)
     monkeypatch.setattr(cpu_conv, "MACS_PER_THREAD", per_thread)
+    monkeypatch.setattr(cpu_conv, "BYTES_PER_THREAD", per_thread)
     monkeypatch.setattr(cpu_conv, "WINOGRAD_MIN_CHANNELS", winograd_min)
     monkeypatch.setattr(cpu_conv, "COLUMNS_BUDGET_BYTES", 1)  # one sample per chunk
     used = []
