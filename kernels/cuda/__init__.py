@@ -74,15 +74,26 @@ def _check_dtype(function: str, *arrays) -> None:
                             f"supported; use float32 or float64")
 
 
-def _launch(filename: str, kernel: str, dtype, total: int, *args) -> None:
-    """Run `kernel<T>` from `filename` over `total` elements; ints are passed as long long."""
+def _c_type(kernel: str, dtype) -> str:
+    """The C type of `kernel<T>` for `dtype`: float or double, else a TypeError."""
     c_type = _C_TYPES.get(np.dtype(dtype))
     if c_type is None:
         raise TypeError(f"CUDA kernel {kernel}: dtype {np.dtype(dtype)} is not supported; use "
                         f"float32 or float64")
+    return c_type
+
+
+def _kernel(filename: str, kernel: str, dtype):
+    """`kernel<T>` of `filename` for `dtype` (compiling the file on first use)."""
+    return _module(filename).get_function(f"{kernel}<{_c_type(kernel, dtype)}>")
+
+
+def _launch(filename: str, kernel: str, dtype, total: int, *args) -> None:
+    """Run `kernel<T>` from `filename` over `total` elements; ints are passed as long long."""
+    _c_type(kernel, dtype)  # a wrong dtype is refused even when there is nothing to do
     if total == 0:
         return
-    function = _module(filename).get_function(f"{kernel}<{c_type}>")
+    function = _kernel(filename, kernel, dtype)
     blocks = min(MAX_BLOCKS, -(-total // THREADS_PER_BLOCK))
     function((blocks,), (THREADS_PER_BLOCK,),
              tuple(np.int64(arg) if isinstance(arg, (int, np.integer)) else arg for arg in args))

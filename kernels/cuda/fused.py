@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 from ..reference import ACTIVATIONS, check_activation
-from . import MAX_BLOCKS, THREADS_PER_BLOCK, _C_TYPES, _launch, _module
+from . import MAX_BLOCKS, THREADS_PER_BLOCK, _kernel, _launch
 
 FILE = "fused.cu"
 ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
@@ -32,11 +32,7 @@ def _blocks(total: int) -> int:
 def _run_blocks(kernel: str, dtype, blocks: int, *args) -> None:
     """Run `kernel<T>` on exactly `blocks` blocks of THREADS_PER_BLOCK threads (the
     reductions, whose block count the caller needs); ints are passed as long long."""
-    c_type = _C_TYPES.get(np.dtype(dtype))
-    if c_type is None:
-        raise TypeError(f"CUDA kernel {kernel}: dtype {np.dtype(dtype)} is not supported; use "
-                        f"float32 or float64")
-    function = _module(FILE).get_function(f"{kernel}<{c_type}>")
+    function = _kernel(FILE, kernel, dtype)
     function((blocks,), (THREADS_PER_BLOCK,),
              tuple(np.int64(arg) if isinstance(arg, (int, np.integer)) else arg for arg in args))
 

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from . import _C_TYPES, _module
+from . import _c_type, _kernel
 
 SOURCE = "fused_norm.cu"
 # The largest block: must equal BLOCK_THREADS in fused_norm.cu (the size of its shared scratch).
@@ -38,13 +38,10 @@ def _threads(count: int) -> int:
 
 
 def _run(kernel: str, dtype, blocks: int, threads: int, *args) -> None:
-    c_type = _C_TYPES.get(np.dtype(dtype))
-    if c_type is None:
-        raise TypeError(f"CUDA kernel {kernel}: dtype {np.dtype(dtype)} is not supported; use "
-                        f"float32 or float64")
+    _c_type(kernel, dtype)  # a wrong dtype is refused even when there is nothing to do
     if blocks == 0:
         return
-    _module(SOURCE).get_function(f"{kernel}<{c_type}>")((blocks,), (threads,), args)
+    _kernel(SOURCE, kernel, dtype)((blocks,), (threads,), args)
 
 
 def _planes(array):
