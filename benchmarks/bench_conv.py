@@ -24,6 +24,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+# First: the CPU backend sets OpenMP's spin count (kernels/cpu.py) before PyTorch loads the
+# libgomp that both sides then share.
+import minigen.kernels.cpu  # noqa: F401
 import numpy as np
 
 

@@ -18,6 +18,9 @@ from __future__ import annotations
 import argparse
 import time
 
+# First: the CPU backend sets OpenMP's spin count (kernels/cpu.py) before PyTorch loads the
+# libgomp that both sides then share.
+import minigen.kernels.cpu  # noqa: F401
 import numba
 import numpy as np
 import torch

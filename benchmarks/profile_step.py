@@ -27,6 +27,9 @@ import time
 
 import numpy as np
 
+# First: the CPU backend sets OpenMP's spin count (kernels/cpu.py) before PyTorch loads the
+# libgomp that both sides then share.
+import minigen.kernels.cpu  # noqa: F401
 import minigen
 from minigen.tensor import Function
 from minigen.ddpm import DDPMLoop

@@ -15,12 +15,24 @@ import numpy as np
 
 from .geometry import Pair, as_pairs, check_pool2d, check_upsample, check_upsample_grad
 
-# Numba's "workqueue" threads sleep between parallel loops. Its OpenMP layer (the default
-# here) spins instead, and on two cores the spinning fights OpenBLAS's GEMM threads: one
-# conv2d forward+backward (N=32, C=64, 16x16) took 10x the CPU time and 50x the wall time.
-# An explicit NUMBA_THREADING_LAYER still wins.
+# Numba's thread pool: its OpenMP layer, with the idle threads spinning only briefly.
+# - The "workqueue" layer's threads sleep between parallel loops, and waking them cost 60-120 us
+#   per loop on these (virtual) cores, more than most of the fused kernels take: the U-Net 8x8
+#   step's 150 parallel loops spent 20 ms of its 131 waking threads (omp: 2 us per loop).
+# - GNU OpenMP's threads spin for GOMP_SPINCOUNT iterations (300,000 by default, about a
+#   millisecond) before they sleep, and a spinning thread takes a core from the convolutions'
+#   threads (cpu_conv.py; one conv2d forward+backward took 50x its wall time). SPIN_COUNT
+#   iterations bridge the gap between the kernels of one op and let go before the next
+#   convolution: the U-Net 8x8 step on two threads took 131 ms with workqueue, 143 ms spinning
+#   300,000, 105 ms spinning 10,000.
+# libgomp reads GOMP_SPINCOUNT when it loads (at the first parallel loop), so it is set here;
+# a value already in the environment, or an explicit NUMBA_THREADING_LAYER, wins. Where no
+# OpenMP runtime loads, Numba falls back to workqueue.
+SPIN_COUNT = 10_000
 if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
+    numba.config.THREADING_LAYER = "default"
+    numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
+    os.environ.setdefault("GOMP_SPINCOUNT", str(SPIN_COUNT))
 
 from .cpu_conv import (conv2d_backward_input, conv2d_backward_weight,  # noqa: E402
                        conv2d_forward)

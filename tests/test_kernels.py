@@ -398,6 +398,37 @@ def test_cpu_strided_conv2d_matches_reference(case, dtype, layout, wide_below, t
                  reference.conv2d_backward_weight(grad_output, x, weight.shape, *args), dtype)
 
 
+_THREADING_PROBE = """
+import os, sys
+import numba, numpy as np
+from minigen.kernels import cpu
+cpu.group_norm_forward(np.ones((2, 4, 3, 3), np.float32), 2, None, None, 1e-5, True)
+print(numba.threading_layer(), os.environ.get("GOMP_SPINCOUNT"))
+"""
+
+
+def _threading_of_a_fresh_process(**env) -> list[str]:
+    import subprocess
+    import sys
+    environment = {key: value for key, value in os.environ.items()
+                   if key not in ("NUMBA_THREADING_LAYER", "GOMP_SPINCOUNT")}
+    result = subprocess.run([sys.executable, "-c", _THREADING_PROBE], capture_output=True,
+                            text=True, timeout=120, env={**environment, **env})
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+def test_cpu_backend_runs_numba_on_openmp_with_a_short_spin():
+    layer, spin = _threading_of_a_fresh_process()
+    assert layer in ("omp", "workqueue")  # workqueue only where no OpenMP runtime loads
+    assert spin == str(cpu.SPIN_COUNT)
+
+
+def test_cpu_backend_leaves_an_explicit_threading_choice_alone():
+    assert _threading_of_a_fresh_process(NUMBA_THREADING_LAYER="workqueue",
+                                         GOMP_SPINCOUNT="123") == ["workqueue", "123"]
+
+
 def _conv_sum_in_child(queue, x, weight):
     queue.put(float(cpu.conv2d_forward(x, weight, (1, 1), (1, 1), (1, 1), 1).sum()))
 
