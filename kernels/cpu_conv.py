@@ -6,11 +6,13 @@ Two algorithms, chosen per call:
   one (C_in*kH*kW, H_out*W_out) column block per sample; one stacked GEMM with the weight writes
   the NCHW output directly (or, with few output pixels, one wide GEMM over all the chunk's
   samples). Chunks keep the columns in cache (COLUMNS_BUDGET_BYTES). With a stride, the padded
-  input is held in the phases of the stride (_pad_split), so that every tap's rows are read
-  and, in col2im, accumulated at unit stride.
+  input is held in the phases of the stride (cpu_columns.pad_split), so that every tap's rows
+  are read and, in col2im, accumulated at unit stride; with few pixels per sample the wide
+  columns are one gather through a table of indices instead (GATHER_TABLE_BYTES).
 - Winograd F(2x2, 3x3) (winograd.py) for 3x3 stride-1 convolutions with WINOGRAD_MIN_CHANNELS
   or more channels: 2.25x less GEMM work.
-1x1 convolutions are plain GEMMs (gemm_conv.py).
+1x1 convolutions are plain GEMMs (gemm_conv.py). The copies, and the scratch buffers they
+write, are in cpu_columns.py.
 
 Threads: the batch is cut into at least as many chunks as threads (numba.get_num_threads(),
 set by NUMBA_NUM_THREADS, but only as many as have MACS_PER_THREAD multiply-adds or
@@ -29,18 +31,18 @@ layout gemm_conv.py keeps for the GPU).
 """
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import functools
 import math
 import os
-import threading
 
 import numba
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from . import gemm_conv, winograd
+from .cpu_columns import (col2im, copy_from_interior, gather, gather_table, im2col, pad,
+                          pad_split, scatter_add, scratch, unsplit)
 from .geometry import (Pair, conv2d_backward_input_args, conv2d_backward_weight_args,
                        conv2d_forward_args)
 
@@ -60,6 +62,13 @@ WINOGRAD_MIN_CHANNELS = 32
 # output) the per-sample GEMMs ran at 0.85 of the speed of one wide GEMM.
 WIDE_GEMM_PIXELS = 256
 
+# Wide columns of few pixels per sample are gathered through a table of source indices (see
+# cpu_columns.gather_table) when the table takes at most this many bytes: the copy loops' inner runs are
+# one output row long, and for the DCGAN's 4x4 stride-2 convolution (2x2 output) padding and
+# im2col took 329 us where the zero-bordered copy and the gather take 62 (64 samples, 32
+# channels); 146 against 406 us for the U-Net's 8x8 -> 4x4 downsampling, 1.35x at 7x7.
+GATHER_TABLE_BYTES = 4 * 2**20
+
 # Threads for the chunks of one convolution; None: numba.get_num_threads(), but only as many as
 # have MACS_PER_THREAD multiply-adds or BYTES_PER_THREAD each (a value set here is used as it is).
 THREADS = None
@@ -72,17 +81,12 @@ MACS_PER_THREAD = 3 * 2**20
 # (0.4 million over 1.6 MB of columns), and ran 1.7x faster on two threads.
 BYTES_PER_THREAD = 256 * 2**10
 
-# Scratch arrays up to this size are kept between calls (a few per thread and dtype).
-SCRATCH_KEEP_BYTES = 64 * 2**20
-# Zero-bordered buffers for padded inputs kept per thread (see _zero_bordered), one per shape.
-BORDERED_KEEP = 16
 
 _jit = dict(nogil=True, cache=True)  # nogil: chunks run on several threads at once
-_workspace = threading.local()
 
 
 # ---------------------------------------------------------------------------------------
-# Threads and scratch buffers
+# Threads
 # ---------------------------------------------------------------------------------------
 def threads() -> int:
     """How many threads one convolution uses."""
@@ -160,188 +164,6 @@ def _chunks(batch: int, per_sample_bytes: int, count: int = None):
         yield start, min(chunk, batch - start)
 
 
-def _scratch(slot: str, shape, dtype) -> np.ndarray:
-    """A scratch array for intermediate results, kept per thread and reused across calls.
-
-    Fresh multi-megabyte arrays come from the kernel as untouched pages, and the first write to
-    each page faults: with a new padded input and new transform buffers on every call, a
-    64-channel 4x4 Winograd forward spent half its time (0.6 of 1.3 ms) in page faults."""
-    size, dtype = int(np.prod(shape)), np.dtype(dtype)
-    if size * dtype.itemsize > SCRATCH_KEEP_BYTES:  # one huge sample: not worth keeping
-        return np.empty(shape, dtype)
-    buffers = _workspace.__dict__.setdefault("buffers", {})
-    if (slot, dtype) not in buffers or buffers[slot, dtype].size < size:
-        buffers[slot, dtype] = np.empty(size, dtype)
-    return buffers[slot, dtype][:size].reshape(shape)
-
-
-# ---------------------------------------------------------------------------------------
-# Padding, im2col, col2im: serial loops over the (b, c) planes of a chunk
-# ---------------------------------------------------------------------------------------
-# The loops below index with unsigned integers (_U): numba wraps negative signed indices
-# around, and that test on every access keeps LLVM from vectorizing the copies. Unsigned
-# indices made the 4x4 stride-2 im2col 2x faster than signed ones.
-_U = np.uint64
-
-
-def _zero_bordered(shape, dtype, layout) -> np.ndarray:
-    """A per-thread scratch array of `shape` for padded copies with the same `layout`
-    (padding and input size): created zeroed, and then only ever written inside its border, so
-    the border is still zero at the next call and only the interior is copied. The
-    BORDERED_KEEP most recently used are kept.
-
-    Writing the border again on every call (one short loop per row of every plane) took 5x the
-    time of the copy alone: 82 against 15 us for 32 samples of 64 channels of 4x4."""
-    dtype = np.dtype(dtype)
-    if math.prod(shape) * dtype.itemsize > SCRATCH_KEEP_BYTES:
-        return np.zeros(shape, dtype)
-    kept = _workspace.__dict__.setdefault("bordered", collections.OrderedDict())
-    key = (tuple(shape), dtype, layout)
-    if key in kept:
-        kept.move_to_end(key)
-    else:
-        kept[key] = np.zeros(shape, dtype)
-        if len(kept) > BORDERED_KEEP:
-            kept.popitem(last=False)
-    return kept[key]
-
-
-@numba.njit(**_jit)
-def _copy_interior(x, n_start, padded, padding):
-    """padded[b, c, p_h + h, p_w + w] = x[n_start + b, c, h, w]; the rest of padded is left as
-    it is (zero, see _zero_bordered)."""
-    batch, channels, height, width = padded.shape[0], x.shape[1], x.shape[2], x.shape[3]
-    pad_h, pad_w = _U(padding[0]), _U(padding[1])
-    for plane in range(batch * channels):
-        b, c = _U(plane // channels), _U(plane % channels)
-        n = _U(n_start) + b
-        for h in range(_U(height)):
-            for w in range(_U(width)):
-                padded[b, c, pad_h + h, pad_w + w] = x[n, c, h, w]
-    return padded
-
-
-def _pad(x, start: int, count: int, padding, padded_hw) -> np.ndarray:
-    """Samples start..start+count of x (N, C, H, W) with zeros around them: (count, C, *padded_hw),
-    x's pixels at offset `padding` and zero elsewhere (padded_hw may exceed H + 2 p_h, W + 2 p_w:
-    Winograd's last tiles read past the padding)."""
-    buffer = _zero_bordered((count, x.shape[1], *padded_hw), x.dtype, (padding, x.shape[2:]))
-    return _copy_interior(x, start, buffer, padding)
-
-
-@numba.njit(**_jit)
-def _pad_split(x, n_start, split, padding):
-    """The zero-padded input in phases of the stride: split[b, c, r_h, r_w, u, v] =
-    padded[b, c, u*s_h + r_h, v*s_w + r_w] (padded: x[n_start + b] with its zero border, and
-    zero past it), where (s_h, s_w) = split.shape[2:4].
-
-    In this layout a strided im2col reads every tap's rows at unit stride (see _im2col), so
-    its loops vectorize like those of a stride-1 convolution."""
-    batch, channels, height, width = split.shape[0], x.shape[1], x.shape[2], x.shape[3]
-    stride_h, stride_w, rows, row_w = split.shape[2], split.shape[3], split.shape[4], split.shape[5]
-    pad_h, pad_w = padding
-    for plane in range(batch * channels):
-        b, c = _U(plane // channels), _U(plane % channels)
-        n = _U(n_start) + b
-        for r_h in range(_U(stride_h)):
-            for u in range(_U(rows)):
-                h = int(u * _U(stride_h) + r_h) - pad_h
-                for r_w in range(_U(stride_w)):
-                    if h < 0 or h >= height:
-                        for v in range(_U(row_w)):
-                            split[b, c, r_h, r_w, u, v] = 0
-                        continue
-                    # Columns v with 0 <= v*s_w + r_w - p_w < width.
-                    first = max(0, -((int(r_w) - pad_w) // stride_w))
-                    last = max(first, min(row_w, (width - 1 - int(r_w) + pad_w) // stride_w + 1))
-                    for v in range(_U(first)):
-                        split[b, c, r_h, r_w, u, v] = 0
-                    for v in range(_U(first), _U(last)):
-                        split[b, c, r_h, r_w, u, v] = x[n, c, _U(h),
-                                                        _U(int(v * _U(stride_w) + r_w) - pad_w)]
-                    for v in range(_U(last), _U(row_w)):
-                        split[b, c, r_h, r_w, u, v] = 0
-    return split
-
-
-@numba.njit(**_jit)
-def _im2col(split, cols, kernel, dilation, out_hw, rows_first):
-    """cols[b, (c*kH + i)*kW + j, oh*W_out + ow] = padded[b, c, oh*s_h + i*d_h, ow*s_w + j*d_w],
-    with padded held in phases of the stride (split, from _pad_split; for stride 1 the padded
-    array as (B, C, 1, 1, H_p, W_p)): that element is split[b, c, (i*d_h) % s_h, (j*d_w) % s_w,
-    oh + (i*d_h) // s_h, ow + (j*d_w) // s_w], so each tap reads rows at unit stride.
-
-    cols: contiguous, (B, C*kH*kW, H_out*W_out) (each sample's column matrix one block, written
-    front to back: 2-3x faster than rows interleaved across samples), or with rows_first
-    (C*kH*kW, B, H_out*W_out), the columns of all samples side by side for one wide GEMM.
-    (Writing the second through a transposed view of it took twice the time: numba compiles
-    copies through arbitrary strides, which do not vectorize.)
-    """
-    batch, channels = split.shape[0], split.shape[1]
-    stride_h, stride_w = split.shape[2], split.shape[3]
-    k_h, k_w = kernel
-    out_h, out_w = _U(out_hw[0]), _U(out_hw[1])
-    for plane in range(batch * channels):
-        b, c = _U(plane // channels), _U(plane % channels)
-        for i in range(k_h):
-            r_h, q_h = _U((i * dilation[0]) % stride_h), _U((i * dilation[0]) // stride_h)
-            for j in range(k_w):
-                r_w, q_w = _U((j * dilation[1]) % stride_w), _U((j * dilation[1]) // stride_w)
-                row = _U((int(c) * k_h + i) * k_w + j)
-                target = cols[row, b] if rows_first else cols[b, row]
-                for oh in range(out_h):
-                    for ow in range(out_w):
-                        target[oh * out_w + ow] = split[b, c, r_h, r_w, oh + q_h, ow + q_w]
-    return cols
-
-
-@numba.njit(**_jit)
-def _col2im(cols, split_grad, kernel, dilation, out_hw):
-    """The adjoint of _im2col, into the phases of the stride: split_grad[b, c, (i*d_h) % s_h,
-    (j*d_w) % s_w, oh + (i*d_h) // s_h, ow + (j*d_w) // s_w] += cols[b, (c*kH + i)*kW + j,
-    oh*W_out + ow]: unit-stride reads and writes, where scattering at the stride into the
-    padded image does not vectorize."""
-    batch, channels = cols.shape[0], split_grad.shape[1]
-    stride_h, stride_w = split_grad.shape[2], split_grad.shape[3]
-    k_h, k_w = kernel
-    out_h, out_w = _U(out_hw[0]), _U(out_hw[1])
-    for plane in range(batch * channels):
-        b, c = _U(plane // channels), _U(plane % channels)
-        for i in range(k_h):
-            r_h, q_h = _U((i * dilation[0]) % stride_h), _U((i * dilation[0]) // stride_h)
-            for j in range(k_w):
-                r_w, q_w = _U((j * dilation[1]) % stride_w), _U((j * dilation[1]) // stride_w)
-                row = _U((int(c) * k_h + i) * k_w + j)
-                for oh in range(out_h):
-                    for ow in range(out_w):
-                        split_grad[b, c, r_h, r_w, oh + q_h, ow + q_w] += cols[b, row,
-                                                                               oh * out_w + ow]
-    return split_grad
-
-
-@numba.njit(**_jit)
-def _unsplit(split, grad_x, n_start, padding):
-    """grad_x[n_start + b, c, h, w] = padded[b, c, h + p_h, w + p_w], padded held in phases of
-    the stride as _pad_split leaves it: the inverse of _pad_split on the unpadded part."""
-    batch, channels = split.shape[0], grad_x.shape[1]
-    height, width = grad_x.shape[2], grad_x.shape[3]
-    stride_h, stride_w = split.shape[2], split.shape[3]
-    pad_h, pad_w = padding
-    for plane in range(batch * channels):
-        b, c = _U(plane // channels), _U(plane % channels)
-        n = _U(n_start) + b
-        for h in range(height):
-            r_h, u = _U((h + pad_h) % stride_h), _U((h + pad_h) // stride_h)
-            for r_w in range(stride_w):
-                # Columns w with (w + p_w) % s_w == r_w: w = first + k*s_w.
-                first = (r_w - pad_w) % stride_w
-                offset = _U((first + pad_w) // stride_w)
-                for k in range(_U((width - first + stride_w - 1) // stride_w)):
-                    grad_x[n, c, _U(h), _U(first) + k * _U(stride_w)] = split[b, c, r_h, _U(r_w),
-                                                                              u, offset + k]
-    return grad_x
-
-
 # ---------------------------------------------------------------------------------------
 # im2col + GEMM
 # ---------------------------------------------------------------------------------------
@@ -370,20 +192,31 @@ class _Im2colPlan:
         """Samples start..start+count of x (N, C, H, W) with their zero padding, in phases of
         the stride: (count, C, s_h, s_w, ceil(H_p/s_h), ceil(W_p/s_w))."""
         if self.stride != (1, 1):
-            return _pad_split(x, start, _scratch("padded", (count, *self.split_shape),
-                                                 self.dtype), self.padding)
+            return pad_split(x, start, scratch("padded", (count, *self.split_shape), self.dtype),
+                             self.padding)
         if self.padding == (0, 0):
             return x[start:start + count].reshape(count, *self.split_shape)
-        return _pad(x, start, count, self.padding, self.padded_hw).reshape(count,
-                                                                          *self.split_shape)
+        return pad(x, start, count, self.padding, self.padded_hw).reshape(count, *self.split_shape)
 
     def columns(self, x, start: int, count: int, wide: bool = False):
         """The columns of samples start.. of x in a scratch buffer: (count, rows, pixels), or
         if wide (rows, count*pixels), every sample's pixels side by side."""
         shape = (self.rows, count, self.pixels) if wide else (count, self.rows, self.pixels)
-        cols = _im2col(self.padded(x, start, count), _scratch("columns", shape, self.dtype),
-                       *self.geometry, wide)
+        if wide and self.gathers(count):
+            padded = pad(x, start, count, self.padding, self.padded_hw)
+            return gather(padded.reshape(-1), self.table(count),
+                          scratch("columns", (self.rows, count * self.pixels), self.dtype))
+        cols = im2col(self.padded(x, start, count), scratch("columns", shape, self.dtype),
+                      *self.geometry, wide)
         return cols.reshape(self.rows, -1) if wide else cols
+
+    def gathers(self, count: int) -> bool:
+        """Whether wide columns of `count` samples go through a gather table (see
+        GATHER_TABLE_BYTES)."""
+        return self.rows * count * self.pixels * 4 <= GATHER_TABLE_BYTES
+
+    def table(self, count: int) -> np.ndarray:
+        return gather_table(count, self.in_channels, self.padded_hw, *self.geometry, self.stride)
 
     def by_group(self, matrices):
         return gemm_conv.by_group(matrices, self.groups)
@@ -408,8 +241,8 @@ def _forward(x, weight, stride, padding, dilation, groups, out_hw):
         # the (C_out, B, pixels) product moved into NCHW order.
         matrix = plan.columns(x, start, count, wide=True)
         product = np.matmul(weight_groups, plan.by_group(matrix),
-                            out=_scratch("product", (plan.groups, plan.out_channels // plan.groups,
-                                                     count * plan.pixels), plan.dtype))
+                            out=scratch("product", (plan.groups, plan.out_channels // plan.groups,
+                                                    count * plan.pixels), plan.dtype))
         y[start:start + count] = product.reshape(plan.out_channels, count,
                                                  plan.pixels).transpose(1, 0, 2)
 
@@ -469,12 +302,26 @@ def conv2d_backward_input(grad_output: np.ndarray, weight: np.ndarray, input_sha
     grad_x = np.empty(input_shape, dtype=grad_output.dtype)
 
     def chunk(start: int, count: int) -> None:
-        cols = _scratch("columns", (count, plan.rows, plan.pixels), plan.dtype)
+        if plan.pixels < WIDE_GEMM_PIXELS and plan.gathers(count):
+            # Few pixels: one GEMM over the chunk's pixels, scattered back through the gather
+            # table (for the DCGAN's 2x2 -> 4x4 transposed convolution, 532 -> 250 us with 64
+            # samples of 64 channels, against per-sample GEMMs, col2im and unsplit).
+            grad_rows = scratch("product", (plan.out_channels, count, plan.pixels), plan.dtype)
+            grad_rows[:] = by_sample[start:start + count].transpose(1, 0, 2)
+            cols = scratch("columns", (plan.rows, count * plan.pixels), plan.dtype)
+            np.matmul(weight_groups_t, plan.by_group(grad_rows.reshape(plan.out_channels, -1)),
+                      out=plan.by_group(cols))
+            padded = scratch("padded", (count, plan.in_channels, *plan.padded_hw), plan.dtype)
+            padded.fill(0)
+            scatter_add(cols, plan.table(count), padded.reshape(-1))
+            copy_from_interior(padded, grad_x, start, padding)
+            return
+        cols = scratch("columns", (count, plan.rows, plan.pixels), plan.dtype)
         np.matmul(weight_groups_t, plan.by_group(by_sample[start:start + count]),
                   out=plan.by_group(cols))
-        split_grad = _scratch("padded", (count, *plan.split_shape), plan.dtype)
+        split_grad = scratch("padded", (count, *plan.split_shape), plan.dtype)
         split_grad.fill(0)
-        _unsplit(_col2im(cols, split_grad, *plan.geometry), grad_x, start, padding)
+        unsplit(col2im(cols, split_grad, *plan.geometry), grad_x, start, padding)
 
     plan.run(chunk)
     return grad_x
@@ -550,12 +397,12 @@ class _WinogradPlan:
         each other (input transform 6x slower at N=32, C=64, 16x16), so each plane starts one
         cache line past the previous one's end."""
         columns = channels * count * self.tiles
-        return _scratch(slot, (16, columns + 16), self.dtype)[:, :columns].reshape(16, channels,
-                                                                                   -1)
+        return scratch(slot, (16, columns + 16), self.dtype)[:, :columns].reshape(16, channels,
+                                                                                  -1)
 
     def transformed_input(self, x, start: int, count: int):
         """(16, C, count*tiles): B^T d B of every tile of samples start.. of x."""
-        padded = _pad(x, start, count, self.padding, self.padded_hw)
+        padded = pad(x, start, count, self.padding, self.padded_hw)
         return winograd.transform_input(padded, self.planes("columns", self.channels, count),
                                         self.tiles_hw)
 

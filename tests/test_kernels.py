@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minigen import kernels
-from minigen.kernels import cpu, cpu_conv, gemm_conv, reference, winograd
+from minigen.kernels import cpu, cpu_columns, cpu_conv, gemm_conv, reference, winograd
 from helpers import (CONV_CASES, POOL_CASES, ConvCase, UPSAMPLE_CASES, assert_close, import_torch,
                      non_contiguous, pair, random_array)
 
@@ -249,6 +249,26 @@ def test_cpu_conv2d_backward_weight_matches_reference(case, dtype):
 
 
 @conv_cases
+def test_cpu_conv2d_wide_columns_by_loops_match_reference(case, monkeypatch):
+    # Wide columns too large for a gather table are copied by the im2col loops.
+    monkeypatch.setattr(cpu_conv, "GATHER_TABLE_BYTES", 0)
+    x, weight, grad_output = conv_inputs(case, seed=13)
+    args = case.args
+    assert_close(cpu.conv2d_forward(x, weight, *args), reference.conv2d_forward(x, weight, *args))
+    assert_close(cpu.conv2d_backward_weight(grad_output, x, weight.shape, *args),
+                 reference.conv2d_backward_weight(grad_output, x, weight.shape, *args))
+
+
+def test_cpu_gather_table_indexes_the_padded_input():
+    padded = np.arange(2 * 3 * 5 * 6, dtype=np.float32).reshape(2, 3, 5, 6)
+    table = cpu_columns.gather_table(2, 3, (5, 6), (2, 3), (1, 2), (2, 2), (2, 1))
+    columns = padded.reshape(-1)[table].reshape(3, 2, 3, 2, 2, 2)  # c, i, j, b, oh, ow
+    for c, i, j, b, oh, ow in np.ndindex(columns.shape):
+        assert columns[c, i, j, b, oh, ow] == padded[b, c, oh * 2 + i, ow + 2 * j]
+    assert not table.flags.writeable
+
+
+@conv_cases
 def test_cpu_conv2d_accepts_non_contiguous_arrays(case):
     x, weight, grad_output = (non_contiguous(array) for array in conv_inputs(case, seed=12))
     args = case.args
@@ -370,7 +390,7 @@ def test_cpu_pad_split_holds_every_phase_of_the_padded_input(case):
             np.testing.assert_array_equal(split[:, :, r_h, r_w], padded[:, :, r_h::stride[0],
                                                                          r_w::stride[1]])
     grad_x = np.full_like(x, np.nan)
-    cpu_conv._unsplit(split, grad_x, n, padding)
+    cpu_columns.unsplit(split, grad_x, n, padding)
     np.testing.assert_array_equal(grad_x[n:n + 1], x[n:n + 1])
 
 
@@ -380,9 +400,11 @@ def test_cpu_pad_split_holds_every_phase_of_the_padded_input(case):
 @pytest.mark.parametrize("wide_below", [0, 2**20], ids=["per_sample_gemm", "wide_gemm"])
 @pytest.mark.parametrize("threads, budget", [(1, 2**22), (2, 1)],
                          ids=["one_chunk", "one_sample_chunks_two_threads"])
+@pytest.mark.parametrize("table_bytes", [0, 2**30], ids=["im2col_loops", "gather_table"])
 def test_cpu_strided_conv2d_matches_reference(case, dtype, layout, wide_below, threads, budget,
-                                              monkeypatch):
+                                              table_bytes, monkeypatch):
     monkeypatch.setattr(cpu_conv, "WIDE_GEMM_PIXELS", wide_below)
+    monkeypatch.setattr(cpu_conv, "GATHER_TABLE_BYTES", table_bytes)
     monkeypatch.setattr(cpu_conv, "THREADS", threads)
     monkeypatch.setattr(cpu_conv, "COLUMNS_BUDGET_BYTES", budget)
     monkeypatch.setattr(cpu_conv, "WINOGRAD_MIN_CHANNELS", 10**6)
