@@ -289,20 +289,27 @@ def conv2d_backward_input(grad_output: np.ndarray, weight: np.ndarray, input_sha
                         np, grad_output[start:start + count], weight, groups,
                         (count, *input_shape[1:]), out=grad_x[start:start + count]))
         return grad_x
-    full_padding = gemm_conv.full_padding(weight.shape, padding, dilation)
-    if stride == (1, 1) and min(full_padding) >= 0:
-        # With stride 1 the gradient is a convolution too (see gemm_conv.transposed_kernel),
-        # and the forward's contiguous im2col beats col2im's scattered read-modify-write.
-        return _forward(grad_output, gemm_conv.transposed_kernel(np, weight, groups), stride,
-                        full_padding, dilation, groups, input_shape[2:])
     plan = _Im2colPlan(input_shape, weight.shape, stride, padding, dilation, groups, out_hw,
                        grad_output.dtype)
+    full_padding = gemm_conv.full_padding(weight.shape, padding, dilation)
+    scatters = plan.pixels < WIDE_GEMM_PIXELS and plan.gathers(1)
+    # Column elements per sample: of the convolution below, and of the scatter route.
+    as_convolution = plan.out_channels * math.prod(weight.shape[2:]) * math.prod(input_shape[2:])
+    if (stride == (1, 1) and min(full_padding) >= 0
+            and not (scatters and plan.rows * plan.pixels < as_convolution)):
+        # With stride 1 the gradient is a convolution too (see gemm_conv.transposed_kernel),
+        # and the forward's contiguous im2col beats col2im's scattered read-modify-write;
+        # but not where that convolution has more columns, reading mostly padding: the DCGAN
+        # generator's first layer (1x1 -> 7x7, 100 -> 128 channels, batch 64) took 29.5 ms as
+        # a convolution of the 1x1 input padded to 13x13, and 1.8 ms as one GEMM and a scatter.
+        return _forward(grad_output, gemm_conv.transposed_kernel(np, weight, groups), stride,
+                        full_padding, dilation, groups, input_shape[2:])
     weight_groups_t = plan.by_group(weight.reshape(plan.out_channels, -1)).swapaxes(-1, -2)
     by_sample = grad_output.reshape(plan.batch, plan.out_channels, plan.pixels)
     grad_x = np.empty(input_shape, dtype=grad_output.dtype)
 
     def chunk(start: int, count: int) -> None:
-        if plan.pixels < WIDE_GEMM_PIXELS and plan.gathers(count):
+        if scatters and plan.gathers(count):
             # Few pixels: one GEMM over the chunk's pixels, scattered back through the gather
             # table (for the DCGAN's 2x2 -> 4x4 transposed convolution, 532 -> 250 us with 64
             # samples of 64 channels, against per-sample GEMMs, col2im and unsplit).

@@ -259,6 +259,19 @@ def test_cpu_conv2d_wide_columns_by_loops_match_reference(case, monkeypatch):
                  reference.conv2d_backward_weight(grad_output, x, weight.shape, *args))
 
 
+@pytest.mark.parametrize("channels_in, channels_out", [(6, 5), (1, 5), (30, 1)])
+def test_cpu_conv2d_backward_input_growing_the_image_matches_reference(channels_in, channels_out):
+    # A transposed convolution from 1x1 to 5x5 (a generator's first layer): as a convolution of
+    # the input padded by 4 or as one GEMM and a scatter, whichever has fewer columns.
+    rng = np.random.default_rng(25)
+    grad_output = random_array(rng, (3, channels_out, 1, 1))
+    weight = random_array(rng, (channels_out, channels_in, 5, 5))
+    args = ((1, 1), (0, 0), (1, 1), 1)
+    assert_close(cpu.conv2d_backward_input(grad_output, weight, (3, channels_in, 5, 5), *args),
+                 reference.conv2d_backward_input(grad_output, weight, (3, channels_in, 5, 5),
+                                                 *args))
+
+
 def test_cpu_gather_table_indexes_the_padded_input():
     padded = np.arange(2 * 3 * 5 * 6, dtype=np.float32).reshape(2, 3, 5, 6)
     table = cpu_columns.gather_table(2, 3, (5, 6), (2, 3), (1, 2), (2, 2), (2, 1))
