@@ -250,6 +250,15 @@ def _forward(x, weight, stride, padding, dilation, groups, out_hw):
     return y.reshape(plan.batch, plan.out_channels, *out_hw)
 
 
+def _covers_input(input_hw, weight_shape, padding: Pair, dilation: Pair, groups: int) -> bool:
+    """Whether the kernel covers the whole unpadded input, one output pixel per sample (a DCGAN
+    discriminator's last layer, and as its input gradient a generator's first): then the
+    convolution is one matrix product of the flattened samples and kernels, with no columns
+    to build (the 7x7 one of 128 channels, batch 64, 0.88 ms with im2col)."""
+    return (tuple(weight_shape[2:]) == tuple(input_hw) and padding == (0, 0)
+            and dilation == (1, 1) and groups == 1)
+
+
 def conv2d_forward(x: np.ndarray, weight: np.ndarray, stride: Pair, padding: Pair,
                    dilation: Pair, groups: int) -> np.ndarray:
     """Cross-correlation as PyTorch's conv2d, without bias.
@@ -259,6 +268,9 @@ def conv2d_forward(x: np.ndarray, weight: np.ndarray, stride: Pair, padding: Pai
     stride, padding, dilation, out_hw = conv2d_forward_args(x, weight, stride, padding,
                                                             dilation, groups)
     x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
+    if _covers_input(x.shape[2:], weight.shape, padding, dilation, groups):
+        products = x.reshape(x.shape[0], -1) @ weight.reshape(weight.shape[0], -1).T
+        return products.reshape(x.shape[0], weight.shape[0], 1, 1)
     if gemm_conv.is_pointwise(weight.shape, stride, padding):
         y = np.empty((x.shape[0], weight.shape[0], *out_hw), x.dtype)
         _run_chunks(x.shape[0], (x[0].size + y[0].size) * x.itemsize,
@@ -281,6 +293,10 @@ def conv2d_backward_input(grad_output: np.ndarray, weight: np.ndarray, input_sha
     stride, padding, dilation, input_shape, out_hw = conv2d_backward_input_args(
         grad_output, weight, input_shape, stride, padding, dilation, groups)
     grad_output, weight = np.ascontiguousarray(grad_output), np.ascontiguousarray(weight)
+    if _covers_input(input_shape[2:], weight.shape, padding, dilation, groups):
+        products = grad_output.reshape(grad_output.shape[0], -1) @ weight.reshape(weight.shape[0],
+                                                                                  -1)
+        return products.reshape(input_shape)
     if gemm_conv.is_pointwise(weight.shape, stride, padding):
         grad_x = np.empty(input_shape, grad_output.dtype)
         _run_chunks(grad_x.shape[0], (grad_x[0].size + grad_output[0].size) * grad_x.itemsize,
@@ -344,6 +360,9 @@ def conv2d_backward_weight(grad_output: np.ndarray, x: np.ndarray, weight_shape,
     stride, padding, dilation, weight_shape, out_hw = conv2d_backward_weight_args(
         grad_output, x, weight_shape, stride, padding, dilation, groups)
     grad_output, x = np.ascontiguousarray(grad_output), np.ascontiguousarray(x)
+    if _covers_input(x.shape[2:], weight_shape, padding, dilation, groups):
+        products = grad_output.reshape(x.shape[0], -1).T @ x.reshape(x.shape[0], -1)
+        return products.reshape(weight_shape)
     if gemm_conv.is_pointwise(weight_shape, stride, padding):
         return sum(_run_chunks(
             x.shape[0], (x[0].size + grad_output[0].size) * x.itemsize,

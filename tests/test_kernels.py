@@ -259,6 +259,25 @@ def test_cpu_conv2d_wide_columns_by_loops_match_reference(case, monkeypatch):
                  reference.conv2d_backward_weight(grad_output, x, weight.shape, *args))
 
 
+@pytest.mark.parametrize("input_shape, weight_shape, stride", [
+    ((3, 4, 5, 5), (6, 4, 5, 5), (1, 1)), ((1, 2, 3, 4), (1, 2, 3, 4), (2, 3)),
+    ((2, 1, 1, 1), (3, 1, 1, 1), (1, 1))])
+@dtypes
+def test_cpu_conv2d_with_a_kernel_covering_the_input_matches_reference(input_shape, weight_shape,
+                                                                       stride, dtype):
+    # One output pixel per sample: the three maps are plain matrix products.
+    rng = np.random.default_rng(26)
+    x, weight = random_array(rng, input_shape, dtype), random_array(rng, weight_shape, dtype)
+    grad_output = random_array(rng, (input_shape[0], weight_shape[0], 1, 1), dtype)
+    args = (stride, (0, 0), (1, 1), 1)
+    assert_close(cpu.conv2d_forward(x, weight, *args), reference.conv2d_forward(x, weight, *args),
+                 dtype)
+    assert_close(cpu.conv2d_backward_input(grad_output, weight, input_shape, *args),
+                 reference.conv2d_backward_input(grad_output, weight, input_shape, *args), dtype)
+    assert_close(cpu.conv2d_backward_weight(grad_output, x, weight_shape, *args),
+                 reference.conv2d_backward_weight(grad_output, x, weight_shape, *args), dtype)
+
+
 @pytest.mark.parametrize("channels_in, channels_out", [(6, 5), (1, 5), (30, 1)])
 def test_cpu_conv2d_backward_input_growing_the_image_matches_reference(channels_in, channels_out):
     # A transposed convolution from 1x1 to 5x5 (a generator's first layer): as a convolution of
