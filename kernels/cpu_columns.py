@@ -250,3 +250,24 @@ def copy_from_interior(padded, grad_x, n_start, padding):
             for w in range(_U(width)):
                 grad_x[n, c, h, w] = padded[b, c, pad_h + h, pad_w + w]
     return grad_x
+
+
+@numba.njit(**_jit)
+def _copy_interior_channels_last(x, n_start, padded, padding):
+    """padded[b, p_h + h, p_w + w, c] = x[n_start + b, c, h, w]; the rest is left as it is."""
+    batch, channels, height, width = padded.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    pad_h, pad_w = _U(padding[0]), _U(padding[1])
+    for b in range(_U(batch)):  # written in order, read at a stride: 2-3x faster than reverse
+        n = _U(n_start) + b
+        for h in range(_U(height)):
+            for w in range(_U(width)):
+                for c in range(_U(channels)):
+                    padded[b, pad_h + h, pad_w + w, c] = x[n, c, h, w]
+    return padded
+
+
+def pad_channels_last(x, start: int, count: int, padding, padded_hw) -> np.ndarray:
+    """As pad, with the channels last: (count, *padded_hw, C), zero outside x's pixels."""
+    buffer = zero_bordered((count, *padded_hw, x.shape[1]), x.dtype,
+                           ("channels last", padding, x.shape[2:]))
+    return _copy_interior_channels_last(x, start, buffer, padding)

@@ -357,8 +357,11 @@ def always_winograd(monkeypatch):
 @pytest.mark.parametrize("case", WINOGRAD_CASES, ids=lambda case: case.name)
 @dtypes
 @pytest.mark.parametrize("budget", [1, 2**22], ids=["one_sample_chunks", "whole_batch"])
-def test_cpu_winograd_matches_reference(case, dtype, budget, always_winograd, monkeypatch):
+@pytest.mark.parametrize("last_below", [0, 10**6], ids=["channels_first", "channels_last"])
+def test_cpu_winograd_matches_reference(case, dtype, budget, last_below, always_winograd,
+                                        monkeypatch):
     monkeypatch.setattr(cpu_conv, "COLUMNS_BUDGET_BYTES", budget)
+    monkeypatch.setattr(cpu_conv, "WINOGRAD_CHANNELS_LAST_TILES", last_below)
     x, weight, grad_output = conv_inputs(case, dtype, seed=17)
     args = case.args
     assert cpu_conv._winograd_pays(weight.shape, *args[::2], args[3])
