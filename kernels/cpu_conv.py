@@ -40,9 +40,10 @@ import numba
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from . import gemm_conv, winograd
+from . import gemm_conv, winograd, winograd_parallel
 from .cpu_columns import (col2im, copy_from_interior, gather, gather_table, im2col, pad,
-                          pad_channels_last, pad_split, scatter_add, scratch, unsplit)
+                          pad_channels_last, pad_split, scatter_add, scratch, unsplit,
+                          zero_bordered)
 from .geometry import (Pair, conv2d_backward_input_args, conv2d_backward_weight_args,
                        conv2d_forward_args)
 
@@ -61,6 +62,9 @@ WINOGRAD_MIN_CHANNELS = 32
 # 6.2 against 8.8 ms at N=64, C=64, 8x8; 5.4 against 7.5 at N=32, C=32, 16x16; at 32x32 the
 # two within 4 % (28.6 against 27.5 ms at N=16, C=64).
 WINOGRAD_CHANNELS_LAST_TILES = 9
+# Their forward (and input gradient) in float32 as one parallel loop on Numba's threads
+# (winograd_parallel.py) rather than chunks handed to the Python pool.
+PARALLEL_WINOGRAD = True
 
 # Below this many output pixels per sample, a chunk's im2col forward is one GEMM over all its
 # samples' pixels rather than one per sample: for the 4x4 stride-2 DCGAN convolution (8x8
@@ -450,11 +454,46 @@ class _WinogradPlan:
     def by_group(self, matrices):
         return gemm_conv.by_group(matrices, self.groups)
 
+    def _parallel_buffers(self, x):
+        """The chunks (starts, counts) as arrays, with run()'s rule, and their padded inputs
+        and transformed planes, one of each per chunk."""
+        per_sample = 16 * (self.channels + self.channels_out) * self.tiles * self.dtype.itemsize
+        macs = self.batch * self.channels_out * self.channels * 9 * self.out_pixels
+        if threads() > 1:
+            _hold_blas_to_one_thread()
+        chunks = list(_chunks(self.batch, per_sample,
+                              threads_for(macs, self.batch * per_sample)))
+        starts, counts = (np.array(column, dtype=np.int64) for column in zip(*chunks))
+        largest = int(counts.max())
+        padded = zero_bordered((starts.size, largest, *self.padded_hw, self.channels),
+                               self.dtype, ("parallel", self.padding, x.shape[2:]))
+        planes = scratch("columns", (starts.size, 16, largest * self.tiles * self.channels + 16),
+                         self.dtype)
+        return (starts, counts), padded, planes
+
+    def run_parallel(self, x, transformed_weight, y):
+        """The forward as one parallel loop over the chunks (winograd_parallel.py), with the
+        chunks of run() and the layouts of the methods above."""
+        chunks, padded, planes = self._parallel_buffers(x)
+        tiles = int(chunks[1].max()) * self.tiles
+        products = scratch("products", (chunks[0].size, 16, tiles * self.channels_out + 16),
+                           self.dtype)
+        rows = scratch("rows", (chunks[0].size, 8, self.channels_out), self.dtype)
+        weight_t = np.ascontiguousarray(transformed_weight[:, 0].swapaxes(-1, -2))
+        return winograd_parallel.forward(x, weight_t, y, self.padding, self.tiles_hw, *chunks,
+                                         padded, planes, products, rows)
+
+    def parallel_applies(self, dtype) -> bool:
+        return (self.channels_last and PARALLEL_WINOGRAD and winograd_parallel.available
+                and dtype == np.float32)
+
 
 def _winograd_forward(x, weight, padding, groups, out_hw):
     plan = _WinogradPlan(x.shape, weight.shape[0], padding, groups, out_hw, x.dtype)
     transformed_weight = plan.by_group(winograd.transform_weight(weight))
     y = np.empty((plan.batch, plan.channels_out, *out_hw), dtype=x.dtype)
+    if plan.parallel_applies(x.dtype):
+        return plan.run_parallel(x, transformed_weight, y)
 
     def chunk(start: int, count: int) -> None:
         transformed = plan.transformed_input(x, start, count)

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minigen import kernels
-from minigen.kernels import cpu, cpu_columns, cpu_conv, gemm_conv, reference, winograd
+from minigen.kernels import (cpu, cpu_columns, cpu_conv, gemm_conv, reference, winograd,
+                             winograd_parallel)
 from helpers import (CONV_CASES, POOL_CASES, ConvCase, UPSAMPLE_CASES, assert_close, import_torch,
                      non_contiguous, pair, random_array)
 
@@ -357,11 +358,13 @@ def always_winograd(monkeypatch):
 @pytest.mark.parametrize("case", WINOGRAD_CASES, ids=lambda case: case.name)
 @dtypes
 @pytest.mark.parametrize("budget", [1, 2**22], ids=["one_sample_chunks", "whole_batch"])
-@pytest.mark.parametrize("last_below", [0, 10**6], ids=["channels_first", "channels_last"])
-def test_cpu_winograd_matches_reference(case, dtype, budget, last_below, always_winograd,
-                                        monkeypatch):
+@pytest.mark.parametrize("last_below, parallel", [(0, False), (10**6, False), (10**6, True)],
+                         ids=["channels_first", "channels_last", "channels_last_one_loop"])
+def test_cpu_winograd_matches_reference(case, dtype, budget, last_below, parallel,
+                                        always_winograd, monkeypatch):
     monkeypatch.setattr(cpu_conv, "COLUMNS_BUDGET_BYTES", budget)
     monkeypatch.setattr(cpu_conv, "WINOGRAD_CHANNELS_LAST_TILES", last_below)
+    monkeypatch.setattr(cpu_conv, "PARALLEL_WINOGRAD", parallel)
     x, weight, grad_output = conv_inputs(case, dtype, seed=17)
     args = case.args
     assert cpu_conv._winograd_pays(weight.shape, *args[::2], args[3])
@@ -371,6 +374,33 @@ def test_cpu_winograd_matches_reference(case, dtype, budget, last_below, always_
                  reference.conv2d_backward_input(grad_output, weight, x.shape, *args), dtype)
     assert_close(cpu.conv2d_backward_weight(grad_output, x, weight.shape, *args),
                  reference.conv2d_backward_weight(grad_output, x, weight.shape, *args), dtype)
+
+
+@pytest.mark.skipif(not winograd_parallel.available, reason="NumPy's CBLAS sgemm not found")
+@pytest.mark.parametrize("threads", [1, 3])
+def test_cpu_winograd_one_loop_runs_its_chunks_and_matches_reference(threads, always_winograd,
+                                                                    monkeypatch):
+    # One-sample chunks on three threads, or the whole batch as one chunk.
+    monkeypatch.setattr(cpu_conv, "THREADS", threads)
+    monkeypatch.setattr(cpu_conv, "COLUMNS_BUDGET_BYTES", 1 if threads > 1 else 2**22)
+    calls = []
+    original = winograd_parallel.forward
+    monkeypatch.setattr(winograd_parallel, "forward",
+                        lambda *args: calls.append(args[5].size) or original(*args))
+    rng = np.random.default_rng(27)
+    x = random_array(rng, (7, 5, 6, 5)).astype(np.float32)
+    weight = random_array(rng, (4, 5, 3, 3)).astype(np.float32)
+    grad_output = random_array(rng, (7, 4, 6, 5)).astype(np.float32)
+    args = ((1, 1), (1, 1), (1, 1), 1)
+    assert_close(cpu.conv2d_forward(x, weight, *args), reference.conv2d_forward(x, weight, *args),
+                 np.float32)
+    assert_close(cpu.conv2d_backward_input(grad_output, weight, x.shape, *args),
+                 reference.conv2d_backward_input(grad_output, weight, x.shape, *args), np.float32)
+    assert_close(cpu.conv2d_backward_weight(grad_output, x, weight.shape, *args),
+                 reference.conv2d_backward_weight(grad_output, x, weight.shape, *args),
+                 np.float32)
+    chunks = 7 if threads > 1 else 1
+    assert calls == [chunks, chunks]  # the forward and the input gradient
 
 
 @pytest.mark.parametrize("threads, sizes", [(1, [9]), (2, [5, 4]), (5, [2, 2, 2, 2, 1])])
