@@ -253,11 +253,12 @@ def copy_from_interior(padded, grad_x, n_start, padding):
 
 
 @numba.njit(**_jit)
-def _copy_interior_channels_last(x, n_start, padded, padding):
-    """padded[b, p_h + h, p_w + w, c] = x[n_start + b, c, h, w]; the rest is left as it is."""
-    batch, channels, height, width = padded.shape[0], x.shape[1], x.shape[2], x.shape[3]
+def copy_interior_channels_last(x, n_start, count, padded, padding):
+    """padded[b, p_h + h, p_w + w, c] = x[n_start + b, c, h, w] for b < count; the rest is left
+    as it is."""
+    channels, height, width = x.shape[1], x.shape[2], x.shape[3]
     pad_h, pad_w = _U(padding[0]), _U(padding[1])
-    for b in range(_U(batch)):  # written in order, read at a stride: 2-3x faster than reverse
+    for b in range(_U(count)):  # written in order, read at a stride: 2-3x faster than reverse
         n = _U(n_start) + b
         for h in range(_U(height)):
             for w in range(_U(width)):
@@ -270,4 +271,4 @@ def pad_channels_last(x, start: int, count: int, padding, padded_hw) -> np.ndarr
     """As pad, with the channels last: (count, *padded_hw, C), zero outside x's pixels."""
     buffer = zero_bordered((count, *padded_hw, x.shape[1]), x.dtype,
                            ("channels last", padding, x.shape[2:]))
-    return _copy_interior_channels_last(x, start, buffer, padding)
+    return copy_interior_channels_last(x, start, count, buffer, padding)
