@@ -3,9 +3,10 @@ convolution can run whole (copies, transforms and GEMMs) on Numba's OpenMP threa
 
 `gemm(sgemm, m, n, k, a, b, out)` computes out = a @ b for row-major float32 matrices at the
 addresses a, b, out (`array.ctypes.data` in Numba code) through `sgemm`, the CBLAS sgemm of the
-OpenBLAS that NumPy loaded, found by its symbol (`available` says whether it was). Called from a parallel loop it scaled 2x on two threads (16 GEMMs of 64x64x256: 247
-against 121 us), where SciPy's BLAS behind Numba's np.dot did not (248 against 480 us), and
-the Python thread pool cpu_conv.py uses costs about 80 us a call on these virtual cores.
+OpenBLAS that NumPy loaded, found by its symbol (`available` says whether it was). Called
+from a parallel loop it scaled 2x on two threads (16 GEMMs of 64x64x256: 247 against 121 us),
+where SciPy's BLAS behind Numba's np.dot did not (248 against 480 us), and the Python thread
+pool cpu_conv.py uses costs about 80 us a call on these virtual cores.
 """
 from __future__ import annotations
 

@@ -72,10 +72,11 @@ PARALLEL_WINOGRAD = True
 WIDE_GEMM_PIXELS = 256
 
 # Wide columns of few pixels per sample are gathered through a table of source indices (see
-# cpu_columns.gather_table) when the table takes at most this many bytes: the copy loops' inner runs are
-# one output row long, and for the DCGAN's 4x4 stride-2 convolution (2x2 output) padding and
-# im2col took 329 us where the zero-bordered copy and the gather take 62 (64 samples, 32
-# channels); 146 against 406 us for the U-Net's 8x8 -> 4x4 downsampling, 1.35x at 7x7.
+# cpu_columns.gather_table) when the table takes at most this many bytes: the copy loops'
+# inner runs are one output row long, and for the DCGAN's 4x4 stride-2 convolution (2x2
+# output) padding and im2col took 329 us where the zero-bordered copy and the gather take 62
+# (64 samples, 32 channels); 146 against 406 us for the U-Net's 8x8 -> 4x4 downsampling,
+# 1.35x at 7x7.
 GATHER_TABLE_BYTES = 4 * 2**20
 
 # Threads for the chunks of one convolution; None: numba.get_num_threads(), but only as many as
@@ -130,14 +131,20 @@ def threads_for(macs: int, nbytes: int = 0) -> int:
                       max(macs // MACS_PER_THREAD, nbytes // BYTES_PER_THREAD)))
 
 
-def _run_chunks(batch: int, per_sample_bytes: int, macs: int, body) -> list:
-    """[body(start, count) for each chunk of the batch], the chunks spread over
-    threads_for(macs) threads."""
+def _plan_chunks(batch: int, per_sample_bytes: int, macs: int) -> tuple[list, int]:
+    """The chunks (first sample, number of samples) of a convolution and how many threads
+    share them (threads_for), holding BLAS to one thread once more than one may run."""
     if threads() > 1:  # BLAS's spinning threads would fight the chunks and the other kernels
         _hold_blas_to_one_thread()
     count = threads_for(macs, batch * per_sample_bytes)
     chunks = list(_chunks(batch, per_sample_bytes, count))
-    count = min(count, len(chunks))
+    return chunks, min(count, len(chunks))
+
+
+def _run_chunks(batch: int, per_sample_bytes: int, macs: int, body) -> list:
+    """[body(start, count) for each chunk of the batch], the chunks spread over
+    threads_for(macs) threads."""
+    chunks, count = _plan_chunks(batch, per_sample_bytes, macs)
     if count <= 1:
         return [body(start, size) for start, size in chunks]
     # The calling thread takes chunks too, from the same queue as count - 1 pool threads: one
@@ -419,14 +426,14 @@ class _WinogradPlan:
         self.tiles = self.tiles_hw[0] * self.tiles_hw[1]
         self.out_pixels = out_hw[0] * out_hw[1]
         self.channels_last = groups == 1 and self.tiles_hw[1] < WINOGRAD_CHANNELS_LAST_TILES
+        # The work is counted as the direct convolution's multiply-adds.
+        self.macs = (self.batch * channels_out * (self.channels // groups) * 9
+                     * self.out_pixels)
+        self.sample_bytes = 16 * (self.channels + channels_out) * self.tiles * dtype.itemsize
 
     def run(self, body) -> list:
-        """body(start, count) for each chunk, on as many threads as the work pays for (counted
-        as the direct convolution's multiply-adds)."""
-        macs = (self.batch * self.channels_out * (self.channels // self.groups) * 9
-                * self.out_pixels)
-        return _run_chunks(self.batch, 16 * (self.channels + self.channels_out) * self.tiles
-                           * self.dtype.itemsize, macs, body)
+        """body(start, count) for each chunk, on as many threads as the work pays for."""
+        return _run_chunks(self.batch, self.sample_bytes, self.macs, body)
 
     def _planes(self, slot: str, channels: int, count: int):
         """A (16, channels*count*tiles + 16) scratch buffer. The transforms write (or read) all
@@ -454,34 +461,21 @@ class _WinogradPlan:
     def by_group(self, matrices):
         return gemm_conv.by_group(matrices, self.groups)
 
-    def _parallel_buffers(self, x):
-        """The chunks (starts, counts) as arrays, with run()'s rule, and their padded inputs
-        and transformed planes, one of each per chunk."""
-        per_sample = 16 * (self.channels + self.channels_out) * self.tiles * self.dtype.itemsize
-        macs = self.batch * self.channels_out * self.channels * 9 * self.out_pixels
-        if threads() > 1:
-            _hold_blas_to_one_thread()
-        chunks = list(_chunks(self.batch, per_sample,
-                              threads_for(macs, self.batch * per_sample)))
+    def run_parallel(self, x, weight_t, y):
+        """The forward as one parallel loop over run()'s chunks (winograd_parallel.py), in the
+        channels-last layouts of the methods above, with one set of buffers per chunk."""
+        chunks, _ = _plan_chunks(self.batch, self.sample_bytes, self.macs)
         starts, counts = (np.array(column, dtype=np.int64) for column in zip(*chunks))
-        largest = int(counts.max())
-        padded = zero_bordered((starts.size, largest, *self.padded_hw, self.channels),
+        number, tiles = starts.size, int(counts.max()) * self.tiles
+        padded = zero_bordered((number, int(counts.max()), *self.padded_hw, self.channels),
                                self.dtype, ("parallel", self.padding, x.shape[2:]))
-        planes = scratch("columns", (starts.size, 16, largest * self.tiles * self.channels + 16),
-                         self.dtype)
-        return (starts, counts), padded, planes
-
-    def run_parallel(self, x, transformed_weight, y):
-        """The forward as one parallel loop over the chunks (winograd_parallel.py), with the
-        chunks of run() and the layouts of the methods above."""
-        chunks, padded, planes = self._parallel_buffers(x)
-        tiles = int(chunks[1].max()) * self.tiles
-        products = scratch("products", (chunks[0].size, 16, tiles * self.channels_out + 16),
+        planes = scratch("columns", (number, 16, tiles * self.channels + 16), self.dtype)
+        products = scratch("products", (number, 16, tiles * self.channels_out + 16),
                            self.dtype)
-        rows = scratch("rows", (chunks[0].size, 8, self.channels_out), self.dtype)
-        weight_t = np.ascontiguousarray(transformed_weight[:, 0].swapaxes(-1, -2))
-        return winograd_parallel.forward(x, weight_t, y, self.padding, self.tiles_hw, *chunks,
-                                         padded, planes, products, rows)
+        rows = scratch("rows", (number, 8, self.channels_out), self.dtype)
+        return winograd_parallel.forward(x, np.ascontiguousarray(weight_t), y, self.padding,
+                                         self.tiles_hw, starts, counts, padded, planes,
+                                         products, rows)
 
     def parallel_applies(self, dtype) -> bool:
         return (self.channels_last and PARALLEL_WINOGRAD and winograd_parallel.available
@@ -492,14 +486,16 @@ def _winograd_forward(x, weight, padding, groups, out_hw):
     plan = _WinogradPlan(x.shape, weight.shape[0], padding, groups, out_hw, x.dtype)
     transformed_weight = plan.by_group(winograd.transform_weight(weight))
     y = np.empty((plan.batch, plan.channels_out, *out_hw), dtype=x.dtype)
-    if plan.parallel_applies(x.dtype):
-        return plan.run_parallel(x, transformed_weight, y)
+    if plan.channels_last:  # U^T, (16, C, C_out): the GEMMs are (B*tiles, C) @ U^T per plane
+        weight_t = transformed_weight[:, 0].swapaxes(-1, -2)
+        if plan.parallel_applies(x.dtype):
+            return plan.run_parallel(x, weight_t, y)
 
     def chunk(start: int, count: int) -> None:
         transformed = plan.transformed_input(x, start, count)
-        if plan.channels_last:  # (B*tiles, C) @ (C, C_out) per plane
+        if plan.channels_last:
             products = plan._planes("products", plan.channels_out, count)
-            np.matmul(transformed, transformed_weight[:, 0].swapaxes(-1, -2),
+            np.matmul(transformed, weight_t,
                       out=products[:, :-16].reshape(16, -1, plan.channels_out))
             winograd.transform_output_channels_last(
                 products, y, start, count, plan.tiles_hw,
