@@ -83,6 +83,14 @@ def torch_step(op: str, arrays):
 CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
 
 
+def with_fusion(enabled: bool, step):
+    """step, run with the fused kernels on or off."""
+    def run():
+        with minigen.fusion(enabled):
+            step()
+    return run
+
+
 def best_ms(steps, repeats: int, clock=time.perf_counter) -> list[float]:
     """The fastest ms per call of each step, the steps alternating, after two warm-up rounds:
     on a shared machine the minimum is the call that other work disturbed least."""
@@ -136,29 +144,15 @@ def main() -> None:
             arrays = [rng.standard_normal(s).astype(np.float32)
                       for s in (shape, (channels,), (channels,), shape)]
             fused, composed = minigen_step(op, arrays), minigen_step(op, arrays)
-
-            def fused_on():
-                with minigen.fusion(True):
-                    fused()
-
-            def fused_off():
-                with minigen.fusion(False):
-                    composed()
-            ours, unfused, theirs = best_ms([fused_on, fused_off, torch_step(op, arrays)],
+            ours, unfused, theirs = best_ms([with_fusion(True, fused),
+                                             with_fusion(False, composed),
+                                             torch_step(op, arrays)],
                                             args.repeats, CLOCKS[args.clock])
             print(f"{label:24} {str(shape):18} {ours:9.3f} {unfused:9.3f} {theirs:8.3f} "
                   f"{ours / theirs:11.2f} {unfused / theirs:14.2f}")
         for size, batch in ((8, 64), (16, 32)) if args.unet else ():
             step = unet_step(size, batch)
-
-            def fused_step():
-                with minigen.fusion(True):
-                    step()
-
-            def composed_step():
-                with minigen.fusion(False):
-                    step()
-            fused_ms, composed_ms = best_ms([fused_step, composed_step],
+            fused_ms, composed_ms = best_ms([with_fusion(True, step), with_fusion(False, step)],
                                             max(args.repeats // 5, 3), CLOCKS[args.clock])
             print(f"U-Net {size}x{size} batch {batch}, forward + backward: fused "
                   f"{fused_ms:.1f} ms, composed {composed_ms:.1f} ms, fused/composed "

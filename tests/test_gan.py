@@ -107,6 +107,16 @@ def conv_critic(weights):
                               w2).reshape(x.shape[0], 1)
 
 
+def assert_weight_gradients_match(ours, theirs):
+    """The weights' gradients agree. A weight that grad_x does not depend on (the biases,
+    through a piecewise-linear critic) may get None in one library and zeros in the other:
+    both mean zero."""
+    for param, reference in zip(ours, theirs):
+        ours_grad = np.zeros_like(param.data) if param.grad is None else param.grad.numpy()
+        their_grad = np.zeros_like(param.data) if reference.grad is None else reference.grad.numpy()
+        assert_close(ours_grad, their_grad, np.float64)
+
+
 @pytest.mark.parametrize("critic, sample_shape, weight_shapes", [
     (mlp_critic, (2,), [(16, 2), (16,), (1, 16), (1,)]),
     (conv_critic, (1, 6, 6), [(4, 1, 4, 4), (1, 4, 3, 3)]),
@@ -129,12 +139,7 @@ def test_gradient_penalty_and_its_weight_gradients_match_pytorch(critic, sample_
     expected = ((grad_x.reshape(5, -1).norm(dim=1) - 1) ** 2).mean()
     expected.backward()
     assert_close(penalty.item(), expected.item(), np.float64)
-    for param, reference in zip(ours, theirs):
-        # A weight that grad_x does not depend on (the biases, through a piecewise-linear
-        # critic) may get None in one library and zeros in the other: both mean zero.
-        ours_grad = np.zeros_like(param.data) if param.grad is None else param.grad.numpy()
-        their_grad = np.zeros_like(param.data) if reference.grad is None else reference.grad.numpy()
-        assert_close(ours_grad, their_grad, np.float64)
+    assert_weight_gradients_match(ours, theirs)
 
 
 @pytest.mark.parametrize("critic, sample_shape, weight_shapes", [
@@ -154,10 +159,7 @@ def test_r1_penalty_and_its_weight_gradients_match_pytorch(critic, sample_shape,
     expected = (grad_x.reshape(5, -1) ** 2).sum(dim=1).mean()
     expected.backward()
     assert_close(penalty.item(), expected.item(), np.float64)
-    for param, reference in zip(ours, theirs):
-        ours_grad = np.zeros_like(param.data) if param.grad is None else param.grad.numpy()
-        their_grad = np.zeros_like(param.data) if reference.grad is None else reference.grad.numpy()
-        assert_close(ours_grad, their_grad, np.float64)
+    assert_weight_gradients_match(ours, theirs)
 
 
 def test_r1_penalty_weight_gradient_passes_gradcheck_through_second_derivatives():
