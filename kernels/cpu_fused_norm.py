@@ -1,8 +1,8 @@
 """Fused normalisation and softmax on the CPU: Numba loops, parallel over independent slices.
 
-Group norm (+ affine, + optional SiLU) runs one thread per (sample, group): the statistics,
-the normalisation, the affine transform and the activation in one visit of the group's
-memory, and the backward in two visits. Batch norm runs one thread per channel, softmax one
+Group norm (+ affine, + optional SiLU) runs one thread per task of whole groups of one
+sample: the statistics, then the normalisation with the affine transform, then the
+activation as one loop over the task's memory while it is in cache; the backward likewise. Batch norm runs one thread per channel, softmax one
 per row. Statistics are accumulated in float64, shifted by the slice's first value so that a
 large mean does not cancel the variance away. Exported through cpu.py; reference.py holds the
 NumPy oracle with the same signatures.
@@ -13,18 +13,27 @@ import math
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 # error_model="numpy": a float division need not check for zero (Python's ZeroDivisionError
 # check keeps LLVM from vectorising a loop); reassoc lets the float64 sums vectorise.
 _jit = dict(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
 
-# e^t for float32 data: e^t = (e^(t/2^6))^(2^6), the inner factor by its Taylor series to
-# degree 10 (|t/64| <= 0.625 after clamping t to +-40): a relative error below 2e-8 in plain
-# arithmetic, which LLVM vectorises, where math.exp is a scalar call 5-10x slower. Clamping
-# only moves sigmoid(z) for |z| > 40, by less than e^-40. float64 data uses math.exp.
-EXP_LIMIT = 40.0
-EXP_SQUARINGS = 6
-EXP_TAYLOR = tuple(1.0 / math.factorial(k) for k in range(11))
+# e^t for float32 data in float32 arithmetic that LLVM vectorises (math.exp is a scalar call
+# 5-10x slower): t = n ln 2 + r with n an integer (ln 2 in two parts, Cody and Waite), e^r by its
+# Taylor series to degree 7 (|r| <= ln 2 / 2: truncation below 1e-8), and 2^n built from its
+# bits. Within 1.3 ulp of e^t over the clamped range; clamping t to +-EXP_LIMIT only moves
+# sigmoid(z) for |z| > 40, by less than e^-40. float64 data uses math.exp.
+EXP_LIMIT = np.float32(40.0)
+LOG2_E = np.float32(1.4426950408889634)
+LN2_HIGH = np.float32(0.693359375)  # 8 significant bits: n * LN2_HIGH is exact
+LN2_LOW = np.float32(-2.12194440e-4)  # ln 2 - LN2_HIGH
+EXP_TAYLOR = tuple(np.float32(1.0 / math.factorial(k)) for k in range(8))
+FLOAT32_BIAS, FLOAT32_MANTISSA_BITS = np.int32(127), np.int32(23)
+# Group norm tasks: at least this many per thread when the batch allows (see _groups_per_task).
+TASKS_PER_THREAD = 4
 
 
 # ---------------------------------------------------------------------------------------
@@ -42,136 +51,194 @@ def _vector(values, channels: int, fill: float) -> np.ndarray:
     return np.ascontiguousarray(values, dtype=np.float64).reshape(channels)
 
 
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """The float32 whose IEEE bits are the int32 `bits` (a bit cast, which vectorises)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.int32), codegen
+
+
 @numba.njit(inline="always", **_jit)
 def _exp_float32(t):
-    """e^t to float32 accuracy (see EXP_TAYLOR), in arithmetic that vectorises. (Numba's min
-    and max pass a NaN on, so NaN stays NaN.)"""
-    u = min(max(t, -EXP_LIMIT), EXP_LIMIT) / 2 ** EXP_SQUARINGS
-    power = EXP_TAYLOR[10]
-    for k in range(9, -1, -1):
-        power = power * u + EXP_TAYLOR[k]
-    for _ in range(EXP_SQUARINGS):
-        power *= power
-    return power
-
-
-@numba.njit(inline="always", **_jit)
-def _sigmoid(z, exact):
-    """1 / (1 + e^-z); exact: math.exp (float64 data), else _exp_float32."""
-    return 1.0 / (1.0 + (math.exp(-z) if exact else _exp_float32(-z)))
-
-
-# ---------------------------------------------------------------------------------------
-# Group norm: one thread per (sample, group)
-# ---------------------------------------------------------------------------------------
-@numba.njit(inline="always", **_jit)
-def _silu_derivative(z, exact):
-    """d/dz z sigmoid(z) = s (1 + z (1 - s)), s = sigmoid(z)."""
-    s = _sigmoid(z, exact)
-    return s * (1.0 + z * (1.0 - s))
+    """e^t of a float32 t, in float32 (see EXP_LIMIT). (Numba's min and max pass a NaN on, so
+    NaN stays NaN.)"""
+    t = min(max(t, -EXP_LIMIT), EXP_LIMIT)
+    n = np.floor(t * LOG2_E + np.float32(0.5))
+    r = t - n * LN2_HIGH - n * LN2_LOW
+    power = EXP_TAYLOR[7]
+    for k in range(6, -1, -1):
+        power = power * r + EXP_TAYLOR[k]
+    return power * _float32_from_bits((np.int32(n) + FLOAT32_BIAS) << FLOAT32_MANTISSA_BITS)
 
 
 @numba.njit(**_jit)
-def _shifted_sums(row, shift):
-    """sum (x - shift) and sum (x - shift)^2 over a row, in float64. The row helpers are
-    functions of their own: inlined into the parallel loops, LLVM did not vectorise them."""
+def _silu_in_place(z, exact):
+    """z = z sigmoid(z) over a contiguous 1-D array; exact: math.exp (float64 data), else
+    _exp_float32 (two loops, so that each vectorises)."""
+    if exact:
+        for i in range(z.size):
+            z[i] = z[i] / (1.0 + math.exp(-z[i]))
+    else:
+        one = np.float32(1.0)
+        for i in range(z.size):
+            z[i] = z[i] / (one + _exp_float32(-z[i]))
+
+
+@numba.njit(**_jit)
+def _silu_grad_in_place(grad_output, z, exact):
+    """z = grad_output * d/dz (z sigmoid(z)) = grad_output * s (1 + z (1 - s)), s = sigmoid(z),
+    over contiguous 1-D arrays (exact as in _silu_in_place)."""
+    if exact:
+        for i in range(z.size):
+            s = 1.0 / (1.0 + math.exp(-z[i]))
+            z[i] = grad_output[i] * s * (1.0 + z[i] * (1.0 - s))
+    else:
+        one = np.float32(1.0)
+        for i in range(z.size):
+            s = one / (one + _exp_float32(-z[i]))
+            z[i] = grad_output[i] * s * (one + z[i] * (one - s))
+
+
+# ---------------------------------------------------------------------------------------
+# Group norm: one thread per task of a sample's groups
+# ---------------------------------------------------------------------------------------
+# The arrays reach the kernels as (tasks, groups per task, C/G, S): a task is one or more
+# whole groups of one sample, contiguous in memory, so that SiLU and its derivative run as one
+# long loop over the task (rows of 16 pixels, one per channel, left LLVM's vectorised loops
+# mostly to their scalar remainders: a 4x4 U-Net layer's forward took 155 us, now 61).
+@numba.njit(**_jit)
+def _shifted_sums(values, shift):
+    """sum (x - shift) and sum (x - shift)^2 over a contiguous 1-D array, in float64. The row
+    helpers are functions of their own: inlined into the parallel loops, LLVM did not
+    vectorise them."""
     total, total_sq = 0.0, 0.0
-    for i in range(row.size):
-        d = row[i] - shift
+    for i in range(values.size):
+        d = values[i] - shift
         total += d
         total_sq += d * d
     return total, total_sq
 
 
 @numba.njit(**_jit)
-def _affine_row(row, scale, offset, silu, exact, out):
-    """out = act(row * scale + offset), act = SiLU or the identity."""
+def _affine_row(row, shift, scale, offset, out):
+    """out = (row - shift) * scale + offset, in the row's dtype (shift: a value of the group,
+    so that row - shift is exact where a mean far from zero would cancel x * scale)."""
     for i in range(row.size):
-        z = row[i] * scale + offset
-        out[i] = z * _sigmoid(z, exact) if silu else z
+        out[i] = (row[i] - shift) * scale + offset
+
+
+@numba.njit(**_jit)
+def _write_z(x, mean, rstd, weight, bias, first_group, z):
+    """z = x_hat * w + b for one task's groups (x, z: (groups per task, C/G, S)), the groups
+    being first_group.. of weight and bias (G, C/G); x_hat = (x - shift) rstd + (shift - mean)
+    rstd with shift the group's first value."""
+    cast = x.dtype.type
+    for j in range(x.shape[0]):
+        g, shift = first_group + j, x[j, 0, 0]
+        for c in range(x.shape[1]):
+            scale = rstd[j] * weight[g, c]
+            _affine_row(x[j, c], shift, cast(scale), cast(bias[g, c] + (shift - mean[j]) * scale),
+                        z[j, c])
 
 
 @numba.njit(parallel=True, **_jit)
 def _group_norm_forward(x, weight, bias, eps, silu, exact, y, mean, rstd):
-    """x, y: (N, G, C/G, S); weight, bias: (G, C/G) float64; mean, rstd: (N, G) float64."""
-    samples, groups, group_channels, size = x.shape
+    """x, y: (tasks, groups per task, C/G, S); weight, bias: (G, C/G) float64; mean, rstd:
+    (tasks, groups per task) float64."""
+    tasks, per_task, group_channels, size = x.shape
+    groups = weight.shape[0]
     count = group_channels * size
-    for task in numba.prange(samples * groups):
-        n, g = task // groups, task % groups
-        shift = np.float64(x[n, g, 0, 0])
-        total, total_sq = 0.0, 0.0
-        for c in range(group_channels):
-            channel_total, channel_total_sq = _shifted_sums(x[n, g, c], shift)
-            total += channel_total
-            total_sq += channel_total_sq
-        shifted_mean = total / count
-        variance = max(total_sq / count - shifted_mean * shifted_mean, 0.0)
-        group_mean, group_rstd = shift + shifted_mean, 1.0 / math.sqrt(variance + eps)
-        mean[n, g], rstd[n, g] = group_mean, group_rstd
-        for c in range(group_channels):
-            # z = (x - mean) * rstd * w + b = x * scale + offset
-            scale = group_rstd * weight[g, c]
-            _affine_row(x[n, g, c], scale, bias[g, c] - group_mean * scale, silu, exact,
-                        y[n, g, c])
+    for task in numba.prange(tasks):
+        for j in range(per_task):
+            values = x[task, j].reshape(-1)
+            shift = np.float64(values[0])
+            total, total_sq = _shifted_sums(values, shift)
+            shifted_mean = total / count
+            variance = max(total_sq / count - shifted_mean * shifted_mean, 0.0)
+            mean[task, j] = shift + shifted_mean
+            rstd[task, j] = 1.0 / math.sqrt(variance + eps)
+        _write_z(x[task], mean[task], rstd[task], weight, bias, task * per_task % groups,
+                 y[task])
+        if silu:
+            _silu_in_place(y[task].reshape(-1), exact)
     return y
 
 
 @numba.njit(**_jit)
-def _channel_grad_sums(grad_output, x, mean, rstd, w, b, silu, exact, grad_z):
-    """Over one channel's row: grad_z = g, the gradient at z = x_hat * w + b (written only with
-    SiLU: without, g is grad_output); returns sum g and sum g * x_hat."""
+def _channel_grad_sums(grad_z, x, shift, rstd, offset):
+    """sum g and sum g * x_hat over one channel's row, g = grad_z, x_hat = (x - shift) rstd +
+    offset in the row's dtype; the sums in float64."""
     total, total_x_hat = 0.0, 0.0
     for i in range(x.size):
-        x_hat = (x[i] - mean) * rstd
-        grad = np.float64(grad_output[i])
-        if silu:
-            grad *= _silu_derivative(x_hat * w + b, exact)
-            grad_z[i] = grad
+        grad = np.float64(grad_z[i])
         total += grad
-        total_x_hat += grad * x_hat
+        total_x_hat += grad * np.float64((x[i] - shift) * rstd + offset)
     return total, total_x_hat
 
 
 @numba.njit(**_jit)
-def _channel_grad_x(grad_z, x, mean, rstd, w, mean_grad, mean_grad_x_hat, grad_x):
-    """grad_x = rstd * (g * w - mean_grad - x_hat * mean_grad_x_hat) over one channel's row
-    (grad_z and grad_x may be the same array)."""
+def _channel_grad_x(grad_z, x, shift, rstd, offset, scale, constant, slope, grad_x):
+    """grad_x = rstd * (g * w - mean_grad - x_hat * mean_grad_x_hat) = g scale - constant -
+    x_hat slope over one channel's row, x_hat as in _channel_grad_sums (grad_z and grad_x may
+    be the same array)."""
     for i in range(x.size):
-        x_hat = (x[i] - mean) * rstd
-        grad_x[i] = rstd * (grad_z[i] * w - mean_grad - x_hat * mean_grad_x_hat)
+        x_hat = (x[i] - shift) * rstd + offset
+        grad_x[i] = grad_z[i] * scale - constant - x_hat * slope
 
 
 @numba.njit(parallel=True, **_jit)
 def _group_norm_backward(grad_output, x, mean, rstd, weight, bias, silu, exact, grad_x,
                          sum_grad, sum_grad_x_hat):
-    """Pass 1 writes g (the gradient at z, after SiLU's derivative) into grad_x and sums g and
-    g * x_hat per channel; pass 2 turns g into the input gradient, in place. Shapes as in the
-    forward; sum_grad, sum_grad_x_hat: (N, G, C/G) float64."""
-    samples, groups, group_channels, size = x.shape
+    """With SiLU, g (the gradient at z, after SiLU's derivative) is first written into grad_x
+    (z, then g in place); without, g is grad_output. Then per channel the sums of g and
+    g * x_hat, and g turned into the input gradient. Shapes as in the forward; sum_grad,
+    sum_grad_x_hat: (tasks, groups per task, C/G) float64."""
+    tasks, per_task, group_channels, size = x.shape
+    groups = weight.shape[0]
     count = group_channels * size
-    for task in numba.prange(samples * groups):
-        n, g = task // groups, task % groups
-        group_mean, group_rstd = mean[n, g], rstd[n, g]
-        group_sum, group_sum_x_hat = 0.0, 0.0  # of g_hat = g * w and of g_hat * x_hat
-        for c in range(group_channels):
-            w = weight[g, c]
-            channel_sum, channel_sum_x_hat = _channel_grad_sums(
-                grad_output[n, g, c], x[n, g, c], group_mean, group_rstd, w, bias[g, c], silu,
-                exact, grad_x[n, g, c])
-            sum_grad[n, g, c], sum_grad_x_hat[n, g, c] = channel_sum, channel_sum_x_hat
-            group_sum += w * channel_sum
-            group_sum_x_hat += w * channel_sum_x_hat
-        mean_grad, mean_grad_x_hat = group_sum / count, group_sum_x_hat / count
-        grad_z = grad_x if silu else grad_output
-        for c in range(group_channels):
-            _channel_grad_x(grad_z[n, g, c], x[n, g, c], group_mean, group_rstd, weight[g, c],
-                            mean_grad, mean_grad_x_hat, grad_x[n, g, c])
+    cast = x.dtype.type
+    for task in numba.prange(tasks):
+        first_group = task * per_task % groups
+        grad_z = grad_output
+        if silu:
+            _write_z(x[task], mean[task], rstd[task], weight, bias, first_group, grad_x[task])
+            _silu_grad_in_place(grad_output[task].reshape(-1), grad_x[task].reshape(-1), exact)
+            grad_z = grad_x
+        for j in range(per_task):
+            g, shift = first_group + j, x[task, j, 0, 0]
+            group_rstd = rstd[task, j]
+            rstd_cast, offset = cast(group_rstd), cast((shift - mean[task, j]) * group_rstd)
+            group_sum, group_sum_x_hat = 0.0, 0.0  # of g_hat = g * w and of g_hat * x_hat
+            for c in range(group_channels):
+                channel_sum, channel_sum_x_hat = _channel_grad_sums(
+                    grad_z[task, j, c], x[task, j, c], shift, rstd_cast, offset)
+                sum_grad[task, j, c], sum_grad_x_hat[task, j, c] = channel_sum, channel_sum_x_hat
+                group_sum += weight[g, c] * channel_sum
+                group_sum_x_hat += weight[g, c] * channel_sum_x_hat
+            constant = cast(group_rstd * group_sum / count)
+            slope = cast(group_rstd * group_sum_x_hat / count)
+            for c in range(group_channels):
+                _channel_grad_x(grad_z[task, j, c], x[task, j, c], shift, rstd_cast, offset,
+                                cast(group_rstd * weight[g, c]), constant, slope,
+                                grad_x[task, j, c])
     return grad_x
 
 
-def _grouped(planes: np.ndarray, num_groups: int) -> np.ndarray:
+def _groups_per_task(samples: int, num_groups: int) -> int:
+    """All of a sample's groups per task when the batch gives every thread TASKS_PER_THREAD
+    tasks, else the most (a divisor of num_groups) that still does, down to one."""
+    wanted = TASKS_PER_THREAD * numba.get_num_threads()
+    for per_task in range(num_groups, 0, -1):
+        if num_groups % per_task == 0 and samples * (num_groups // per_task) >= wanted:
+            return per_task
+    return 1
+
+
+def _tasks(planes: np.ndarray, num_groups: int, per_task: int) -> np.ndarray:
+    """(N, C, S) planes as (tasks, groups per task, C/G, S)."""
     n, c, s = planes.shape
-    return planes.reshape(n, num_groups, c // num_groups, s)
+    return planes.reshape(n * num_groups // per_task, per_task, c // num_groups, s)
 
 
 def group_norm_forward(x: np.ndarray, num_groups: int, weight, bias, eps: float,
@@ -185,10 +252,13 @@ def group_norm_forward(x: np.ndarray, num_groups: int, weight, bias, eps: float,
     planes = _as_planes(x)
     y = np.empty_like(planes)
     mean, rstd = np.empty((n, num_groups)), np.empty((n, num_groups))
-    _group_norm_forward(_grouped(planes, num_groups),
-                        _vector(weight, c, 1.0).reshape(num_groups, -1),
-                        _vector(bias, c, 0.0).reshape(num_groups, -1), float(eps), bool(silu),
-                        x.dtype != np.float32, _grouped(y, num_groups), mean, rstd)
+    if y.size:
+        per_task = _groups_per_task(n, num_groups)
+        _group_norm_forward(_tasks(planes, num_groups, per_task),
+                            _vector(weight, c, 1.0).reshape(num_groups, -1),
+                            _vector(bias, c, 0.0).reshape(num_groups, -1), float(eps),
+                            bool(silu), x.dtype != np.float32, _tasks(y, num_groups, per_task),
+                            mean.reshape(-1, per_task), rstd.reshape(-1, per_task))
     return y.reshape(x.shape), mean, rstd
 
 
@@ -200,14 +270,18 @@ def group_norm_backward(grad_output: np.ndarray, x: np.ndarray, mean: np.ndarray
     n, c = x.shape[:2]
     planes = _as_planes(x)
     grad_x = np.empty_like(planes)
-    sums = np.empty((2, n, num_groups, c // num_groups))
-    _group_norm_backward(_grouped(_as_planes(grad_output.astype(x.dtype, copy=False)),
-                                  num_groups),
-                         _grouped(planes, num_groups), np.ascontiguousarray(mean, np.float64),
-                         np.ascontiguousarray(rstd, np.float64),
-                         _vector(weight, c, 1.0).reshape(num_groups, -1),
-                         _vector(bias, c, 0.0).reshape(num_groups, -1), bool(silu),
-                         x.dtype != np.float32, _grouped(grad_x, num_groups), sums[0], sums[1])
+    sums = np.zeros((2, n, num_groups, c // num_groups))
+    if grad_x.size:
+        per_task = _groups_per_task(n, num_groups)
+        statistics = (np.ascontiguousarray(values, np.float64).reshape(-1, per_task)
+                      for values in (mean, rstd))
+        _group_norm_backward(
+            _tasks(_as_planes(grad_output.astype(x.dtype, copy=False)), num_groups, per_task),
+            _tasks(planes, num_groups, per_task), *statistics,
+            _vector(weight, c, 1.0).reshape(num_groups, -1),
+            _vector(bias, c, 0.0).reshape(num_groups, -1), bool(silu), x.dtype != np.float32,
+            _tasks(grad_x, num_groups, per_task),
+            *(part.reshape(-1, per_task, c // num_groups) for part in sums))
     grad_bias, grad_weight = sums.sum(axis=1).reshape(2, c).astype(x.dtype)
     return grad_x.reshape(x.shape), grad_weight, grad_bias
 
@@ -318,17 +392,22 @@ def batch_norm_backward(grad_output: np.ndarray, x: np.ndarray, mean: np.ndarray
 # ---------------------------------------------------------------------------------------
 @numba.njit(**_jit)
 def _softmax_row(row, exact, out):
-    """out = exp(row - max) / sum, the sum in float64; exact as in _sigmoid. (Clamping the
-    exponent at -EXP_LIMIT leaves every output within e^-40 of the true one.)"""
+    """out = exp(row - max) / sum, the sum in float64; exact: math.exp (float64 data), else
+    _exp_float32 in float32. (Clamping the exponent at -EXP_LIMIT leaves every output within
+    e^-40 of the true one.)"""
     largest = row[0]
     for i in range(1, row.size):
         largest = max(largest, row[i])
     total = 0.0
-    for i in range(row.size):
-        t = np.float64(row[i]) - largest
-        e = math.exp(t) if exact else _exp_float32(t)
-        out[i] = e
-        total += e
+    if exact:
+        for i in range(row.size):
+            out[i] = math.exp(row[i] - largest)
+            total += out[i]
+    else:
+        for i in range(row.size):
+            e = _exp_float32(np.float32(row[i] - largest))
+            out[i] = e
+            total += e
     inverse = 1.0 / total
     for i in range(row.size):
         out[i] *= inverse

@@ -12,10 +12,10 @@ import minigen
 import minigen.functional as F
 from minigen import nn
 from minigen.gan import gradient_penalty
-from minigen.kernels import cpu, reference
+from minigen.kernels import cpu, cpu_fused_norm, reference
 from minigen.ops import fused_norm
 from helpers import assert_close, import_torch, non_contiguous, random_array
-from norm_cases import BATCH_NORM_CASES, GROUP_NORM_CASES, SOFTMAX_CASES
+from norm_cases import BATCH_NORM_CASES, GROUP_NORM_CASES, SOFTMAX_CASES, GroupNormCase
 
 dtypes = pytest.mark.parametrize("dtype", [np.float32, np.float64],
                                  ids=lambda dtype: np.dtype(dtype).name)
@@ -51,6 +51,34 @@ def test_cpu_group_norm_matches_reference(case, dtype, layout):
                                              bias, case.silu)
     for actual, wanted in zip(grads, expected):
         assert_close(actual, wanted, dtype)
+
+
+@pytest.mark.parametrize("tasks_per_thread", [0, 1, 100], ids=["all_groups_per_task",
+                                                             "some_groups_per_task",
+                                                             "one_group_per_task"])
+@pytest.mark.parametrize("shape", [(1, 12, 3, 5), (8, 12, 4, 4)], ids=["batch_1", "batch_8"])
+@dtypes
+def test_cpu_group_norm_matches_reference_however_the_groups_are_cut_into_tasks(
+        tasks_per_thread, shape, dtype, monkeypatch):
+    monkeypatch.setattr(cpu_fused_norm, "TASKS_PER_THREAD", tasks_per_thread)
+    case = GroupNormCase("tasks", shape, 6, silu=True)
+    x, weight, bias, grad_output = case.arrays(np.random.default_rng(2), dtype)
+    y, mean, rstd = cpu.group_norm_forward(x, 6, weight, bias, 1e-5, True)
+    assert_close(y, reference.group_norm_forward(x, 6, weight, bias, 1e-5, True)[0], dtype)
+    for actual, wanted in zip(
+            cpu.group_norm_backward(grad_output, x, mean, rstd, 6, weight, bias, True),
+            reference.group_norm_backward(grad_output, x, mean, rstd, 6, weight, bias, True)):
+        assert_close(actual, wanted, dtype)
+
+
+def test_float32_exp_of_the_fused_kernels_is_within_two_ulp_over_its_range():
+    limit = float(cpu_fused_norm.EXP_LIMIT)
+    t = np.concatenate([np.linspace(-limit, limit, 4001, dtype=np.float32),
+                        np.random.default_rng(3).uniform(-1, 1, 1000).astype(np.float32)])
+    actual = np.array([cpu_fused_norm._exp_float32(value) for value in t], dtype=np.float64)
+    expected = np.exp(t.astype(np.float64))
+    assert (np.abs(actual - expected) / expected).max() < 2 * np.finfo(np.float32).eps
+    assert np.isnan(cpu_fused_norm._exp_float32(np.float32(np.nan)))
 
 
 @pytest.mark.parametrize("case", BATCH_NORM_CASES, ids=lambda case: case.name)
