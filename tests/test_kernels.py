@@ -516,6 +516,48 @@ def test_cpu_backend_leaves_an_explicit_threading_choice_alone():
                                          GOMP_SPINCOUNT="123") == ["workqueue", "123"]
 
 
+_MEMORY_PROBE = """
+import resource
+import numpy as np
+import minigen.kernels.cpu as cpu
+def round_of_held_arrays():
+    held = [np.ones(2**17, np.float32) for _ in range(40)]  # 512 KiB each, all alive at once
+    del held
+round_of_held_arrays()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4):
+    round_of_held_arrays()
+print(cpu.KEEPS_FREED_MEMORY, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _memory_of_a_fresh_process(**env) -> tuple[bool, int]:
+    import subprocess
+    import sys
+    environment = {key: value for key, value in os.environ.items()
+                   if key not in cpu.MALLOC_SETTINGS + ("GLIBC_TUNABLES",)}
+    result = subprocess.run([sys.executable, "-c", _MEMORY_PROBE], capture_output=True,
+                            text=True, timeout=120, env={**environment, **env})
+    assert result.returncode == 0, result.stderr
+    kept, faults = result.stdout.split()
+    return kept == "True", int(faults)
+
+
+@pytest.mark.skipif(not cpu.KEEPS_FREED_MEMORY, reason="needs glibc's mallopt")
+def test_cpu_backend_keeps_freed_activations_memory_so_new_arrays_do_not_fault_pages_in():
+    kept, faults = _memory_of_a_fresh_process()
+    assert kept
+    # 4 rounds of 40 arrays of 128 pages each fault 20,480 times when every one is fresh.
+    assert faults < 2_000, f"{faults} page faults"
+
+
+@pytest.mark.skipif(not cpu.KEEPS_FREED_MEMORY, reason="needs glibc's mallopt")
+def test_cpu_backend_leaves_a_malloc_setting_of_the_environment_alone():
+    kept, faults = _memory_of_a_fresh_process(MALLOC_MMAP_THRESHOLD_="131072")
+    assert not kept
+    assert faults > 10_000  # the environment's small threshold: every array fresh from mmap
+
+
 def _conv_sum_in_child(queue, x, weight):
     queue.put(float(cpu.conv2d_forward(x, weight, (1, 1), (1, 1), (1, 1), 1).sum()))
 
