@@ -365,6 +365,8 @@ def test_cpu_winograd_matches_reference(case, dtype, budget, last_below, paralle
     monkeypatch.setattr(cpu_conv, "COLUMNS_BUDGET_BYTES", budget)
     monkeypatch.setattr(cpu_conv, "WINOGRAD_CHANNELS_LAST_TILES", last_below)
     monkeypatch.setattr(cpu_conv, "PARALLEL_WINOGRAD", parallel)
+    if parallel:  # two threads, so that the weight gradient takes the one loop too
+        monkeypatch.setattr(cpu_conv, "THREADS", 2)
     x, weight, grad_output = conv_inputs(case, dtype, seed=17)
     args = case.args
     assert cpu_conv._winograd_pays(weight.shape, *args[::2], args[3])
@@ -383,10 +385,13 @@ def test_cpu_winograd_one_loop_runs_its_chunks_and_matches_reference(threads, al
     # One-sample chunks on three threads, or the whole batch as one chunk.
     monkeypatch.setattr(cpu_conv, "THREADS", threads)
     monkeypatch.setattr(cpu_conv, "COLUMNS_BUDGET_BYTES", 1 if threads > 1 else 2**22)
-    calls = []
-    original = winograd_parallel.forward
+    calls, weight_calls = [], []
+    original, original_weight = winograd_parallel.forward, winograd_parallel.backward_weight
     monkeypatch.setattr(winograd_parallel, "forward",
                         lambda *args: calls.append(args[5].size) or original(*args))
+    monkeypatch.setattr(winograd_parallel, "backward_weight",
+                        lambda *args: weight_calls.append(args[4].size)
+                        or original_weight(*args))
     rng = np.random.default_rng(27)
     x = random_array(rng, (7, 5, 6, 5)).astype(np.float32)
     weight = random_array(rng, (4, 5, 3, 3)).astype(np.float32)
@@ -401,6 +406,8 @@ def test_cpu_winograd_one_loop_runs_its_chunks_and_matches_reference(threads, al
                  np.float32)
     chunks = 7 if threads > 1 else 1
     assert calls == [chunks, chunks]  # the forward and the input gradient
+    # The weight gradient takes the loop only when threads share it.
+    assert weight_calls == ([chunks] if threads > 1 else [])
 
 
 @pytest.mark.parametrize("threads, sizes", [(1, [9]), (2, [5, 4]), (5, [2, 2, 2, 2, 1])])
