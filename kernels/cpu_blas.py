@@ -15,7 +15,7 @@ import ctypes
 import numba
 import numpy as np
 
-_ROW_MAJOR, _NO_TRANS = 101, 111
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 # (symbol, integer type) in the order tried: NumPy 2's wheels prefix and suffix OpenBLAS's names.
 _SYMBOLS = (("scipy_cblas_sgemm64_", ctypes.c_int64), ("cblas_sgemm64_", ctypes.c_int64),
             ("cblas_sgemm", ctypes.c_int))
@@ -50,6 +50,15 @@ def _numpy_sgemm():
 
 sgemm = _numpy_sgemm()
 available = sgemm is not None
+
+
+@numba.njit(nogil=True, cache=True)
+def gemm_strided(function, transpose_a, transpose_b, m, n, k, a, lda, b, ldb, beta, out, ldo):
+    """out = op(a) @ op(b) + beta * out for float32 row-major matrices at these addresses, with
+    rows lda, ldb and ldo elements apart: op(a) (m, k), op(b) (k, n), out (m, n), op the
+    transpose where asked (a then holds (k, m), b (n, k))."""
+    function(_ROW_MAJOR, _TRANS if transpose_a else _NO_TRANS,
+             _TRANS if transpose_b else _NO_TRANS, m, n, k, 1.0, a, lda, b, ldb, beta, out, ldo)
 
 
 @numba.njit(nogil=True, cache=True)

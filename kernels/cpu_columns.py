@@ -222,19 +222,21 @@ def gather_table(batch, channels, padded_hw, kernel, dilation, out_hw, stride) -
 
 @numba.njit(**_jit)
 def gather(source, table, out):
-    """out[r, q] = source[table[r, q]] (source flat)."""
-    flat_table, flat_out = table.reshape(-1), out.reshape(-1)
-    for q in range(flat_table.size):
-        flat_out[q] = source[flat_table[q]]
+    """out[r, q] = source[table[r, q]] (source flat) for the columns q of out, which may be fewer
+    than the table's (a chunk of fewer samples than the table was made for)."""
+    for r in range(out.shape[0]):
+        for q in range(out.shape[1]):
+            out[r, q] = source[table[r, q]]
     return out
 
 
 @numba.njit(**_jit)
 def scatter_add(values, table, target):
-    """target[table[r, q]] += values[r, q] (target flat): the adjoint of gather."""
-    flat_table, flat_values = table.reshape(-1), values.reshape(-1)
-    for q in range(flat_table.size):
-        target[flat_table[q]] += flat_values[q]
+    """target[table[r, q]] += values[r, q] (target flat) for the columns q of values: the
+    adjoint of gather."""
+    for r in range(values.shape[0]):
+        for q in range(values.shape[1]):
+            target[table[r, q]] += values[r, q]
     return target
 
 

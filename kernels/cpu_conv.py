@@ -40,7 +40,7 @@ import numba
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from . import gemm_conv, winograd, winograd_parallel
+from . import gemm_conv, im2col_parallel, winograd, winograd_parallel
 from .cpu_columns import (col2im, copy_from_interior, gather, gather_table, im2col, pad,
                           pad_channels_last, pad_split, scatter_add, scratch, unsplit,
                           zero_bordered)
@@ -69,6 +69,10 @@ WINOGRAD_CHANNELS_LAST_TILES = 9
 # than one chunk without it.
 PARALLEL_WINOGRAD = True
 PARALLEL_WINOGRAD_WEIGHT_GRADIENT = True
+
+# im2col and 1x1 convolutions in float32 without groups as one parallel loop on Numba's threads
+# (im2col_parallel.py) rather than chunks handed to the Python pool.
+PARALLEL_IM2COL = True
 
 # Below this many output pixels per sample, a chunk's im2col forward is one GEMM over all its
 # samples' pixels rather than one per sample: for the 4x4 stride-2 DCGAN convolution (8x8
@@ -241,6 +245,48 @@ class _Im2colPlan:
     def by_group(self, matrices):
         return gemm_conv.by_group(matrices, self.groups)
 
+    # The one-loop paths (im2col_parallel.py): run()'s chunks, with one set of buffers each.
+    def parallel_applies(self) -> bool:
+        return (PARALLEL_IM2COL and im2col_parallel.available and self.groups == 1
+                and self.dtype == np.float32)
+
+    def parallel_chunks(self):
+        """run()'s chunks as (starts, counts) and the most samples in one."""
+        chunks, _ = _plan_chunks(self.batch, self.rows * self.pixels * self.dtype.itemsize,
+                                 self.batch * self.out_channels * self.rows * self.pixels)
+        starts, counts = (np.array(column, dtype=np.int64) for column in zip(*chunks))
+        return starts, counts, int(counts.max())
+
+    def parallel_inputs(self, input_hw, chunks: int, most: int, bordered: bool):
+        """(padded, split) for im2col_parallel: the zero-bordered padded copies when the
+        columns are gathered or the stride is 1 (bordered), else the flat phase buffers."""
+        if bordered:
+            padded = zero_bordered((chunks, most, self.in_channels, *self.padded_hw), self.dtype,
+                                   ("parallel", self.padding, tuple(input_hw)))
+            return padded, np.empty((chunks, 0), self.dtype)
+        split = scratch("padded", (chunks, most * math.prod(self.split_shape)), self.dtype)
+        return np.empty((chunks, 0, 0, 0, 0), self.dtype), split
+
+    def parallel_table(self, most: int, gathers: bool) -> np.ndarray:
+        return self.table(most) if gathers else im2col_parallel.empty_table()
+
+
+def _forward_parallel(plan: _Im2colPlan, x, weight):
+    """_forward's im2col by im2col_parallel.forward."""
+    starts, counts, most = plan.parallel_chunks()
+    wide = plan.pixels < WIDE_GEMM_PIXELS
+    gathers = wide and plan.gathers(most)
+    padded, split = plan.parallel_inputs(x.shape[2:], starts.size, most,
+                                         gathers or plan.stride == (1, 1))
+    columns = scratch("columns", (starts.size, plan.rows * most * plan.pixels), plan.dtype)
+    products = scratch("product", (starts.size, plan.out_channels * most * plan.pixels
+                                   if wide else 0), plan.dtype)
+    y = np.empty((plan.batch, plan.out_channels, plan.pixels), dtype=x.dtype)
+    return im2col_parallel.forward(x, weight.reshape(plan.out_channels, -1), y, plan.padding,
+                                   plan.stride, *plan.geometry[:2], plan.geometry[2], starts,
+                                   counts, padded, split, columns, products,
+                                   plan.parallel_table(most, gathers), wide)
+
 
 def _forward(x, weight, stride, padding, dilation, groups, out_hw):
     """conv2d of contiguous arrays, geometry checked: Winograd for 3x3 stride 1, else each
@@ -249,6 +295,8 @@ def _forward(x, weight, stride, padding, dilation, groups, out_hw):
     if _winograd_pays(weight.shape, stride, dilation, groups):
         return _winograd_forward(x, weight, padding, groups, out_hw)
     plan = _Im2colPlan(x.shape, weight.shape, stride, padding, dilation, groups, out_hw, x.dtype)
+    if plan.parallel_applies():
+        return _forward_parallel(plan, x, weight).reshape(plan.batch, plan.out_channels, *out_hw)
     weight_groups = plan.by_group(weight.reshape(plan.out_channels, -1))
     y = np.empty((plan.batch, plan.out_channels, plan.pixels), dtype=x.dtype)
 
@@ -268,6 +316,28 @@ def _forward(x, weight, stride, padding, dilation, groups, out_hw):
 
     plan.run(chunk)
     return y.reshape(plan.batch, plan.out_channels, *out_hw)
+
+
+def _pointwise_parallel_applies(dtype, groups: int) -> bool:
+    return (PARALLEL_IM2COL and im2col_parallel.available and groups == 1
+            and dtype == np.float32)
+
+
+def _pointwise_chunks(images, other):
+    """The chunks (starts, counts) of a 1x1 convolution between images and other (N, C', ...)."""
+    macs = images.shape[0] * images[0].size * other.shape[1]
+    chunks, _ = _plan_chunks(images.shape[0], (images[0].size + other[0].size)
+                             * images.itemsize, macs)
+    return (np.array(column, dtype=np.int64) for column in zip(*chunks))
+
+
+def _pointwise_parallel(images, weight, out, transpose: bool):
+    """A 1x1 convolution's forward (out[n] = W images[n]) or with transpose its input gradient
+    (W^T images[n]) by im2col_parallel.pointwise."""
+    starts, counts = _pointwise_chunks(images, out)
+    return im2col_parallel.pointwise(images.reshape(*images.shape[:2], -1),
+                                     weight.reshape(weight.shape[0], -1),
+                                     out.reshape(*out.shape[:2], -1), transpose, starts, counts)
 
 
 def _covers_input(input_hw, weight_shape, padding: Pair, dilation: Pair, groups: int) -> bool:
@@ -293,6 +363,8 @@ def conv2d_forward(x: np.ndarray, weight: np.ndarray, stride: Pair, padding: Pai
         return products.reshape(x.shape[0], weight.shape[0], 1, 1)
     if gemm_conv.is_pointwise(weight.shape, stride, padding):
         y = np.empty((x.shape[0], weight.shape[0], *out_hw), x.dtype)
+        if _pointwise_parallel_applies(x.dtype, groups):
+            return _pointwise_parallel(x, weight, y, False).reshape(y.shape)
         _run_chunks(x.shape[0], (x[0].size + y[0].size) * x.itemsize,
                     x.shape[0] * weight.size * math.prod(out_hw),
                     lambda start, count: gemm_conv.pointwise_forward(
@@ -319,6 +391,8 @@ def conv2d_backward_input(grad_output: np.ndarray, weight: np.ndarray, input_sha
         return products.reshape(input_shape)
     if gemm_conv.is_pointwise(weight.shape, stride, padding):
         grad_x = np.empty(input_shape, grad_output.dtype)
+        if _pointwise_parallel_applies(grad_output.dtype, groups):
+            return _pointwise_parallel(grad_output, weight, grad_x, True).reshape(input_shape)
         _run_chunks(grad_x.shape[0], (grad_x[0].size + grad_output[0].size) * grad_x.itemsize,
                     grad_x.shape[0] * weight.size * math.prod(grad_output.shape[2:]),
                     lambda start, count: gemm_conv.pointwise_backward_input(
@@ -340,9 +414,25 @@ def conv2d_backward_input(grad_output: np.ndarray, weight: np.ndarray, input_sha
         # a convolution of the 1x1 input padded to 13x13, and 1.8 ms as one GEMM and a scatter.
         return _forward(grad_output, gemm_conv.transposed_kernel(np, weight, groups), stride,
                         full_padding, dilation, groups, input_shape[2:])
-    weight_groups_t = plan.by_group(weight.reshape(plan.out_channels, -1)).swapaxes(-1, -2)
     by_sample = grad_output.reshape(plan.batch, plan.out_channels, plan.pixels)
     grad_x = np.empty(input_shape, dtype=grad_output.dtype)
+    if plan.parallel_applies():
+        starts, counts, most = plan.parallel_chunks()
+        gathers = scatters and plan.gathers(most)
+        if gathers:  # zeroed on every call, so not a zero-bordered buffer
+            padded = scratch("scatter", (starts.size, most, plan.in_channels, *plan.padded_hw),
+                             plan.dtype)
+            split = np.empty((starts.size, 0), plan.dtype)
+        else:
+            padded, split = plan.parallel_inputs(input_shape[2:], starts.size, most, False)
+        wide_size = plan.out_channels * most * plan.pixels if gathers else 0
+        return im2col_parallel.backward_input(
+            by_sample, weight.reshape(plan.out_channels, -1), grad_x, plan.padding, plan.stride,
+            *plan.geometry, starts, counts, padded, split,
+            scratch("columns", (starts.size, plan.rows * most * plan.pixels), plan.dtype),
+            scratch("product", (starts.size, wide_size), plan.dtype),
+            plan.parallel_table(most, gathers))
+    weight_groups_t = plan.by_group(weight.reshape(plan.out_channels, -1)).swapaxes(-1, -2)
 
     def chunk(start: int, count: int) -> None:
         if scatters and plan.gathers(count):
@@ -384,6 +474,13 @@ def conv2d_backward_weight(grad_output: np.ndarray, x: np.ndarray, weight_shape,
         products = grad_output.reshape(x.shape[0], -1).T @ x.reshape(x.shape[0], -1)
         return products.reshape(weight_shape)
     if gemm_conv.is_pointwise(weight_shape, stride, padding):
+        if _pointwise_parallel_applies(x.dtype, groups):
+            starts, counts = _pointwise_chunks(x, grad_output)
+            sums = scratch("sums", (starts.size, weight_shape[0], weight_shape[1]), x.dtype)
+            im2col_parallel.pointwise_backward_weight(
+                grad_output.reshape(*grad_output.shape[:2], -1), x.reshape(*x.shape[:2], -1),
+                starts, counts, sums)
+            return sums.sum(axis=0).reshape(weight_shape)
         return sum(_run_chunks(
             x.shape[0], (x[0].size + grad_output[0].size) * x.itemsize,
             x.shape[0] * math.prod(weight_shape) * math.prod(grad_output.shape[2:]),
@@ -393,6 +490,19 @@ def conv2d_backward_weight(grad_output: np.ndarray, x: np.ndarray, weight_shape,
     if _winograd_pays(weight_shape, stride, dilation, groups):
         return _winograd_backward_weight(grad_output, x, weight_shape, padding, groups)
     plan = _Im2colPlan(x.shape, weight_shape, stride, padding, dilation, groups, out_hw, x.dtype)
+    if plan.parallel_applies():
+        starts, counts, most = plan.parallel_chunks()
+        gathers = plan.gathers(most)
+        padded, split = plan.parallel_inputs(x.shape[2:], starts.size, most,
+                                             gathers or plan.stride == (1, 1))
+        sums = scratch("sums", (starts.size, plan.out_channels, plan.rows), plan.dtype)
+        im2col_parallel.backward_weight(
+            grad_output.reshape(plan.batch, plan.out_channels, plan.pixels), x, plan.padding,
+            plan.stride, *plan.geometry, starts, counts, padded, split,
+            scratch("columns", (starts.size, plan.rows * most * plan.pixels), plan.dtype),
+            scratch("product", (starts.size, plan.out_channels * most * plan.pixels),
+                    plan.dtype), plan.parallel_table(most, gathers), sums)
+        return sums.sum(axis=0).reshape(weight_shape)
     by_pixel = grad_output.reshape(plan.batch, plan.out_channels, plan.pixels).transpose(0, 2, 1)
 
     def chunk(start: int, count: int):

@@ -467,14 +467,19 @@ def test_cpu_pad_split_holds_every_phase_of_the_padded_input(case):
 
 
 @pytest.mark.parametrize("case", STRIDE_PHASE_CASES, ids=lambda case: case.name)
-@dtypes
+@pytest.mark.parametrize("dtype, one_loop", [(np.float64, False), (np.float32, False),
+                                             (np.float32, True)],
+                         ids=["float64_pool", "float32_pool", "float32_one_loop"])
 @pytest.mark.parametrize("layout", ["contiguous", "non_contiguous"])
 @pytest.mark.parametrize("wide_below", [0, 2**20], ids=["per_sample_gemm", "wide_gemm"])
-@pytest.mark.parametrize("threads, budget", [(1, 2**22), (2, 1)],
-                         ids=["one_chunk", "one_sample_chunks_two_threads"])
+@pytest.mark.parametrize("threads, budget", [(1, 2**22), (2, 1), (2, 2**22)],
+                         ids=["one_chunk", "one_sample_chunks_two_threads",
+                              "uneven_chunks_two_threads"])
 @pytest.mark.parametrize("table_bytes", [0, 2**30], ids=["im2col_loops", "gather_table"])
-def test_cpu_strided_conv2d_matches_reference(case, dtype, layout, wide_below, threads, budget,
-                                              table_bytes, monkeypatch):
+def test_cpu_strided_conv2d_matches_reference(case, dtype, one_loop, layout, wide_below, threads,
+                                              budget, table_bytes, monkeypatch):
+    # one_loop: the chunks in im2col_parallel's loops (float32, no groups), else the pool's.
+    monkeypatch.setattr(cpu_conv, "PARALLEL_IM2COL", one_loop)
     monkeypatch.setattr(cpu_conv, "WIDE_GEMM_PIXELS", wide_below)
     monkeypatch.setattr(cpu_conv, "GATHER_TABLE_BYTES", table_bytes)
     monkeypatch.setattr(cpu_conv, "THREADS", threads)
@@ -630,11 +635,12 @@ def conv_geometries(draw):
 
 @settings(max_examples=60, deadline=None, derandomize=True, database=None)
 @given(case=conv_geometries(), winograd_threshold=st.sampled_from([0, 32]),
-       budget=st.sampled_from([1, 2**22]), threads=st.sampled_from([1, 3]),
-       wide_below=st.sampled_from([0, 2**20]))
+       budget=st.sampled_from([1, 2**22]), threads=st.sampled_from([1, 2, 3]),
+       wide_below=st.sampled_from([0, 2**20]), dtype=st.sampled_from([np.float64, np.float32]))
 def test_cpu_conv2d_matches_reference_on_random_geometries(case, winograd_threshold, budget,
-                                                           threads, wide_below):
-    x, weight, grad_output = conv_inputs(case, seed=19)
+                                                           threads, wide_below, dtype):
+    # float32 without groups takes the one-loop paths (im2col_parallel, winograd_parallel).
+    x, weight, grad_output = conv_inputs(case, dtype, seed=19)
     args = case.args
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(cpu_conv, "WIDE_GEMM_PIXELS", wide_below)
