@@ -16,20 +16,20 @@ import numpy as np
 
 from .geometry import Pair, as_pairs, check_pool2d, check_upsample, check_upsample_grad
 
-# Numba's thread pool: its OpenMP layer, with the idle threads spinning only briefly.
+# Numba's thread pool: its OpenMP layer, with the idle threads spinning a while between loops.
 # - The "workqueue" layer's threads sleep between parallel loops, and waking them cost 60-120 us
 #   per loop on these (virtual) cores, more than most of the fused kernels take: the U-Net 8x8
 #   step's 150 parallel loops spent 20 ms of its 131 waking threads (omp: 2 us per loop).
-# - GNU OpenMP's threads spin for GOMP_SPINCOUNT iterations (300,000 by default, about a
-#   millisecond) before they sleep, and a spinning thread takes a core from the convolutions'
-#   threads (cpu_conv.py; one conv2d forward+backward took 50x its wall time). SPIN_COUNT
-#   iterations bridge the gap between the kernels of one op and let go before the next
-#   convolution: the U-Net 8x8 step on two threads took 131 ms with workqueue, 143 ms spinning
-#   300,000, 105 ms spinning 10,000.
+# - GNU OpenMP's threads spin for GOMP_SPINCOUNT iterations (about a millisecond at SPIN_COUNT)
+#   before they sleep. While convolutions ran on a Python thread pool (cpu_conv.py), a
+#   spinning thread took a core from them and 10,000 did best; with the convolutions of
+#   float32 models on the OpenMP threads too (winograd_parallel.py, im2col_parallel.py), the
+#   next loop finds them awake: the U-Net 8x8 step on two threads took 80 ms spinning 10,000,
+#   71 ms spinning 300,000 (GNU's default), and the DCGAN 28x28 one 13.0 against 12.6.
 # libgomp reads GOMP_SPINCOUNT when it loads (at the first parallel loop), so it is set here;
 # a value already in the environment, or an explicit NUMBA_THREADING_LAYER, wins. Where no
 # OpenMP runtime loads, Numba falls back to workqueue.
-SPIN_COUNT = 10_000
+SPIN_COUNT = 300_000
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "default"
     numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]

@@ -57,11 +57,14 @@ COLUMNS_BUDGET_BYTES = 4 * 2**20
 # of the time at 48-128 channels on 4x4 to 32x32 images, 0.85-1.01 at 32 channels, and 0.83-1.15
 # at 16. The channels counted are those of one group, the fewer of input and output.
 WINOGRAD_MIN_CHANNELS = 32
-# Images of fewer tiles across than this (outputs up to 16 pixels wide) go through Winograd's
-# channels-last transforms and GEMMs (winograd.py). Forward + both gradients, one thread:
-# 6.2 against 8.8 ms at N=64, C=64, 8x8; 5.4 against 7.5 at N=32, C=32, 16x16; at 32x32 the
-# two within 4 % (28.6 against 27.5 ms at N=16, C=64).
-WINOGRAD_CHANNELS_LAST_TILES = 9
+# Images of fewer tiles across than this go through Winograd's channels-last transforms and
+# GEMMs (winograd.py): without groups, every size. Forward + both gradients, one thread: 6.2
+# against 8.8 ms at N=64, C=64, 8x8; 5.4 against 7.5 at N=32, C=32, 16x16; at 32x32 the two
+# within 4 %. Only the channels-last layout has the one-loop paths below, and in a training step
+# the pool's threads lose time to OpenMP's spinning ones (see kernels/cpu.py): the U-Net step
+# on 28x28 images, two threads, took 193 ms with every size channels last, 224 with only
+# those up to 16 wide.
+WINOGRAD_CHANNELS_LAST_TILES = math.inf
 # Their forward (and input gradient) in float32 as one parallel loop on Numba's threads
 # (winograd_parallel.py) rather than chunks handed to the Python pool; and so their weight
 # gradient when more than one thread shares it. Two threads, N=64: 0.43 against 0.59 ms for 64
@@ -147,6 +150,14 @@ def _plan_chunks(batch: int, per_sample_bytes: int, macs: int) -> tuple[list, in
     count = threads_for(macs, batch * per_sample_bytes)
     chunks = list(_chunks(batch, per_sample_bytes, count))
     return chunks, min(count, len(chunks))
+
+
+def _parallel_chunks(batch: int, per_sample_bytes: int, macs: int):
+    """_plan_chunks' chunks as arrays (starts, counts) for the one-loop paths, and how many
+    workers share them (each with one set of buffers, taking every workers-th chunk)."""
+    chunks, workers = _plan_chunks(batch, per_sample_bytes, macs)
+    starts, counts = (np.array(column, dtype=np.int64) for column in zip(*chunks))
+    return starts, counts, max(1, workers)
 
 
 def _run_chunks(batch: int, per_sample_bytes: int, macs: int, body) -> list:
@@ -251,21 +262,22 @@ class _Im2colPlan:
                 and self.dtype == np.float32)
 
     def parallel_chunks(self):
-        """run()'s chunks as (starts, counts) and the most samples in one."""
-        chunks, _ = _plan_chunks(self.batch, self.rows * self.pixels * self.dtype.itemsize,
-                                 self.batch * self.out_channels * self.rows * self.pixels)
-        starts, counts = (np.array(column, dtype=np.int64) for column in zip(*chunks))
-        return starts, counts, int(counts.max())
+        """run()'s chunks as (starts, counts), the most samples in one, and the workers
+        (_parallel_chunks), each with one set of buffers."""
+        starts, counts, workers = _parallel_chunks(
+            self.batch, self.rows * self.pixels * self.dtype.itemsize,
+            self.batch * self.out_channels * self.rows * self.pixels)
+        return starts, counts, int(counts.max()), workers
 
-    def parallel_inputs(self, input_hw, chunks: int, most: int, bordered: bool):
+    def parallel_inputs(self, input_hw, workers: int, most: int, bordered: bool):
         """(padded, split) for im2col_parallel: the zero-bordered padded copies when the
         columns are gathered or the stride is 1 (bordered), else the flat phase buffers."""
         if bordered:
-            padded = zero_bordered((chunks, most, self.in_channels, *self.padded_hw), self.dtype,
-                                   ("parallel", self.padding, tuple(input_hw)))
-            return padded, np.empty((chunks, 0), self.dtype)
-        split = scratch("padded", (chunks, most * math.prod(self.split_shape)), self.dtype)
-        return np.empty((chunks, 0, 0, 0, 0), self.dtype), split
+            padded = zero_bordered((workers, most, self.in_channels, *self.padded_hw),
+                                   self.dtype, ("parallel", self.padding, tuple(input_hw)))
+            return padded, np.empty((workers, 0), self.dtype)
+        split = scratch("padded", (workers, most * math.prod(self.split_shape)), self.dtype)
+        return np.empty((workers, 0, 0, 0, 0), self.dtype), split
 
     def parallel_table(self, most: int, gathers: bool) -> np.ndarray:
         return self.table(most) if gathers else im2col_parallel.empty_table()
@@ -273,13 +285,13 @@ class _Im2colPlan:
 
 def _forward_parallel(plan: _Im2colPlan, x, weight):
     """_forward's im2col by im2col_parallel.forward."""
-    starts, counts, most = plan.parallel_chunks()
+    starts, counts, most, workers = plan.parallel_chunks()
     wide = plan.pixels < WIDE_GEMM_PIXELS
     gathers = wide and plan.gathers(most)
-    padded, split = plan.parallel_inputs(x.shape[2:], starts.size, most,
+    padded, split = plan.parallel_inputs(x.shape[2:], workers, most,
                                          gathers or plan.stride == (1, 1))
-    columns = scratch("columns", (starts.size, plan.rows * most * plan.pixels), plan.dtype)
-    products = scratch("product", (starts.size, plan.out_channels * most * plan.pixels
+    columns = scratch("columns", (workers, plan.rows * most * plan.pixels), plan.dtype)
+    products = scratch("product", (workers, plan.out_channels * most * plan.pixels
                                    if wide else 0), plan.dtype)
     y = np.empty((plan.batch, plan.out_channels, plan.pixels), dtype=x.dtype)
     return im2col_parallel.forward(x, weight.reshape(plan.out_channels, -1), y, plan.padding,
@@ -324,20 +336,21 @@ def _pointwise_parallel_applies(dtype, groups: int) -> bool:
 
 
 def _pointwise_chunks(images, other):
-    """The chunks (starts, counts) of a 1x1 convolution between images and other (N, C', ...)."""
+    """The chunks (starts, counts) of a 1x1 convolution between images and other (N, C', ...),
+    and the workers that share them (_parallel_chunks)."""
     macs = images.shape[0] * images[0].size * other.shape[1]
-    chunks, _ = _plan_chunks(images.shape[0], (images[0].size + other[0].size)
-                             * images.itemsize, macs)
-    return (np.array(column, dtype=np.int64) for column in zip(*chunks))
+    return _parallel_chunks(images.shape[0], (images[0].size + other[0].size) * images.itemsize,
+                            macs)
 
 
 def _pointwise_parallel(images, weight, out, transpose: bool):
     """A 1x1 convolution's forward (out[n] = W images[n]) or with transpose its input gradient
     (W^T images[n]) by im2col_parallel.pointwise."""
-    starts, counts = _pointwise_chunks(images, out)
+    starts, counts, workers = _pointwise_chunks(images, out)
     return im2col_parallel.pointwise(images.reshape(*images.shape[:2], -1),
                                      weight.reshape(weight.shape[0], -1),
-                                     out.reshape(*out.shape[:2], -1), transpose, starts, counts)
+                                     out.reshape(*out.shape[:2], -1), transpose, starts, counts,
+                                     workers)
 
 
 def _covers_input(input_hw, weight_shape, padding: Pair, dilation: Pair, groups: int) -> bool:
@@ -417,20 +430,20 @@ def conv2d_backward_input(grad_output: np.ndarray, weight: np.ndarray, input_sha
     by_sample = grad_output.reshape(plan.batch, plan.out_channels, plan.pixels)
     grad_x = np.empty(input_shape, dtype=grad_output.dtype)
     if plan.parallel_applies():
-        starts, counts, most = plan.parallel_chunks()
+        starts, counts, most, workers = plan.parallel_chunks()
         gathers = scatters and plan.gathers(most)
         if gathers:  # zeroed on every call, so not a zero-bordered buffer
-            padded = scratch("scatter", (starts.size, most, plan.in_channels, *plan.padded_hw),
+            padded = scratch("scatter", (workers, most, plan.in_channels, *plan.padded_hw),
                              plan.dtype)
-            split = np.empty((starts.size, 0), plan.dtype)
+            split = np.empty((workers, 0), plan.dtype)
         else:
-            padded, split = plan.parallel_inputs(input_shape[2:], starts.size, most, False)
+            padded, split = plan.parallel_inputs(input_shape[2:], workers, most, False)
         wide_size = plan.out_channels * most * plan.pixels if gathers else 0
         return im2col_parallel.backward_input(
             by_sample, weight.reshape(plan.out_channels, -1), grad_x, plan.padding, plan.stride,
             *plan.geometry, starts, counts, padded, split,
-            scratch("columns", (starts.size, plan.rows * most * plan.pixels), plan.dtype),
-            scratch("product", (starts.size, wide_size), plan.dtype),
+            scratch("columns", (workers, plan.rows * most * plan.pixels), plan.dtype),
+            scratch("product", (workers, wide_size), plan.dtype),
             plan.parallel_table(most, gathers))
     weight_groups_t = plan.by_group(weight.reshape(plan.out_channels, -1)).swapaxes(-1, -2)
 
@@ -475,8 +488,8 @@ def conv2d_backward_weight(grad_output: np.ndarray, x: np.ndarray, weight_shape,
         return products.reshape(weight_shape)
     if gemm_conv.is_pointwise(weight_shape, stride, padding):
         if _pointwise_parallel_applies(x.dtype, groups):
-            starts, counts = _pointwise_chunks(x, grad_output)
-            sums = scratch("sums", (starts.size, weight_shape[0], weight_shape[1]), x.dtype)
+            starts, counts, workers = _pointwise_chunks(x, grad_output)
+            sums = scratch("sums", (workers, weight_shape[0], weight_shape[1]), x.dtype)
             im2col_parallel.pointwise_backward_weight(
                 grad_output.reshape(*grad_output.shape[:2], -1), x.reshape(*x.shape[:2], -1),
                 starts, counts, sums)
@@ -491,16 +504,16 @@ def conv2d_backward_weight(grad_output: np.ndarray, x: np.ndarray, weight_shape,
         return _winograd_backward_weight(grad_output, x, weight_shape, padding, groups)
     plan = _Im2colPlan(x.shape, weight_shape, stride, padding, dilation, groups, out_hw, x.dtype)
     if plan.parallel_applies():
-        starts, counts, most = plan.parallel_chunks()
+        starts, counts, most, workers = plan.parallel_chunks()
         gathers = plan.gathers(most)
-        padded, split = plan.parallel_inputs(x.shape[2:], starts.size, most,
+        padded, split = plan.parallel_inputs(x.shape[2:], workers, most,
                                              gathers or plan.stride == (1, 1))
-        sums = scratch("sums", (starts.size, plan.out_channels, plan.rows), plan.dtype)
+        sums = scratch("sums", (workers, plan.out_channels, plan.rows), plan.dtype)
         im2col_parallel.backward_weight(
             grad_output.reshape(plan.batch, plan.out_channels, plan.pixels), x, plan.padding,
             plan.stride, *plan.geometry, starts, counts, padded, split,
-            scratch("columns", (starts.size, plan.rows * most * plan.pixels), plan.dtype),
-            scratch("product", (starts.size, plan.out_channels * most * plan.pixels),
+            scratch("columns", (workers, plan.rows * most * plan.pixels), plan.dtype),
+            scratch("product", (workers, plan.out_channels * most * plan.pixels),
                     plan.dtype), plan.parallel_table(most, gathers), sums)
         return sums.sum(axis=0).reshape(weight_shape)
     by_pixel = grad_output.reshape(plan.batch, plan.out_channels, plan.pixels).transpose(0, 2, 1)
@@ -578,11 +591,10 @@ class _WinogradPlan:
     def _parallel_buffers(self, x):
         """run()'s chunks as (starts, counts) and each chunk's zero-bordered channels-last
         copy and transformed input planes, for the one-loop paths (winograd_parallel.py)."""
-        chunks, _ = _plan_chunks(self.batch, self.sample_bytes, self.macs)
-        starts, counts = (np.array(column, dtype=np.int64) for column in zip(*chunks))
-        padded = zero_bordered((starts.size, int(counts.max()), *self.padded_hw, self.channels),
+        starts, counts, workers = _parallel_chunks(self.batch, self.sample_bytes, self.macs)
+        padded = zero_bordered((workers, int(counts.max()), *self.padded_hw, self.channels),
                                self.dtype, ("parallel", self.padding, x.shape[2:]))
-        planes = scratch("columns", (starts.size, 16, self.chunk_columns(counts) * self.channels
+        planes = scratch("columns", (workers, 16, self.chunk_columns(counts) * self.channels
                                      + 16), self.dtype)
         return starts, counts, padded, planes
 
@@ -594,9 +606,10 @@ class _WinogradPlan:
         channels-last layouts of the methods above, with one set of buffers per chunk."""
         starts, counts, padded, planes = self._parallel_buffers(x)
         columns = self.chunk_columns(counts)
-        products = scratch("products", (starts.size, 16, columns * self.channels_out + 16),
+        workers = padded.shape[0]
+        products = scratch("products", (workers, 16, columns * self.channels_out + 16),
                            self.dtype)
-        rows = scratch("rows", (starts.size, 8, self.channels_out), self.dtype)
+        rows = scratch("rows", (workers, 8, self.channels_out), self.dtype)
         return winograd_parallel.forward(x, np.ascontiguousarray(weight_t), y, self.padding,
                                          self.tiles_hw, starts, counts, padded, planes,
                                          products, rows)
@@ -605,10 +618,11 @@ class _WinogradPlan:
         """The weight gradient's 16 summed products (16, C_out, C) as one parallel loop over
         run()'s chunks (winograd_parallel.py)."""
         starts, counts, padded, planes = self._parallel_buffers(x)
-        grad_planes = scratch("products", (starts.size, 16 * (self.channels_out
-                                                              * self.chunk_columns(counts) + 16)),
+        workers = padded.shape[0]
+        grad_planes = scratch("products", (workers, 16 * (self.channels_out
+                                                          * self.chunk_columns(counts) + 16)),
                               self.dtype)
-        sums = scratch("sums", (starts.size, 16, self.channels_out, self.channels), self.dtype)
+        sums = scratch("sums", (workers, 16, self.channels_out, self.channels), self.dtype)
         winograd_parallel.backward_weight(grad_output, x, self.padding, self.tiles_hw, starts,
                                           counts, padded, planes, grad_planes, sums)
         return sums.sum(axis=0)

@@ -13,7 +13,7 @@ import numba
 from numpy.lib.stride_tricks import as_strided
 
 from . import cpu_blas
-from .cpu_blas import gemm
+from .cpu_blas import gemm, gemm_strided
 from .cpu_columns import copy_interior_channels_last
 from .winograd import (transform_grad_output, transform_input_channels_last,
                        transform_output_channels_last)
@@ -21,58 +21,78 @@ from .winograd import (transform_grad_output, transform_input_channels_last,
 available = cpu_blas.available
 
 
+@numba.njit(nogil=True, cache=True)
+def _forward_chunk(sgemm, x, weight_t, y, padding, tiles_hw, start, count, padded, planes,
+                   products, rows):
+    """Samples start..start+count of y, in one worker's buffers."""
+    channels, channels_out = x.shape[1], y.shape[1]
+    tiles = tiles_hw[0] * tiles_hw[1]
+    copy_interior_channels_last(x, start, count, padded, padding)
+    transform_input_channels_last(padded, planes, tiles_hw)
+    for p in range(16):  # (B*tiles, C) @ (C, C_out)
+        gemm(sgemm, count * tiles, channels_out, channels, planes[p].ctypes.data,
+             weight_t[p].ctypes.data, products[p].ctypes.data)
+    transform_output_channels_last(products, y, start, count, tiles_hw, rows)
+
+
 @numba.njit(parallel=True, nogil=True, cache=True)
 def _forward(sgemm, x, weight_t, y, padding, tiles_hw, starts, counts, padded, planes,
              products, rows):
-    channels, channels_out = x.shape[1], y.shape[1]
-    tiles = tiles_hw[0] * tiles_hw[1]
-    for k in numba.prange(starts.size):
-        start, count = starts[k], counts[k]
-        copy_interior_channels_last(x, start, count, padded[k], padding)
-        transform_input_channels_last(padded[k], planes[k], tiles_hw)
-        for p in range(16):
-            gemm(sgemm, count * tiles, channels_out, channels, planes[k, p].ctypes.data,
-                 weight_t[p].ctypes.data, products[k, p].ctypes.data)
-        transform_output_channels_last(products[k], y, start, count, tiles_hw, rows[k])
+    workers = padded.shape[0]  # worker w takes chunks w, w + workers, ... in its buffers
+    for w in numba.prange(workers):
+        for k in range(w, starts.size, workers):
+            _forward_chunk(sgemm, x, weight_t, y, padding, tiles_hw, starts[k], counts[k],
+                           padded[w], planes[w], products[w], rows[w])
     return y
 
 
 def forward(x, weight_t, y, padding, tiles_hw, starts, counts, padded, planes, products, rows):
     """y = the convolution of x (N, C, H, W) with U^T = weight_t (16, C, C_out), chunk k being
-    samples starts[k] .. + counts[k]. Per chunk: padded (chunks, B, H_p, W_p, C), zero-bordered;
-    planes (chunks, 16, >= B*tiles*C); products (chunks, 16, >= B*tiles*C_out); rows (chunks,
-    8, C_out); B >= every count."""
+    samples starts[k] .. + counts[k]. One set of buffers per worker thread (the leading axis):
+    padded (workers, B, H_p, W_p, C), zero-bordered; planes (workers, 16, >= B*tiles*C);
+    products (workers, 16, >= B*tiles*C_out); rows (workers, 8, C_out); B >= every count."""
     return _forward(cpu_blas.sgemm, x, weight_t, y, padding, tiles_hw, starts, counts, padded,
                     planes, products, rows)
+
+
+@numba.njit(nogil=True, cache=True)
+def _backward_weight_chunk(sgemm, grad_output, x, padding, tiles_hw, start, count, padded,
+                           planes, grad_planes, sums, beta):
+    """sums (+)= chunk start..start+count's 16 products, in one worker's buffers."""
+    channels, channels_out = x.shape[1], grad_output.shape[1]
+    columns = count * tiles_hw[0] * tiles_hw[1]
+    copy_interior_channels_last(x, start, count, padded, padding)
+    transform_input_channels_last(padded, planes, tiles_hw)
+    # (16, C_out, B*tiles), each plane starting 16 elements past the previous one's end
+    # (planes 2^k bytes apart would share cache sets: this transform ran 5x slower).
+    size = grad_planes.itemsize
+    transformed = as_strided(grad_planes, shape=(16, channels_out, columns),
+                             strides=((channels_out * columns + 16) * size, columns * size,
+                                      size))
+    transform_grad_output(grad_output, start, transformed, tiles_hw)
+    for p in range(16):  # (C_out, B*tiles) @ (B*tiles, C)
+        gemm_strided(sgemm, False, False, channels_out, channels, columns,
+                     transformed[p].ctypes.data, columns, planes[p].ctypes.data, channels,
+                     beta, sums[p].ctypes.data, channels)
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
 def _backward_weight(sgemm, grad_output, x, padding, tiles_hw, starts, counts, padded, planes,
                      grad_planes, sums):
-    channels, channels_out = x.shape[1], grad_output.shape[1]
-    tiles = tiles_hw[0] * tiles_hw[1]
-    for k in numba.prange(starts.size):
-        start, count = starts[k], counts[k]
-        copy_interior_channels_last(x, start, count, padded[k], padding)
-        transform_input_channels_last(padded[k], planes[k], tiles_hw)
-        # (16, C_out, B*tiles), each plane starting 16 elements past the previous one's end
-        # (planes 2^k bytes apart would share cache sets: this transform ran 5x slower).
-        columns, size = count * tiles, grad_planes.itemsize
-        transformed = as_strided(grad_planes[k], shape=(16, channels_out, columns),
-                                 strides=((channels_out * columns + 16) * size, columns * size,
-                                          size))
-        transform_grad_output(grad_output, start, transformed, tiles_hw)
-        for p in range(16):  # (C_out, B*tiles) @ (B*tiles, C)
-            gemm(sgemm, channels_out, channels, columns, transformed[p].ctypes.data,
-                 planes[k, p].ctypes.data, sums[k, p].ctypes.data)
+    workers = padded.shape[0]
+    for w in numba.prange(workers):
+        for k in range(w, starts.size, workers):
+            _backward_weight_chunk(sgemm, grad_output, x, padding, tiles_hw, starts[k],
+                                   counts[k], padded[w], planes[w], grad_planes[w], sums[w],
+                                   0.0 if k == w else 1.0)
     return sums
 
 
 def backward_weight(grad_output, x, padding, tiles_hw, starts, counts, padded, planes,
                     grad_planes, sums):
-    """sums[k] = the 16 products of chunk k's transformed grad_output (C_out, B*tiles) and
-    transformed input (B*tiles, C), which summed over the chunks give the weight gradient in
-    the Winograd domain. Buffers as in forward, and per chunk grad_planes (chunks, >= 16*C_out*
-    B*tiles + 256) and sums (chunks, 16, C_out, C)."""
+    """sums[w] = the 16 products, summed over worker w's chunks, of a chunk's transformed
+    grad_output (C_out, B*tiles) and transformed input (B*tiles, C); summed over the workers,
+    the weight gradient in the Winograd domain. Buffers as in forward, and per worker
+    grad_planes (workers, >= 16*C_out*B*tiles + 256) and sums (workers, 16, C_out, C)."""
     return _backward_weight(cpu_blas.sgemm, grad_output, x, padding, tiles_hw, starts, counts,
                             padded, planes, grad_planes, sums)
