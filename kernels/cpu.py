@@ -2,7 +2,8 @@
 
 Convolution lives in cpu_conv.py (im2col + GEMM, Winograd F(2x2, 3x3) for 3x3 stride-1
 convolutions, 1x1 as plain GEMMs; the chunks of a batch on parallel threads) and is exported
-from here, as are the fused group norm, batch norm and softmax of cpu_fused_norm.py. Pooling
+from here, as are the matrix products of cpu_matmul.py and the fused group norm, batch norm and
+softmax of cpu_fused_norm.py. Pooling
 and upsampling are direct Numba loops, parallel over the (n, c) planes. All Numba functions
 are compiled on first use and cached next to their files (cache=True).
 """
@@ -69,6 +70,7 @@ KEEPS_FREED_MEMORY = _keep_freed_memory()
 
 from .cpu_conv import (conv2d_backward_input, conv2d_backward_weight,  # noqa: E402
                        conv2d_forward)
+from .cpu_matmul import matmul  # noqa: E402,F401
 from .cpu_fused_norm import (batch_norm_backward, batch_norm_forward,  # noqa: E402
                              group_norm_backward, group_norm_forward, softmax_backward,
                              softmax_forward)

@@ -302,6 +302,11 @@ def random_integers(low: int, high: int, shape, seed: int, offset: int):
     return cupy.minimum(cupy.floor(uniform * span).astype(np.int64), span - 1) + int(low)
 
 
+def matmul(a, b):
+    """a @ b (cuBLAS through cupy.matmul): (..., n, k) @ (..., k, m) -> (..., n, m)."""
+    return cupy.matmul(a, b)
+
+
 # The fused kernels' glue uses _launch, _module and _C_TYPES above, so it is imported last.
 from .fused import (adam_update, bias_act_backward, bias_act_forward,  # noqa: E402,F401
                     ema_update, grad_norm, scale_grads, sgd_update)

@@ -5,7 +5,7 @@ shape; vectors are lifted to matrices first, as NumPy and PyTorch do.
 """
 from __future__ import annotations
 
-from minigen import backend
+from minigen import kernels
 from minigen.ops.bias_act import bias_act
 from minigen.ops.elementwise import sum_to
 from minigen.tensor import Function, Tensor
@@ -23,12 +23,13 @@ class MatMul(Function):
         if a.shape[-1] != b.shape[-2]:
             raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not line up "
                              f"({a.shape[-1]} != {b.shape[-2]})")
-        xp = backend.array_module(a)
+        kernel = kernels.for_array(a)
         if _rows_times_matrix(a, b):
             # One GEMM over all rows: NumPy's stacked matmul of a transposed view (attention's
             # (64, 16, 64) @ (64, 192)) took 1.6x the time of the copy plus one GEMM.
-            return xp.matmul(a.reshape(-1, a.shape[-1]), b).reshape(*a.shape[:-1], b.shape[-1])
-        return xp.matmul(a, b)
+            return kernel.matmul(a.reshape(-1, a.shape[-1]), b).reshape(*a.shape[:-1],
+                                                                        b.shape[-1])
+        return kernel.matmul(a, b)
 
     def backward(self, grad_output):
         a, b = self.inputs
