@@ -35,7 +35,7 @@ def fused_on():
 
 def with_path(monkeypatch, path):
     if path == "kernel":
-        monkeypatch.setattr(cpu_fused, "_by_reference", lambda x, bias, dim: False)
+        monkeypatch.setattr(cpu_fused, "_by_reference", lambda x, bias, dim, act: False)
 
 
 # ---- bias_act kernels ---------------------------------------------------------------------
