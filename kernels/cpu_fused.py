@@ -33,8 +33,11 @@ ROW_MIN = 1 << 10  # without a bias, x is cut into rows of at least this many el
 # Each Numba thread a call uses gets at least this many elements. Waking a sleeping worker costs
 # microseconds on an idle machine and whole scheduler time slices on a busy one (a 130,000-
 # element pass took 16 ms on two threads there against 12 us on one), so smaller calls stay on
-# the calling thread.
-ELEMENTS_PER_THREAD = 1 << 17
+# the calling thread. Since OpenMP's threads spin between loops (kernels/cpu.py) they are
+# awake for the passes between two convolutions, and a pass on fewer threads than the loops
+# around it cost more than its work (a U-Net's 64x32x8x8 conv bias: 122 us with one thread of
+# two, 80 with both; at 2^17 elements per thread the 8x8 step took 74 ms against 68-71).
+ELEMENTS_PER_THREAD = 1 << 13
 
 
 class _Threads:
