@@ -4,7 +4,8 @@ PyTorch twin of the same architecture, with the ratio minigen / PyTorch measured
 The minigen side is GANLoop.train_step itself; the twin is built with torch.nn from the same
 layer list, loads minigen's weights by state-dict name (so the forward passes are checked to
 agree first), and runs the same step: the non-saturating loss, Adam (0.5, 0.999), D frozen
-during the G step.
+during the G step, and the loop's bookkeeping (losses, mean D(x) and gradient norms read back,
+the EMA of G's weights).
 
     python benchmarks/bench_gan.py                       # the digits DCGAN: 8x8, width 32, batch 64
     python benchmarks/bench_gan.py --image-size 32 --width 64 --steps 10
@@ -49,21 +50,34 @@ def torch_twin(module: nn.Module, torch):
     return twin
 
 
-def torch_step(generator, discriminator, g_optimizer, d_optimizer, real, latent_dim, torch):
-    """The step of GANLoop.train_step with d_steps=1, in PyTorch."""
+def torch_step(generator, discriminator, g_optimizer, d_optimizer, real, latent_dim, torch,
+               shadows, ema_decay):
+    """The step of GANLoop.train_step with d_steps=1, in PyTorch: the same updates, and the
+    same bookkeeping (the losses, mean D(x) of real and fakes and both gradient norms read
+    back, and the EMA of G's weights, `shadows`, by PyTorch's multi-tensor lerp)."""
     softplus = torch.nn.functional.softplus
     n = real.shape[0]
     fake = generator.net(torch.randn(n, latent_dim, 1, 1, device=real.device))
     d_optimizer.zero_grad(set_to_none=True)
     real_logits = discriminator.net(real).reshape(n, 1)
     fake_logits = discriminator.net(fake.detach()).reshape(n, 1)
-    (softplus(-real_logits).mean() + softplus(fake_logits).mean()).backward()
+    loss_d = softplus(-real_logits).mean() + softplus(fake_logits).mean()
+    loss_d.backward()
+    read_out = [float(loss_d), float(torch.sigmoid(real_logits.detach()).mean()),
+                float(torch.sigmoid(fake_logits.detach()).mean()),
+                float(torch.nn.utils.get_total_norm([p.grad for p in discriminator.parameters()]))]
     d_optimizer.step()
     g_optimizer.zero_grad(set_to_none=True)
     discriminator.requires_grad_(False)
-    softplus(-discriminator.net(fake).reshape(n, 1)).mean().backward()
+    loss_g = softplus(-discriminator.net(fake).reshape(n, 1)).mean()
+    loss_g.backward()
     discriminator.requires_grad_(True)
+    read_out += [float(loss_g),
+                 float(torch.nn.utils.get_total_norm([p.grad for p in generator.parameters()]))]
     g_optimizer.step()
+    with torch.no_grad():
+        torch._foreach_lerp_(shadows, list(generator.parameters()), 1.0 - ema_decay)
+    return read_out
 
 
 def timed_in_turn(steps: list, count: int, synchronize=lambda: None) -> list[list[float]]:
@@ -136,10 +150,12 @@ def main() -> None:
                                args.image_size)).astype(np.float32)
     real_ours = minigen.tensor(real, device=device)
     real_theirs = torch.tensor(real, device=torch_device)
+    shadows = [p.detach().clone() for p in generator.parameters()]
+    ema_decay = loop.g_ema.decay if loop.g_ema is not None else 0.0
     ours, theirs = timed_in_turn(
         [lambda: loop.train_step(real_ours, None, 0),
          lambda: torch_step(generator, discriminator, g_optimizer, d_optimizer, real_theirs,
-                            loop.latent_dim, torch)], args.steps, synchronize)
+                            loop.latent_dim, torch, shadows, ema_decay)], args.steps, synchronize)
     parameters = sum(p.numel() for m in loop.models().values() for p in m.parameters())
     print(f"DCGAN training step, {args.channels}x{args.image_size}x{args.image_size} images, "
           f"width {loop.width}, "

@@ -13,6 +13,9 @@ import signal
 
 import numpy as np
 
+from minigen import kernels
+from minigen.fusion import fusion_enabled
+
 
 class UserError(Exception):
     """Bad input from the user (an option, a file, a folder): reported as one line, no traceback."""
@@ -46,7 +49,12 @@ class NonFiniteStep(Exception):
 
 def gradient_norm(parameters) -> float:
     """The L2 norm of all gradients of `parameters` taken together (0.0 when none has one),
-    summed in float64 so that large but finite float32 gradients do not overflow."""
+    summed in float64 so that large but finite float32 gradients do not overflow; with fusion
+    on, in one multi-tensor pass (the kernels' grad_norm, as clip_grad_norm_ uses)."""
+    parameters = list(parameters)
+    grads = [param.grad.data for param in parameters if param.grad is not None]
+    if grads and fusion_enabled() and len({type(grad) for grad in grads}) == 1:
+        return float(kernels.for_array(grads[0]).grad_norm(grads, 2.0))
     total = 0.0
     for param in parameters:
         if param.grad is not None:

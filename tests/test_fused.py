@@ -369,6 +369,23 @@ def test_clip_grad_norm_agrees_with_fusion_on_and_off(max_norm, norm_type):
         np.testing.assert_allclose(fused, plain, **TOLERANCES[np.dtype(np.float32)])
 
 
+@pytest.mark.parametrize("value", [1.5, 1e30, np.inf, np.nan], ids=["normal", "large", "inf",
+                                                                  "nan"])
+def test_the_loops_gradient_norm_agrees_with_fusion_on_and_off(value):
+    from minigen.loop import gradient_norm
+    rng = np.random.default_rng(5)
+    params = [minigen.Tensor(rng.standard_normal(shape).astype(np.float32), requires_grad=True)
+              for shape in ((3, 4), (50000,), (7,))]
+    for param in params:
+        param.grad = minigen.Tensor(rng.standard_normal(param.shape).astype(np.float32))
+    params[1].grad.data[17] = value
+    norms = []
+    for enabled in (True, False):
+        with minigen.fusion(enabled):
+            norms.append(gradient_norm(params))
+    np.testing.assert_allclose(norms[0], norms[1], rtol=1e-12)
+
+
 def test_clip_grad_norm_still_raises_on_a_non_finite_norm_with_fusion_on(fused_on):
     param = nn.Parameter(minigen.tensor(np.ones(3, dtype=np.float32)))
     param.grad = minigen.tensor(np.array([1.0, np.inf, 0.0], dtype=np.float32))
