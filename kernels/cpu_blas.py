@@ -11,6 +11,7 @@ pool cpu_conv.py uses costs about 80 us a call on these virtual cores.
 from __future__ import annotations
 
 import ctypes
+import functools
 
 import numba
 import numpy as np
@@ -67,3 +68,12 @@ def gemm(function, m, n, k, a, b, out):
     a (m, k), b (k, n), out (m, n); function is `sgemm`, passed in so that the compiled code
     does not hold this process's address of it and Numba can cache it."""
     function(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, m, n, k, 1.0, a, k, b, n, 0.0, out, n)
+
+
+@functools.lru_cache(maxsize=1)
+def hold_to_one_thread() -> None:
+    """OpenBLAS on one thread, process-wide, once: the callers of gemm run it on threads of
+    their own, and OpenBLAS's threads inside each call would fight them (a 1024x64x192 product
+    on two threads of Numba's took 6.5 ms with OpenBLAS's two threads each, 0.1 ms without)."""
+    from threadpoolctl import ThreadpoolController
+    ThreadpoolController().limit(limits=1, user_api="blas")

@@ -38,9 +38,8 @@ import os
 
 import numba
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
-from . import gemm_conv, im2col_parallel, winograd, winograd_parallel
+from . import cpu_blas, gemm_conv, im2col_parallel, winograd, winograd_parallel
 from .cpu_columns import (col2im, copy_from_interior, gather, gather_table, im2col, pad,
                           pad_channels_last, pad_split, scatter_add, scratch, unsplit,
                           zero_bordered)
@@ -121,16 +120,16 @@ def _executor(count: int, process: int) -> concurrent.futures.ThreadPoolExecutor
     return concurrent.futures.ThreadPoolExecutor(count, thread_name_prefix="minigen-conv")
 
 
-@functools.lru_cache(maxsize=1)
 def _hold_blas_to_one_thread() -> None:
-    """Once, at the first convolution with threads() > 1: OpenBLAS on one thread, process-wide.
+    """Once, at the first convolution with threads() > 1: OpenBLAS on one thread, process-wide
+    (cpu_blas.hold_to_one_thread).
 
     Its idle worker threads spin for a while after each call, and a spinning one takes a core
     from a chunk: holding BLAS to one thread only around each convolution left forward times
     of 2.7-9.9 ms (median 4.7) for N=32, C=64, 16x16, against 2.6-2.9 ms with no BLAS
     threads at all. minigen's other GEMMs (linear layers, attention on small images) gain
     little from BLAS threads."""
-    ThreadpoolController().limit(limits=1, user_api="blas")
+    cpu_blas.hold_to_one_thread()
 
 
 def threads_for(macs: int, nbytes: int = 0) -> int:

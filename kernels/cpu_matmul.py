@@ -1,7 +1,7 @@
 """Matrix products on the CPU (cpu.py's matmul): float32 products of matrices or of stacks of
 them, cut into row blocks that Numba's OpenMP threads multiply at once, each block one call
-of NumPy's OpenBLAS sgemm (cpu_blas). minigen holds OpenBLAS to one thread (see
-cpu_conv._hold_blas_to_one_thread), so np.matmul would use one core; attention's products
+of NumPy's OpenBLAS sgemm (cpu_blas). OpenBLAS is held to one thread (cpu_blas.
+hold_to_one_thread), so np.matmul would use one core; attention's products
 (the U-Net 16x16 step's 28 of them took 14 ms on two threads) use both this way.
 
 Operands reach the GEMMs as they are laid out when BLAS can read them (a transposed view is a
@@ -18,26 +18,36 @@ from .cpu_blas import gemm_strided
 
 # Products of fewer multiply-adds per thread run as one np.matmul on the calling thread.
 MACS_PER_THREAD = 2**19
-# Each thread gets about this many row blocks of the products, so that uneven blocks even out.
+# Each thread gets about this many blocks of the products' rows (or columns, where they have
+# more columns than rows), so that uneven blocks even out.
 BLOCKS_PER_THREAD = 2
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
 def _blocks(sgemm, batch, m, n, k, a, a_batch, a_trans, lda, b, b_batch, b_trans, ldb, out,
-            row_blocks, workers, itemsize):
-    """out[i][rows r0..r1] = op(a[i])[r0..r1] @ op(b[i]) for every stack entry i and row block;
-    addresses in bytes, strides and leading dimensions in elements; out C-contiguous."""
-    tasks = batch * row_blocks
+            blocks, by_columns, workers, itemsize):
+    """out[i] = op(a[i]) @ op(b[i]) for every stack entry i, one row block (or with by_columns
+    one column block) of out per task; addresses in bytes, strides and leading dimensions in
+    elements; out C-contiguous."""
+    tasks = batch * blocks
+    side = n if by_columns else m
     for w in numba.prange(workers):
         for task in range(w, tasks, workers):
-            i, block = task // row_blocks, task % row_blocks
-            first, last = block * m // row_blocks, (block + 1) * m // row_blocks
+            i, block = task // blocks, task % blocks
+            first, last = block * side // blocks, (block + 1) * side // blocks
             if last == first:
                 continue
-            a_first = i * a_batch + (first if a_trans else first * lda)
-            gemm_strided(sgemm, a_trans, b_trans, last - first, n, k, a + a_first * itemsize,
-                         lda, b + i * b_batch * itemsize, ldb, 0.0,
-                         out + (i * m * n + first * n) * itemsize, n)
+            a_at, b_at, out_at = i * a_batch, i * b_batch, i * m * n
+            if by_columns:  # columns first..last of op(b) and of out
+                b_at += first * ldb if b_trans else first
+                out_at += first
+                rows, columns = m, last - first
+            else:  # rows first..last of op(a) and of out
+                a_at += first if a_trans else first * lda
+                out_at += first * n
+                rows, columns = last - first, n
+            gemm_strided(sgemm, a_trans, b_trans, rows, columns, k, a + a_at * itemsize, lda,
+                         b + b_at * itemsize, ldb, 0.0, out + out_at * itemsize, n)
     return out
 
 
@@ -82,14 +92,16 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     threads = _threads_for(batch * m * n * k)
     if threads == 1:
         return np.matmul(a, b)
+    cpu_blas.hold_to_one_thread()
     a, a_trans, lda = _blas_layout(a)
     b, b_trans, ldb = _blas_layout(b)
     a_batch, b_batch = _batch_stride(a), _batch_stride(b)
     if a_batch < 0 or b_batch < 0:
         return np.matmul(a, b)
     out = np.empty((batch, m, n) if a.ndim == 3 else (m, n), dtype=np.float32)
-    row_blocks = max(1, min(m, -(-threads * BLOCKS_PER_THREAD // batch)))
+    by_columns = n > m  # cut the longer side of each product (a weight gradient: few rows)
+    blocks = max(1, min(n if by_columns else m, -(-threads * BLOCKS_PER_THREAD // batch)))
     _blocks(cpu_blas.sgemm, batch, m, n, k, a.ctypes.data, a_batch, a_trans, lda,
-            b.ctypes.data, b_batch, b_trans, ldb, out.ctypes.data, row_blocks,
-            min(threads, batch * row_blocks), a.itemsize)
+            b.ctypes.data, b_batch, b_trans, ldb, out.ctypes.data, blocks, by_columns,
+            min(threads, batch * blocks), a.itemsize)
     return out

@@ -38,6 +38,8 @@ def operand_cases(rng):
         "transposed_left": (rand(rng, 23, 37).T, rand(rng, 23, 41)),
         "row_stride_slice": (rand(rng, 37, 30)[:, :23], rand(rng, 23, 41)),
         "one_row": (rand(rng, 1, 23), rand(rng, 23, 41)),
+        "wide_transposed_both": (rand(rng, 23, 5).T, rand(rng, 41, 23).T),
+        "wide_batched": (rand(rng, 4, 3, 6), rand(rng, 4, 6, 29)),
         "one_column": (rand(rng, 37, 23), rand(rng, 23, 1)),
         "batched": (rand(rng, 5, 7, 6), rand(rng, 5, 6, 9)),
         "batch_1": (rand(rng, 1, 7, 6), rand(rng, 1, 6, 9)),
@@ -81,9 +83,14 @@ def test_cpu_matmul_keeps_small_products_on_one_thread(monkeypatch):
     assert calls == []
 
 
-def test_cpu_matmul_splits_the_rows_of_a_single_product_between_the_threads(threaded):
-    a, b = np.ones((10, 4), np.float32), np.ones((4, 3), np.float32)
-    np.testing.assert_array_equal(cpu.matmul(a, b), np.full((10, 3), 4.0, np.float32))
+@pytest.mark.parametrize("a_shape, b_shape, by_columns", [((10, 4), (4, 3), False),
+                                                         ((3, 4), (4, 10), True)],
+                         ids=["tall_by_rows", "wide_by_columns"])
+def test_cpu_matmul_cuts_a_single_product_along_its_longer_side(a_shape, b_shape, by_columns,
+                                                                threaded):
+    rng = np.random.default_rng(2)
+    a, b = rand(rng, *a_shape), rand(rng, *b_shape)
+    assert_close(cpu.matmul(a, b), reference.matmul(a, b), np.float32)
     (args,) = threaded
-    row_blocks, workers = args[14], args[15]
-    assert row_blocks == 3 * cpu_matmul.BLOCKS_PER_THREAD and workers == 3
+    blocks, columns, workers = args[14], args[15], args[16]
+    assert (blocks, columns, workers) == (3 * cpu_matmul.BLOCKS_PER_THREAD, by_columns, 3)
