@@ -321,6 +321,18 @@ def test_float32_inputs_give_float32_outputs_and_gradients(case):
                 f"{case.name}: gradient dtype {None if x.grad is None else x.grad.dtype}"
 
 
+def test_split_pieces_that_get_no_gradient_contribute_zeros_at_first_and_second_order():
+    x = minigen.tensor(np.arange(12.0).reshape(2, 6), requires_grad=True)
+    query, key, value = x.chunk(3, dim=1)
+    (query * key).sum().backward()  # value unused
+    np.testing.assert_array_equal(x.grad.numpy()[:, :2], x.detach().numpy()[:, 2:4])
+    np.testing.assert_array_equal(x.grad.numpy()[:, 2:4], x.detach().numpy()[:, :2])
+    np.testing.assert_array_equal(x.grad.numpy()[:, 4:], 0.0)
+    assert minigen.gradgradcheck(lambda t: (t.chunk(3, dim=1)[0] ** 2).sum(),
+                                 [minigen.tensor(np.random.default_rng(0).standard_normal((2, 6)),
+                                                 requires_grad=True)])
+
+
 # ---- ties and kinks: the subgradient PyTorch picks ---------------------------------------------------
 TIES = [
     pytest.param(lambda F, x: x.max(), None, [[[1.0, 3.0], [3.0, 0.0]]], id="max_shares_ties"),

@@ -65,6 +65,26 @@ class Cat(Function):
         return tuple(grads)
 
 
+class Split(Function):
+    """Consecutive pieces of x along `dim` of the given sizes (views), as one op with one
+    output per piece, so that the backward is one concatenation of their gradients (a zero
+    one for a piece that got none) rather than a zero-filled input per piece, summed:
+    attention's q, k, v from one (N, L, 3C) projection."""
+
+    def __init__(self, sizes, dim):
+        self.sizes, self.dim = tuple(sizes), dim
+
+    def forward(self, x):
+        pieces, start = [], 0
+        for size in self.sizes:
+            pieces.append(x[(slice(None),) * self.dim + (slice(start, start + size),)])
+            start += size
+        return tuple(pieces)
+
+    def backward(self, *grad_outputs):
+        return cat(grad_outputs, self.dim)
+
+
 def _normalise_index(index):
     """Tensors become arrays, boolean masks become integer arrays (so scatter-add works)."""
     items = index if isinstance(index, tuple) else (index,)
@@ -219,12 +239,7 @@ def split(x: Tensor, split_size, dim: int = 0) -> tuple:
         sizes = list(split_size)
         if sum(sizes) != total:
             raise ValueError(f"split: sizes {sizes} do not add up to {total} (dim {dim})")
-    dim = dim % x.ndim
-    pieces, start = [], 0
-    for size in sizes:
-        pieces.append(getitem(x, (slice(None),) * dim + (slice(start, start + size),)))
-        start += size
-    return tuple(pieces)
+    return Split(sizes, dim % x.ndim)(x)
 
 
 def chunk(x: Tensor, chunks: int, dim: int = 0) -> tuple:
