@@ -12,6 +12,7 @@ stay referenced by the caller for the whole call. Parameters whose arrays are no
 from __future__ import annotations
 
 import functools
+import math
 import weakref
 
 import numba
@@ -256,6 +257,57 @@ def bias_act_backward(grad_output: np.ndarray, x: np.ndarray, bias: np.ndarray |
         with threads:
             _channel_sums(grad_x, row_sums)
     return grad_x.reshape(x.shape), row_sums.sum(axis=0).astype(bias.dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# a + b of large arrays: the residual and time-embedding adds, the gradients' sums
+# ---------------------------------------------------------------------------------------
+@numba.njit(parallel=True, **_jit)
+def _add_rows(a, b, out):
+    """out[r, i] = a[r, i] + b[r, i], or with b of one column b[r, 0]; rows on the threads."""
+    for r in numba.prange(a.shape[0]):
+        if b.shape[1] == 1:
+            value = b[r, 0]
+            for i in range(a.shape[1]):
+                out[r, i] = a[r, i] + value
+        else:
+            for i in range(a.shape[1]):
+                out[r, i] = a[r, i] + b[r, i]
+    return out
+
+
+def _as_rows(large: np.ndarray, small: np.ndarray):
+    """(large, small) as (R, L) and (R, L or 1) arrays when small is large's shape, or large's
+    leading axes followed by ones (a per-(n, c) value of an NCHW array); else None."""
+    if small.shape == large.shape:
+        inner, axis = 1, large.ndim  # rows of >= ROW_MIN elements, which the threads share
+        while axis > 0 and inner < ROW_MIN:
+            axis -= 1
+            inner *= large.shape[axis]
+        return large.reshape(-1, inner), small.reshape(-1, inner)
+    lead = small.ndim
+    while lead > 0 and small.shape[lead - 1] == 1:
+        lead -= 1
+    if (small.ndim == large.ndim and 0 < lead < large.ndim
+            and small.shape[:lead] == large.shape[:lead]):
+        return large.reshape(math.prod(large.shape[:lead]), -1), small.reshape(-1, 1)
+    return None
+
+
+def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a + b as NumPy's, on the threads for large contiguous arrays of one float dtype of the
+    same shape or with one of them per-(n, c) (see _as_rows); the same bits either way."""
+    large, small = (a, b) if a.size >= b.size else (b, a)
+    if not (large.size >= PARALLEL_MIN and a.dtype == b.dtype and a.dtype.kind == "f"
+            and a.flags.c_contiguous and b.flags.c_contiguous):
+        return a + b
+    rows = _as_rows(large, small)
+    if rows is None:
+        return a + b
+    out = np.empty_like(large)
+    with _Threads(large.size):
+        _add_rows(*rows, out.reshape(rows[0].shape))  # a + b = b + a, to the bit
+    return out
 
 
 # ---------------------------------------------------------------------------------------

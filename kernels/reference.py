@@ -192,6 +192,11 @@ def upsample_nearest2d_backward(grad_output: np.ndarray, scale: Pair) -> np.ndar
     return blocks.sum(axis=(3, 5))
 
 
+def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a + b, NumPy's broadcasting add."""
+    return a + b
+
+
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a @ b, NumPy's matmul: (..., n, k) @ (..., k, m) -> (..., n, m), stacks broadcast."""
     return np.matmul(a, b)

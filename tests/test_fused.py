@@ -38,6 +38,33 @@ def with_path(monkeypatch, path):
         monkeypatch.setattr(cpu_fused, "_by_reference", lambda x, bias, dim, act: False)
 
 
+# ---- add: the threaded a + b ------------------------------------------------------------------
+@pytest.mark.parametrize("a_shape, b_shape", [
+    ((64, 32, 8, 8), (64, 32, 8, 8)),     # a residual add
+    ((64, 32, 8, 8), (64, 32, 1, 1)),     # a time embedding per (n, c)
+    ((64, 32, 1, 1), (64, 32, 8, 8)),     # the same the other way round
+    ((3, 70000), (3, 1)),                 # few rows
+    ((40000,), (40000,)),                 # one dimension
+    ((64, 32, 8, 8), (32, 1, 1)),         # broadcast NumPy's way: not a per-(n, c) shape
+    ((64, 32, 8, 8), (1, 32, 8, 8)),
+    ((5, 7), (5, 7)),                     # small: NumPy's add
+], ids=str)
+@dtypes
+def test_cpu_add_matches_numpy_to_the_bit(a_shape, b_shape, dtype):
+    rng = np.random.default_rng(6)
+    a, b = (rng.standard_normal(shape).astype(dtype) for shape in (a_shape, b_shape))
+    actual = cpu.add(a, b)
+    assert actual.dtype == dtype and actual.shape == np.broadcast_shapes(a_shape, b_shape)
+    np.testing.assert_array_equal(actual, reference.add(a, b))
+
+
+def test_cpu_add_of_mixed_dtypes_and_non_contiguous_arrays_is_numpys():
+    a = np.ones((64, 64, 8), np.float32)
+    for b in (np.ones((64, 64, 8)), np.ones((64, 8, 64), np.float32).transpose(0, 2, 1)):
+        np.testing.assert_array_equal(cpu.add(a, b), a + b)
+        assert cpu.add(a, b).dtype == (a + b).dtype
+
+
 # ---- bias_act kernels ---------------------------------------------------------------------
 @bias_cases
 @acts

@@ -302,6 +302,11 @@ def random_integers(low: int, high: int, shape, seed: int, offset: int):
     return cupy.minimum(cupy.floor(uniform * span).astype(np.int64), span - 1) + int(low)
 
 
+def add(a, b):
+    """a + b, CuPy's broadcasting add (one elementwise kernel)."""
+    return a + b
+
+
 def matmul(a, b):
     """a @ b (cuBLAS through cupy.matmul): (..., n, k) @ (..., k, m) -> (..., n, m)."""
     return cupy.matmul(a, b)
