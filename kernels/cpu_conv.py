@@ -57,13 +57,12 @@ COLUMNS_BUDGET_BYTES = 4 * 2**20
 # at 16. The channels counted are those of one group, the fewer of input and output.
 WINOGRAD_MIN_CHANNELS = 32
 # Images of fewer tiles across than this go through Winograd's channels-last transforms and
-# GEMMs (winograd.py): without groups, every size. Forward + both gradients, one thread: 6.2
-# against 8.8 ms at N=64, C=64, 8x8; 5.4 against 7.5 at N=32, C=32, 16x16; at 32x32 the two
-# within 4 %. Only the channels-last layout has the one-loop paths below, and in a training step
-# the pool's threads lose time to OpenMP's spinning ones (see kernels/cpu.py): the U-Net step
-# on 28x28 images, two threads, took 193 ms with every size channels last, 224 with only
-# those up to 16 wide.
-WINOGRAD_CHANNELS_LAST_TILES = math.inf
+# GEMMs (winograd.py), the rest channels first. Forward + both gradients, one thread: 6.2
+# against 8.8 ms at N=64, C=64, 8x8; 5.4 against 7.5 at N=32, C=32, 16x16. At N=64, C=32, 32x32
+# the forward took 17.3 ms channels last against 13.5 channels first, and the weight gradient
+# 15.0 against 17.1: so that one takes the channels-last layout at every size.
+WINOGRAD_CHANNELS_LAST_TILES = 9
+WINOGRAD_WEIGHT_GRADIENT_CHANNELS_LAST_TILES = math.inf
 # Their forward (and input gradient) in float32 as one parallel loop on Numba's threads
 # (winograd_parallel.py) rather than chunks handed to the Python pool; and so their weight
 # gradient when more than one thread shares it. Two threads, N=64: 0.43 against 0.59 ms for 64
@@ -544,14 +543,18 @@ class _WinogradPlan:
     padded input, its 16 transformed planes (16, C, B*tiles), or with channels_last
     (16, B*tiles, C), and the products (16, C_out, B*tiles)."""
 
-    def __init__(self, input_shape, channels_out, padding, groups, out_hw, dtype):
+    def __init__(self, input_shape, channels_out, padding, groups, out_hw, dtype,
+                 last_below=None):
+        """last_below: images of fewer tiles across are channels last (default
+        WINOGRAD_CHANNELS_LAST_TILES)."""
+        last_below = WINOGRAD_CHANNELS_LAST_TILES if last_below is None else last_below
         self.batch, self.channels = input_shape[:2]
         self.channels_out, self.groups, self.padding = channels_out, groups, padding
         self.dtype, self.padded_hw = dtype, winograd.padded_hw(out_hw)
         self.tiles_hw = winograd.tiles(out_hw)
         self.tiles = self.tiles_hw[0] * self.tiles_hw[1]
         self.out_pixels = out_hw[0] * out_hw[1]
-        self.channels_last = groups == 1 and self.tiles_hw[1] < WINOGRAD_CHANNELS_LAST_TILES
+        self.channels_last = groups == 1 and self.tiles_hw[1] < last_below
         # The work is counted as the direct convolution's multiply-adds.
         self.macs = (self.batch * channels_out * (self.channels // groups) * 9
                      * self.out_pixels)
@@ -588,30 +591,43 @@ class _WinogradPlan:
         return gemm_conv.by_group(matrices, self.groups)
 
     def _parallel_buffers(self, x):
-        """run()'s chunks as (starts, counts) and each chunk's zero-bordered channels-last
-        copy and transformed input planes, for the one-loop paths (winograd_parallel.py)."""
+        """run()'s chunks as (starts, counts), and per worker the zero-bordered padded copy
+        and the transformed input planes, for the one-loop paths (winograd_parallel.py): with
+        channels_last (workers, B, H_p, W_p, C) and (workers, 16, B*tiles*C + 16), else
+        (workers, B, C, H_p, W_p) and (workers, 16 * (C*B*tiles + 16))."""
         starts, counts, workers = _parallel_chunks(self.batch, self.sample_bytes, self.macs)
-        padded = zero_bordered((workers, int(counts.max()), *self.padded_hw, self.channels),
-                               self.dtype, ("parallel", self.padding, x.shape[2:]))
-        planes = scratch("columns", (workers, 16, self.chunk_columns(counts) * self.channels
-                                     + 16), self.dtype)
-        return starts, counts, padded, planes
+        most = int(counts.max())
+        if self.channels_last:
+            padded = zero_bordered((workers, most, *self.padded_hw, self.channels), self.dtype,
+                                   ("parallel", self.padding, x.shape[2:]))
+            return starts, counts, padded, self._worker_planes("columns", workers, self.channels,
+                                                               most)
+        padded = zero_bordered((workers, most, self.channels, *self.padded_hw), self.dtype,
+                               ("parallel, channels first", self.padding, x.shape[2:]))
+        return starts, counts, padded, self._worker_planes("columns", workers, self.channels,
+                                                           most)
 
-    def chunk_columns(self, counts) -> int:
-        return int(counts.max()) * self.tiles
+    def _worker_planes(self, slot: str, workers: int, channels: int, most: int):
+        """Per worker, 16 planes of channels * most*tiles, each 16 elements longer (see
+        _planes): channels last as (workers, 16, ...), else flat (workers, 16 * ...)."""
+        size = channels * most * self.tiles + 16
+        shape = (workers, 16, size) if self.channels_last else (workers, 16 * size)
+        return scratch(slot, shape, self.dtype)
 
-    def run_parallel(self, x, weight_t, y):
+    def run_parallel(self, x, transformed_weight, y):
         """The forward as one parallel loop over run()'s chunks (winograd_parallel.py), in the
-        channels-last layouts of the methods above, with one set of buffers per chunk."""
+        layouts of the methods above, with one set of buffers per worker thread."""
         starts, counts, padded, planes = self._parallel_buffers(x)
-        columns = self.chunk_columns(counts)
-        workers = padded.shape[0]
-        products = scratch("products", (workers, 16, columns * self.channels_out + 16),
-                           self.dtype)
+        workers, most = padded.shape[0], int(counts.max())
+        products = self._worker_planes("products", workers, self.channels_out, most)
+        if not self.channels_last:
+            return winograd_parallel.forward_channels_first(
+                x, np.ascontiguousarray(transformed_weight), y, self.padding, self.tiles_hw,
+                starts, counts, padded, planes, products)
         rows = scratch("rows", (workers, 8, self.channels_out), self.dtype)
-        return winograd_parallel.forward(x, np.ascontiguousarray(weight_t), y, self.padding,
-                                         self.tiles_hw, starts, counts, padded, planes,
-                                         products, rows)
+        weight_t = np.ascontiguousarray(transformed_weight.swapaxes(-1, -2))  # U^T (16, C, C_out)
+        return winograd_parallel.forward(x, weight_t, y, self.padding, self.tiles_hw, starts,
+                                         counts, padded, planes, products, rows)
 
     def backward_weight_parallel(self, grad_output, x):
         """The weight gradient's 16 summed products (16, C_out, C) as one parallel loop over
@@ -622,12 +638,17 @@ class _WinogradPlan:
                                                           * self.chunk_columns(counts) + 16)),
                               self.dtype)
         sums = scratch("sums", (workers, 16, self.channels_out, self.channels), self.dtype)
-        winograd_parallel.backward_weight(grad_output, x, self.padding, self.tiles_hw, starts,
-                                          counts, padded, planes, grad_planes, sums)
+        backward = (winograd_parallel.backward_weight if self.channels_last
+                    else winograd_parallel.backward_weight_channels_first)
+        backward(grad_output, x, self.padding, self.tiles_hw, starts, counts, padded, planes,
+                 grad_planes, sums)
         return sums.sum(axis=0)
 
+    def chunk_columns(self, counts) -> int:
+        return int(counts.max()) * self.tiles
+
     def parallel_applies(self, dtype) -> bool:
-        return (self.channels_last and PARALLEL_WINOGRAD and winograd_parallel.available
+        return (self.groups == 1 and PARALLEL_WINOGRAD and winograd_parallel.available
                 and dtype == np.float32)
 
 
@@ -635,10 +656,10 @@ def _winograd_forward(x, weight, padding, groups, out_hw):
     plan = _WinogradPlan(x.shape, weight.shape[0], padding, groups, out_hw, x.dtype)
     transformed_weight = plan.by_group(winograd.transform_weight(weight))
     y = np.empty((plan.batch, plan.channels_out, *out_hw), dtype=x.dtype)
+    if plan.parallel_applies(x.dtype):
+        return plan.run_parallel(x, transformed_weight[:, 0], y)
     if plan.channels_last:  # U^T, (16, C, C_out): the GEMMs are (B*tiles, C) @ U^T per plane
         weight_t = transformed_weight[:, 0].swapaxes(-1, -2)
-        if plan.parallel_applies(x.dtype):
-            return plan.run_parallel(x, weight_t, y)
 
     def chunk(start: int, count: int) -> None:
         transformed = plan.transformed_input(x, start, count)
@@ -660,7 +681,7 @@ def _winograd_forward(x, weight, padding, groups, out_hw):
 
 def _winograd_backward_weight(grad_output, x, weight_shape, padding, groups):
     plan = _WinogradPlan(x.shape, weight_shape[0], padding, groups, grad_output.shape[2:],
-                         x.dtype)
+                         x.dtype, WINOGRAD_WEIGHT_GRADIENT_CHANNELS_LAST_TILES)
     if (plan.parallel_applies(x.dtype) and PARALLEL_WINOGRAD_WEIGHT_GRADIENT
             and threads_for(plan.macs, plan.batch * plan.sample_bytes) > 1):
         return winograd.weight_gradient(plan.backward_weight_parallel(grad_output, x))

@@ -14,9 +14,9 @@ from numpy.lib.stride_tricks import as_strided
 
 from . import cpu_blas
 from .cpu_blas import gemm, gemm_strided
-from .cpu_columns import copy_interior_channels_last
-from .winograd import (transform_grad_output, transform_input_channels_last,
-                       transform_output_channels_last)
+from .cpu_columns import copy_interior, copy_interior_channels_last
+from .winograd import (transform_grad_output, transform_input, transform_input_channels_last,
+                       transform_output, transform_output_channels_last)
 
 available = cpu_blas.available
 
@@ -56,6 +56,16 @@ def forward(x, weight_t, y, padding, tiles_hw, starts, counts, padded, planes, p
 
 
 @numba.njit(nogil=True, cache=True)
+def _planes_view(flat, rows, columns):
+    """A (16, rows, columns) view of a worker's flat buffer, each plane starting 16 elements
+    past the previous one's end (planes 2^k bytes apart would share cache sets: the grad_output transform ran 5x
+    slower)."""
+    size = flat.itemsize
+    return as_strided(flat, shape=(16, rows, columns),
+                      strides=((rows * columns + 16) * size, columns * size, size))
+
+
+@numba.njit(nogil=True, cache=True)
 def _backward_weight_chunk(sgemm, grad_output, x, padding, tiles_hw, start, count, padded,
                            planes, grad_planes, sums, beta):
     """sums (+)= chunk start..start+count's 16 products, in one worker's buffers."""
@@ -63,13 +73,8 @@ def _backward_weight_chunk(sgemm, grad_output, x, padding, tiles_hw, start, coun
     columns = count * tiles_hw[0] * tiles_hw[1]
     copy_interior_channels_last(x, start, count, padded, padding)
     transform_input_channels_last(padded, planes, tiles_hw)
-    # (16, C_out, B*tiles), each plane starting 16 elements past the previous one's end
-    # (planes 2^k bytes apart would share cache sets: this transform ran 5x slower).
-    size = grad_planes.itemsize
-    transformed = as_strided(grad_planes, shape=(16, channels_out, columns),
-                             strides=((channels_out * columns + 16) * size, columns * size,
-                                      size))
-    transform_grad_output(grad_output, start, transformed, tiles_hw)
+    transformed = transform_grad_output(grad_output, start,
+                                        _planes_view(grad_planes, channels_out, columns), tiles_hw)
     for p in range(16):  # (C_out, B*tiles) @ (B*tiles, C)
         gemm_strided(sgemm, False, False, channels_out, channels, columns,
                      transformed[p].ctypes.data, columns, planes[p].ctypes.data, channels,
@@ -96,3 +101,79 @@ def backward_weight(grad_output, x, padding, tiles_hw, starts, counts, padded, p
     grad_planes (workers, >= 16*C_out*B*tiles + 256) and sums (workers, 16, C_out, C)."""
     return _backward_weight(cpu_blas.sgemm, grad_output, x, padding, tiles_hw, starts, counts,
                             padded, planes, grad_planes, sums)
+
+
+# ---------------------------------------------------------------------------------------
+# Channels first, for images too wide for the channels-last transforms: padded (workers, B, C,
+# H_p, W_p) zero-bordered; planes, products and grad_planes flat per worker, seen as
+# (16, rows, B*tiles) planes by _planes_view
+# ---------------------------------------------------------------------------------------
+@numba.njit(nogil=True, cache=True)
+def _forward_first_chunk(sgemm, x, weight, y, padding, tiles_hw, start, count, padded, planes,
+                         products):
+    channels, channels_out = x.shape[1], y.shape[1]
+    columns = count * tiles_hw[0] * tiles_hw[1]
+    copy_interior(x, start, padded[:count], padding)
+    transformed = transform_input(padded[:count], _planes_view(planes, channels, columns),
+                                  tiles_hw)
+    out = _planes_view(products, channels_out, columns)
+    for p in range(16):  # U (C_out, C) @ V (C, B*tiles)
+        gemm(sgemm, channels_out, columns, channels, weight[p].ctypes.data,
+             transformed[p].ctypes.data, out[p].ctypes.data)
+    transform_output(out, y, start, tiles_hw)
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _forward_first(sgemm, x, weight, y, padding, tiles_hw, starts, counts, padded, planes,
+                   products):
+    workers = padded.shape[0]
+    for w in numba.prange(workers):
+        for k in range(w, starts.size, workers):
+            _forward_first_chunk(sgemm, x, weight, y, padding, tiles_hw, starts[k], counts[k],
+                                 padded[w], planes[w], products[w])
+    return y
+
+
+def forward_channels_first(x, weight, y, padding, tiles_hw, starts, counts, padded, planes,
+                           products):
+    """y = the convolution of x with U = weight (16, C_out, C), channels first; per worker
+    padded (workers, B, C, H_p, W_p) zero-bordered, planes and products (workers, >= 16 *
+    (C or C_out) * B*tiles + 256)."""
+    return _forward_first(cpu_blas.sgemm, x, weight, y, padding, tiles_hw, starts, counts,
+                          padded, planes, products)
+
+
+@numba.njit(nogil=True, cache=True)
+def _backward_weight_first_chunk(sgemm, grad_output, x, padding, tiles_hw, start, count,
+                                 padded, planes, grad_planes, sums, beta):
+    channels, channels_out = x.shape[1], grad_output.shape[1]
+    columns = count * tiles_hw[0] * tiles_hw[1]
+    copy_interior(x, start, padded[:count], padding)
+    transformed = transform_input(padded[:count], _planes_view(planes, channels, columns),
+                                  tiles_hw)
+    grads = transform_grad_output(grad_output, start,
+                                  _planes_view(grad_planes, channels_out, columns), tiles_hw)
+    for p in range(16):  # (C_out, B*tiles) @ (C, B*tiles)^T
+        gemm_strided(sgemm, False, True, channels_out, channels, columns, grads[p].ctypes.data,
+                     columns, transformed[p].ctypes.data, columns, beta, sums[p].ctypes.data,
+                     channels)
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _backward_weight_first(sgemm, grad_output, x, padding, tiles_hw, starts, counts, padded,
+                           planes, grad_planes, sums):
+    workers = padded.shape[0]
+    for w in numba.prange(workers):
+        for k in range(w, starts.size, workers):
+            _backward_weight_first_chunk(sgemm, grad_output, x, padding, tiles_hw, starts[k],
+                                         counts[k], padded[w], planes[w], grad_planes[w],
+                                         sums[w], 0.0 if k == w else 1.0)
+    return sums
+
+
+def backward_weight_channels_first(grad_output, x, padding, tiles_hw, starts, counts, padded,
+                                   planes, grad_planes, sums):
+    """As backward_weight, channels first (buffers as in forward_channels_first; sums
+    (workers, 16, C_out, C))."""
+    return _backward_weight_first(cpu_blas.sgemm, grad_output, x, padding, tiles_hw, starts,
+                                  counts, padded, planes, grad_planes, sums)

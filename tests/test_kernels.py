@@ -358,12 +358,15 @@ def always_winograd(monkeypatch):
 @pytest.mark.parametrize("case", WINOGRAD_CASES, ids=lambda case: case.name)
 @dtypes
 @pytest.mark.parametrize("budget", [1, 2**22], ids=["one_sample_chunks", "whole_batch"])
-@pytest.mark.parametrize("last_below, parallel", [(0, False), (10**6, False), (10**6, True)],
-                         ids=["channels_first", "channels_last", "channels_last_one_loop"])
+@pytest.mark.parametrize("last_below, parallel", [(0, False), (10**6, False), (0, True),
+                                                  (10**6, True)],
+                         ids=["channels_first", "channels_last", "channels_first_one_loop",
+                              "channels_last_one_loop"])
 def test_cpu_winograd_matches_reference(case, dtype, budget, last_below, parallel,
                                         always_winograd, monkeypatch):
     monkeypatch.setattr(cpu_conv, "COLUMNS_BUDGET_BYTES", budget)
     monkeypatch.setattr(cpu_conv, "WINOGRAD_CHANNELS_LAST_TILES", last_below)
+    monkeypatch.setattr(cpu_conv, "WINOGRAD_WEIGHT_GRADIENT_CHANNELS_LAST_TILES", last_below)
     monkeypatch.setattr(cpu_conv, "PARALLEL_WINOGRAD", parallel)
     if parallel:  # two threads, so that the weight gradient takes the one loop too
         monkeypatch.setattr(cpu_conv, "THREADS", 2)
