@@ -56,6 +56,14 @@ COLUMNS_BUDGET_BYTES = 4 * 2**20
 # of the time at 48-128 channels on 4x4 to 32x32 images, 0.85-1.01 at 32 channels, and 0.83-1.15
 # at 16. The channels counted are those of one group, the fewer of input and output.
 WINOGRAD_MIN_CHANNELS = 32
+# Winograd's chunks hold their transformed input and products within this many bytes, so that
+# they stay in a core's L2 cache between the transforms and the GEMMs, but give the GEMMs at
+# least WINOGRAD_ROWS_PER_CHANNEL rows (tiles) per channel of the wider side, so that each
+# plane's (C, C_out) weight is used often enough per load. One thread, forward + both
+# gradients, against 4 MiB chunks: N=32, C=64, 16x16 11.3 against 14.6 ms; N=64, C=32, 32x32
+# 31.9 against 42.8. At N=64, C=128, 8x8, 64 rows took 21.7 ms, 128 rows 20.0, 256 rows 17.9.
+WINOGRAD_BUDGET_BYTES = 2**20
+WINOGRAD_ROWS_PER_CHANNEL = 2
 # Images of fewer tiles across than this go through Winograd's channels-last transforms and
 # GEMMs (winograd.py), the rest channels first. Forward + both gradients, one thread: 6.2
 # against 8.8 ms at N=64, C=64, 8x8; 5.4 against 7.5 at N=32, C=32, 16x16. At N=64, C=32, 32x32
@@ -140,28 +148,29 @@ def threads_for(macs: int, nbytes: int = 0) -> int:
                       max(macs // MACS_PER_THREAD, nbytes // BYTES_PER_THREAD)))
 
 
-def _plan_chunks(batch: int, per_sample_bytes: int, macs: int) -> tuple[list, int]:
+def _plan_chunks(batch: int, per_sample_bytes: int, macs: int,
+                 budget: int = None) -> tuple[list, int]:
     """The chunks (first sample, number of samples) of a convolution and how many threads
     share them (threads_for), holding BLAS to one thread once more than one may run."""
     if threads() > 1:  # BLAS's spinning threads would fight the chunks and the other kernels
         _hold_blas_to_one_thread()
     count = threads_for(macs, batch * per_sample_bytes)
-    chunks = list(_chunks(batch, per_sample_bytes, count))
+    chunks = list(_chunks(batch, per_sample_bytes, count, budget))
     return chunks, min(count, len(chunks))
 
 
-def _parallel_chunks(batch: int, per_sample_bytes: int, macs: int):
+def _parallel_chunks(batch: int, per_sample_bytes: int, macs: int, budget: int = None):
     """_plan_chunks' chunks as arrays (starts, counts) for the one-loop paths, and how many
     workers share them (each with one set of buffers, taking every workers-th chunk)."""
-    chunks, workers = _plan_chunks(batch, per_sample_bytes, macs)
+    chunks, workers = _plan_chunks(batch, per_sample_bytes, macs, budget)
     starts, counts = (np.array(column, dtype=np.int64) for column in zip(*chunks))
     return starts, counts, max(1, workers)
 
 
-def _run_chunks(batch: int, per_sample_bytes: int, macs: int, body) -> list:
+def _run_chunks(batch: int, per_sample_bytes: int, macs: int, body, budget: int = None) -> list:
     """[body(start, count) for each chunk of the batch], the chunks spread over
     threads_for(macs) threads."""
-    chunks, count = _plan_chunks(batch, per_sample_bytes, macs)
+    chunks, count = _plan_chunks(batch, per_sample_bytes, macs, budget)
     if count <= 1:
         return [body(start, size) for start, size in chunks]
     # The calling thread takes chunks too, from the same queue as count - 1 pool threads: one
@@ -184,13 +193,14 @@ def _run_chunks(batch: int, per_sample_bytes: int, macs: int, body) -> list:
     return results
 
 
-def _chunks(batch: int, per_sample_bytes: int, count: int = None):
-    """(first sample, number of samples) of each chunk: under COLUMNS_BUDGET_BYTES each, at
-    least `count` (default threads()) of them when the batch allows, and as many as the threads
-    can share evenly (chunks of 21, 21, 21 and 1 samples left one of two threads idle a third of
-    the time on a 1x1 convolution; 16 each do not)."""
+def _chunks(batch: int, per_sample_bytes: int, count: int = None, budget: int = None):
+    """(first sample, number of samples) of each chunk: under `budget` bytes each (default
+    COLUMNS_BUDGET_BYTES), at least `count` (default threads()) of them when the batch allows,
+    and as many as the threads can share evenly (chunks of 21, 21, 21 and 1 samples left one of
+    two threads idle a third of the time on a 1x1 convolution; 16 each do not)."""
     count = threads() if count is None else count
-    largest = max(1, COLUMNS_BUDGET_BYTES // per_sample_bytes)
+    budget = COLUMNS_BUDGET_BYTES if budget is None else budget
+    largest = max(1, budget // per_sample_bytes)
     pieces = max(1, min(batch, count * math.ceil(batch / (largest * count))))
     chunk = math.ceil(batch / pieces)
     for start in range(0, batch, chunk):
@@ -559,10 +569,15 @@ class _WinogradPlan:
         self.macs = (self.batch * channels_out * (self.channels // groups) * 9
                      * self.out_pixels)
         self.sample_bytes = 16 * (self.channels + channels_out) * self.tiles * dtype.itemsize
+        # Chunks of WINOGRAD_BUDGET_BYTES, but of enough tiles (the GEMMs' rows) for the
+        # weights (see WINOGRAD_ROWS_PER_CHANNEL), and never over COLUMNS_BUDGET_BYTES.
+        rows = WINOGRAD_ROWS_PER_CHANNEL * max(self.channels, channels_out)
+        self.budget = min(COLUMNS_BUDGET_BYTES, max(
+            WINOGRAD_BUDGET_BYTES, -(-rows // self.tiles) * self.sample_bytes))
 
     def run(self, body) -> list:
         """body(start, count) for each chunk, on as many threads as the work pays for."""
-        return _run_chunks(self.batch, self.sample_bytes, self.macs, body)
+        return _run_chunks(self.batch, self.sample_bytes, self.macs, body, self.budget)
 
     def _planes(self, slot: str, channels: int, count: int):
         """A (16, channels*count*tiles + 16) scratch buffer. The transforms write (or read) all
@@ -595,7 +610,8 @@ class _WinogradPlan:
         and the transformed input planes, for the one-loop paths (winograd_parallel.py): with
         channels_last (workers, B, H_p, W_p, C) and (workers, 16, B*tiles*C + 16), else
         (workers, B, C, H_p, W_p) and (workers, 16 * (C*B*tiles + 16))."""
-        starts, counts, workers = _parallel_chunks(self.batch, self.sample_bytes, self.macs)
+        starts, counts, workers = _parallel_chunks(self.batch, self.sample_bytes, self.macs,
+                                                   self.budget)
         most = int(counts.max())
         if self.channels_last:
             padded = zero_bordered((workers, most, *self.padded_hw, self.channels), self.dtype,

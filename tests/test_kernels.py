@@ -413,6 +413,23 @@ def test_cpu_winograd_one_loop_runs_its_chunks_and_matches_reference(threads, al
     assert weight_calls == ([chunks] if threads > 1 else [])
 
 
+@pytest.mark.parametrize("input_shape, channels_out, samples", [
+    ((64, 128, 8, 8), 128, 16),   # 16 tiles a sample: 256 rows for the 128-channel weights
+    ((32, 64, 16, 16), 64, 2),    # 64 tiles, 512 KiB a sample: the 1 MiB budget
+    ((64, 32, 32, 32), 32, 1),    # 1 MiB a sample: one per chunk
+])
+def test_cpu_winograd_chunks_fit_the_budget_but_give_the_weights_enough_rows(
+        input_shape, channels_out, samples, monkeypatch):
+    monkeypatch.setattr(cpu_conv, "THREADS", 1)
+    plan = cpu_conv._WinogradPlan(input_shape, channels_out, (1, 1), 1, input_shape[2:],
+                                  np.dtype(np.float32))
+    starts, counts, _ = cpu_conv._parallel_chunks(plan.batch, plan.sample_bytes, plan.macs,
+                                                  plan.budget)
+    assert counts.max() == samples
+    assert (counts.max() * plan.tiles >= cpu_conv.WINOGRAD_ROWS_PER_CHANNEL * channels_out
+            or counts.max() * plan.sample_bytes <= cpu_conv.WINOGRAD_BUDGET_BYTES)
+
+
 @pytest.mark.parametrize("threads, sizes", [(1, [9]), (2, [5, 4]), (5, [2, 2, 2, 2, 1])])
 def test_cpu_conv2d_gives_every_thread_a_chunk_of_the_batch(threads, sizes, monkeypatch):
     monkeypatch.setattr(cpu_conv, "THREADS", threads)
@@ -803,8 +820,8 @@ def test_cpu_conv2d_serial_and_parallel_paths_match_reference(case, winograd_min
     used = []
     chunks = cpu_conv._chunks
     monkeypatch.setattr(cpu_conv, "_chunks",
-                        lambda batch, size, count=None: used.append(count)
-                        or chunks(batch, size, count))
+                        lambda batch, size, count=None, budget=None: used.append(count)
+                        or chunks(batch, size, count, budget))
     x, weight, grad_output = conv_inputs(case, np.float32, seed=23)
     args = case.args
     assert_close(cpu.conv2d_forward(x, weight, *args), reference.conv2d_forward(x, weight, *args),
