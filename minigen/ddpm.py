@@ -45,9 +45,10 @@ class DDPMLoop(TrainingLoop):
 
     name = "ddpm"
     default_dataset = "digits"
-    # The main job (`minigen train ddpm`): 2,000 steps of 64 digits through a 32-channel U-Net
-    # give every class, clearly drawn, in well under 10 minutes on a 2-core CPU.
-    default_steps = 2000
+    # The main job (`minigen train ddpm`): 2,500 steps of 64 digits through a 32-channel U-Net
+    # give every class, clearly drawn, in about 3 minutes on a 2-core CPU (feature FID 16.3;
+    # 18.0 after 2,000 steps, 13.7 after 3,000 in 3 min 42 s).
+    default_steps = 2500
     default_batch_size = 64
     default_lr = 2e-3
     default_checkpoint_every = 1000
