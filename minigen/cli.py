@@ -378,7 +378,7 @@ def _edit(args, loop, image, edit):
 
 def _write_edits(path: str, shown_first: list, edits) -> None:
     if path.endswith(".npy"):
-        np.save(path, edits)
+        viz.save_array(edits, path)
     else:
         viz.save_strip(np.concatenate([np.stack(shown_first), edits]), path)
     print(f"wrote {len(edits)} edits to {path}", file=sys.stderr)

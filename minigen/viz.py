@@ -286,14 +286,20 @@ def save_loss_curves(log, path: str | os.PathLike, keys: Iterable[str] | None = 
     _write_figure(figure, path, 100)
 
 
+def save_array(array: np.ndarray, path: str | os.PathLike) -> None:
+    """`array` as a .npy file, written whole and renamed into place (files.write_atomically):
+    a failing write leaves the previous file as it was."""
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    write_atomically(path, buffer.getvalue())
+
+
 def write_samples(samples: np.ndarray, path: str | os.PathLike, dataset=None) -> None:
     """.npy: the raw array; .png: an image grid, or points scattered over the data (first two
     coordinates) when `dataset` (a minigen.data.Dataset) holds points."""
     path = os.fspath(path)
     if path.endswith(".npy"):
-        buffer = io.BytesIO()
-        np.save(buffer, samples)
-        write_atomically(path, buffer.getvalue())
+        save_array(samples, path)
     elif samples.ndim == 2:
         reference = dataset if dataset is not None and dataset.kind == "points" else None
         save_scatter(samples[:, :2], path,

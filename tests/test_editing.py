@@ -348,6 +348,34 @@ def test_inpaint_command_keeps_the_unmasked_half_of_the_test_image(checkpoints, 
     assert not np.array_equal(edits[:, :, 4:], np.broadcast_to(original[:, 4:], (2, 1, 4, 8)))
 
 
+def test_an_edit_that_cannot_be_written_is_one_line_and_keeps_the_previous_file(
+        checkpoints, tmp_path, monkeypatch, capsys):
+    import errno
+    import os
+    import minigen.files
+
+    out = tmp_path / "edits.npy"
+    out.write_bytes(b"the previous edits")
+
+    class FailingWrites:  # os, except that writing fails as a failing disk does
+        def __getattr__(self, name):
+            if name == "write":
+                def fail(*args):
+                    raise OSError(errno.EIO, os.strerror(errno.EIO))
+                return fail
+            return getattr(os, name)
+
+    monkeypatch.setattr(minigen.files, "os", FailingWrites())
+    code = cli.main(["inpaint", checkpoints["conditional"], "--index", "3", "--mask", "bottom",
+                     "--out", str(out), *FAST_EDIT])
+    monkeypatch.undo()
+    error = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in error
+    assert f"cannot write {out}: the disk reported an input/output error (EIO)" in error
+    assert out.read_bytes() == b"the previous edits"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edits.npy"]
+
+
 def test_img2img_command_writes_the_input_then_the_edits_in_one_strip(checkpoints, tmp_path):
     from PIL import Image
 
