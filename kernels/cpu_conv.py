@@ -16,12 +16,15 @@ write, are in cpu_columns.py.
 
 Threads: the batch is cut into at least as many chunks as threads (numba.get_num_threads(),
 set by NUMBA_NUM_THREADS, but only as many as have MACS_PER_THREAD multiply-adds or
-BYTES_PER_THREAD of columns each; the calling thread takes chunks too), and each thread pads,
-transforms and multiplies whole chunks in buffers of its own, with BLAS on one thread
-(process-wide, from the first convolution on more than one thread; see
-_hold_blas_to_one_thread). OpenBLAS's own threads barely speed up the small stacked GEMMs
-(1.1x for Winograd's), and handing each copy loop to Numba's thread pool moved the data
-between the cores' caches: two threads ran no faster than one.
+BYTES_PER_THREAD of columns each), and each thread pads, transforms and multiplies whole
+chunks in buffers of its own, with BLAS on one thread (process-wide; see
+_hold_blas_to_one_thread). In float32 without groups a convolution is one parallel loop over
+the chunks on Numba's OpenMP threads (winograd_parallel.py, im2col_parallel.py), each chunk's
+steps one call that calls OpenBLAS from Numba; otherwise the chunks go to a Python thread
+pool (the calling thread takes chunks too), whose threads queue for the GIL between a chunk's
+steps. OpenBLAS's own threads barely speed up the small stacked GEMMs (1.1x for Winograd's),
+and handing each copy loop to Numba's thread pool on its own moved the data between the
+cores' caches: two threads ran no faster than one.
 
 Measured (float32, 3x3, padding 1, one thread; benchmarks/bench_conv_direct.py): a direct
 Numba loop nest took 6.3x (N=32, C=64, 16x16), 1.6x (N=64, C=32, 32x32) and 11x (N=64, C=128,
