@@ -74,6 +74,10 @@ WINOGRAD_ROWS_PER_CHANNEL = 2
 # 15.0 against 17.1: so that one takes the channels-last layout at every size.
 WINOGRAD_CHANNELS_LAST_TILES = 9
 WINOGRAD_WEIGHT_GRADIENT_CHANNELS_LAST_TILES = math.inf
+# The channels-last output transform stages each sample's outputs from this many pixels a
+# channel up (see winograd.transform_output_channels_last): 16x16 outputs of 64 channels took
+# 70 against 24 us a chunk of two, 8x8 and 4x4 the same either way.
+STAGED_OUTPUT_PIXELS = 128
 # Their forward (and input gradient) in float32 as one parallel loop on Numba's threads
 # (winograd_parallel.py) rather than chunks handed to the Python pool; and so their weight
 # gradient when more than one thread shares it. Two threads, N=64: 0.43 against 0.59 ms for 64
@@ -646,7 +650,8 @@ class _WinogradPlan:
         rows = scratch("rows", (workers, 8, self.channels_out), self.dtype)
         weight_t = np.ascontiguousarray(transformed_weight.swapaxes(-1, -2))  # U^T (16, C, C_out)
         return winograd_parallel.forward(x, weight_t, y, self.padding, self.tiles_hw, starts,
-                                         counts, padded, planes, products, rows)
+                                         counts, padded, planes, products, rows,
+                                         self.staging(workers))
 
     def backward_weight_parallel(self, grad_output, x):
         """The weight gradient's 16 summed products (16, C_out, C) as one parallel loop over
@@ -662,6 +667,13 @@ class _WinogradPlan:
         backward(grad_output, x, self.padding, self.tiles_hw, starts, counts, padded, planes,
                  grad_planes, sums)
         return sums.sum(axis=0)
+
+    def staging(self, workers: int):
+        """Per worker, the channels-last staging image of transform_output_channels_last, or
+        none (an empty one) below STAGED_OUTPUT_PIXELS."""
+        staged = self.out_pixels >= STAGED_OUTPUT_PIXELS
+        return scratch("staging", (workers, self.out_pixels * self.channels_out if staged else 0),
+                       self.dtype)
 
     def chunk_columns(self, counts) -> int:
         return int(counts.max()) * self.tiles
@@ -688,7 +700,7 @@ def _winograd_forward(x, weight, padding, groups, out_hw):
                       out=products[:, :-16].reshape(16, -1, plan.channels_out))
             winograd.transform_output_channels_last(
                 products, y, start, count, plan.tiles_hw,
-                scratch("rows", (8, plan.channels_out), plan.dtype))
+                scratch("rows", (8, plan.channels_out), plan.dtype), plan.staging(1)[0])
             return
         products = plan.planes("products", plan.channels_out, count)
         np.matmul(transformed_weight, plan.by_group(transformed), out=plan.by_group(products))

@@ -2,10 +2,10 @@
 
 Group norm (+ affine, + optional SiLU) runs one thread per task of whole groups of one
 sample: the statistics, then the normalisation with the affine transform, then the
-activation as one loop over the task's memory while it is in cache; the backward likewise. Batch norm runs one thread per channel, softmax one
-per row. Statistics are accumulated in float64, shifted by the slice's first value so that a
-large mean does not cancel the variance away. Exported through cpu.py; reference.py holds the
-NumPy oracle with the same signatures.
+activation as one loop over the task's memory while it is in cache; the backward likewise.
+Batch norm runs one thread per channel, softmax one per row. Statistics are accumulated in
+float64, shifted by the slice's first value so that a large mean does not cancel the variance
+away. Exported through cpu.py; reference.py holds the NumPy oracle with the same signatures.
 """
 from __future__ import annotations
 

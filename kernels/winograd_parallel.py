@@ -23,7 +23,7 @@ available = cpu_blas.available
 
 @numba.njit(nogil=True, cache=True)
 def _forward_chunk(sgemm, x, weight_t, y, padding, tiles_hw, start, count, padded, planes,
-                   products, rows):
+                   products, rows, staging):
     """Samples start..start+count of y, in one worker's buffers."""
     channels, channels_out = x.shape[1], y.shape[1]
     tiles = tiles_hw[0] * tiles_hw[1]
@@ -32,34 +32,36 @@ def _forward_chunk(sgemm, x, weight_t, y, padding, tiles_hw, start, count, padde
     for p in range(16):  # (B*tiles, C) @ (C, C_out)
         gemm(sgemm, count * tiles, channels_out, channels, planes[p].ctypes.data,
              weight_t[p].ctypes.data, products[p].ctypes.data)
-    transform_output_channels_last(products, y, start, count, tiles_hw, rows)
+    transform_output_channels_last(products, y, start, count, tiles_hw, rows, staging)
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
 def _forward(sgemm, x, weight_t, y, padding, tiles_hw, starts, counts, padded, planes,
-             products, rows):
+             products, rows, staging):
     workers = padded.shape[0]  # worker w takes chunks w, w + workers, ... in its buffers
     for w in numba.prange(workers):
         for k in range(w, starts.size, workers):
             _forward_chunk(sgemm, x, weight_t, y, padding, tiles_hw, starts[k], counts[k],
-                           padded[w], planes[w], products[w], rows[w])
+                           padded[w], planes[w], products[w], rows[w], staging[w])
     return y
 
 
-def forward(x, weight_t, y, padding, tiles_hw, starts, counts, padded, planes, products, rows):
+def forward(x, weight_t, y, padding, tiles_hw, starts, counts, padded, planes, products, rows,
+            staging):
     """y = the convolution of x (N, C, H, W) with U^T = weight_t (16, C, C_out), chunk k being
     samples starts[k] .. + counts[k]. One set of buffers per worker thread (the leading axis):
     padded (workers, B, H_p, W_p, C), zero-bordered; planes (workers, 16, >= B*tiles*C);
-    products (workers, 16, >= B*tiles*C_out); rows (workers, 8, C_out); B >= every count."""
+    products (workers, 16, >= B*tiles*C_out); rows (workers, 8, C_out); staging (workers,
+    H_out*W_out*C_out or 0: see winograd.transform_output_channels_last); B >= every count."""
     return _forward(cpu_blas.sgemm, x, weight_t, y, padding, tiles_hw, starts, counts, padded,
-                    planes, products, rows)
+                    planes, products, rows, staging)
 
 
 @numba.njit(nogil=True, cache=True)
 def _planes_view(flat, rows, columns):
     """A (16, rows, columns) view of a worker's flat buffer, each plane starting 16 elements
-    past the previous one's end (planes 2^k bytes apart would share cache sets: the grad_output transform ran 5x
-    slower)."""
+    past the previous one's end (planes 2^k bytes apart would share cache sets: the
+    grad_output transform ran 5x slower)."""
     size = flat.itemsize
     return as_strided(flat, shape=(16, rows, columns),
                       strides=((rows * columns + 16) * size, columns * size, size))

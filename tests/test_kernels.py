@@ -362,12 +362,14 @@ def always_winograd(monkeypatch):
                                                   (10**6, True)],
                          ids=["channels_first", "channels_last", "channels_first_one_loop",
                               "channels_last_one_loop"])
-def test_cpu_winograd_matches_reference(case, dtype, budget, last_below, parallel,
+@pytest.mark.parametrize("staged_from", [0, 10**9], ids=["staged_output", "direct_output"])
+def test_cpu_winograd_matches_reference(case, dtype, budget, last_below, parallel, staged_from,
                                         always_winograd, monkeypatch):
     monkeypatch.setattr(cpu_conv, "COLUMNS_BUDGET_BYTES", budget)
     monkeypatch.setattr(cpu_conv, "WINOGRAD_CHANNELS_LAST_TILES", last_below)
     monkeypatch.setattr(cpu_conv, "WINOGRAD_WEIGHT_GRADIENT_CHANNELS_LAST_TILES", last_below)
     monkeypatch.setattr(cpu_conv, "PARALLEL_WINOGRAD", parallel)
+    monkeypatch.setattr(cpu_conv, "STAGED_OUTPUT_PIXELS", staged_from)
     if parallel:  # two threads, so that the weight gradient takes the one loop too
         monkeypatch.setattr(cpu_conv, "THREADS", 2)
     x, weight, grad_output = conv_inputs(case, dtype, seed=17)
