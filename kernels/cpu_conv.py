@@ -146,6 +146,13 @@ def _hold_blas_to_one_thread() -> None:
     cpu_blas.hold_to_one_thread()
 
 
+def _one_loop(dtype, groups: int) -> bool:
+    """Whether a convolution can run as one parallel loop (winograd_parallel.py,
+    im2col_parallel.py): float32 (the BLAS routine is sgemm), no groups, and NumPy's CBLAS
+    symbol found."""
+    return cpu_blas.available and groups == 1 and dtype == np.float32
+
+
 def threads_for(macs: int, nbytes: int = 0) -> int:
     """How many threads a convolution of `macs` multiply-adds over `nbytes` of columns uses
     (see MACS_PER_THREAD and BYTES_PER_THREAD)."""
@@ -273,8 +280,7 @@ class _Im2colPlan:
 
     # The one-loop paths (im2col_parallel.py): run()'s chunks, with one set of buffers each.
     def parallel_applies(self) -> bool:
-        return (PARALLEL_IM2COL and im2col_parallel.available and self.groups == 1
-                and self.dtype == np.float32)
+        return PARALLEL_IM2COL and _one_loop(self.dtype, self.groups)
 
     def parallel_chunks(self):
         """run()'s chunks as (starts, counts), the most samples in one, and the workers
@@ -346,8 +352,7 @@ def _forward(x, weight, stride, padding, dilation, groups, out_hw):
 
 
 def _pointwise_parallel_applies(dtype, groups: int) -> bool:
-    return (PARALLEL_IM2COL and im2col_parallel.available and groups == 1
-            and dtype == np.float32)
+    return PARALLEL_IM2COL and _one_loop(dtype, groups)
 
 
 def _pointwise_chunks(images, other):
@@ -621,12 +626,11 @@ class _WinogradPlan:
                                                    self.budget)
         most = int(counts.max())
         if self.channels_last:
-            padded = zero_bordered((workers, most, *self.padded_hw, self.channels), self.dtype,
-                                   ("parallel", self.padding, x.shape[2:]))
-            return starts, counts, padded, self._worker_planes("columns", workers, self.channels,
-                                                               most)
-        padded = zero_bordered((workers, most, self.channels, *self.padded_hw), self.dtype,
-                               ("parallel, channels first", self.padding, x.shape[2:]))
+            shape, layout = (workers, most, *self.padded_hw, self.channels), "parallel"
+        else:
+            shape = (workers, most, self.channels, *self.padded_hw)
+            layout = "parallel, channels first"
+        padded = zero_bordered(shape, self.dtype, (layout, self.padding, x.shape[2:]))
         return starts, counts, padded, self._worker_planes("columns", workers, self.channels,
                                                            most)
 
@@ -678,16 +682,15 @@ class _WinogradPlan:
     def chunk_columns(self, counts) -> int:
         return int(counts.max()) * self.tiles
 
-    def parallel_applies(self, dtype) -> bool:
-        return (self.groups == 1 and PARALLEL_WINOGRAD and winograd_parallel.available
-                and dtype == np.float32)
+    def parallel_applies(self) -> bool:
+        return PARALLEL_WINOGRAD and _one_loop(self.dtype, self.groups)
 
 
 def _winograd_forward(x, weight, padding, groups, out_hw):
     plan = _WinogradPlan(x.shape, weight.shape[0], padding, groups, out_hw, x.dtype)
     transformed_weight = plan.by_group(winograd.transform_weight(weight))
     y = np.empty((plan.batch, plan.channels_out, *out_hw), dtype=x.dtype)
-    if plan.parallel_applies(x.dtype):
+    if plan.parallel_applies():
         return plan.run_parallel(x, transformed_weight[:, 0], y)
     if plan.channels_last:  # U^T, (16, C, C_out): the GEMMs are (B*tiles, C) @ U^T per plane
         weight_t = transformed_weight[:, 0].swapaxes(-1, -2)
@@ -713,7 +716,7 @@ def _winograd_forward(x, weight, padding, groups, out_hw):
 def _winograd_backward_weight(grad_output, x, weight_shape, padding, groups):
     plan = _WinogradPlan(x.shape, weight_shape[0], padding, groups, grad_output.shape[2:],
                          x.dtype, WINOGRAD_WEIGHT_GRADIENT_CHANNELS_LAST_TILES)
-    if (plan.parallel_applies(x.dtype) and PARALLEL_WINOGRAD_WEIGHT_GRADIENT
+    if (plan.parallel_applies() and PARALLEL_WINOGRAD_WEIGHT_GRADIENT
             and threads_for(plan.macs, plan.batch * plan.sample_bytes) > 1):
         return winograd.weight_gradient(plan.backward_weight_parallel(grad_output, x))
 

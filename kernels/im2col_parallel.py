@@ -23,7 +23,6 @@ from .cpu_blas import gemm, gemm_strided
 from .cpu_columns import (col2im, copy_from_interior, copy_interior, gather, im2col, pad_split,
                           scatter_add, unsplit)
 
-available = cpu_blas.available
 _parallel = dict(parallel=True, nogil=True, cache=True)
 _serial = dict(nogil=True, cache=True)
 

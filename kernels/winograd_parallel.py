@@ -18,8 +18,6 @@ from .cpu_columns import copy_interior, copy_interior_channels_last
 from .winograd import (transform_grad_output, transform_input, transform_input_channels_last,
                        transform_output, transform_output_channels_last)
 
-available = cpu_blas.available
-
 
 @numba.njit(nogil=True, cache=True)
 def _forward_chunk(sgemm, x, weight_t, y, padding, tiles_hw, start, count, padded, planes,

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minigen import kernels
-from minigen.kernels import (cpu, cpu_columns, cpu_conv, gemm_conv, reference, winograd,
-                             winograd_parallel)
+from minigen.kernels import (cpu, cpu_blas, cpu_columns, cpu_conv, gemm_conv, reference,
+                             winograd, winograd_parallel)
 from helpers import (CONV_CASES, POOL_CASES, ConvCase, UPSAMPLE_CASES, assert_close, import_torch,
                      non_contiguous, pair, random_array)
 
@@ -383,7 +383,7 @@ def test_cpu_winograd_matches_reference(case, dtype, budget, last_below, paralle
                  reference.conv2d_backward_weight(grad_output, x, weight.shape, *args), dtype)
 
 
-@pytest.mark.skipif(not winograd_parallel.available, reason="NumPy's CBLAS sgemm not found")
+@pytest.mark.skipif(not cpu_blas.available, reason="NumPy's CBLAS sgemm not found")
 @pytest.mark.parametrize("threads", [1, 3])
 def test_cpu_winograd_one_loop_runs_its_chunks_and_matches_reference(threads, always_winograd,
                                                                     monkeypatch):
