@@ -168,14 +168,20 @@ def _three_axes(shape, dim: int) -> tuple:
     return outer, shape[dim], inner
 
 
+def _row_length(shape) -> int:
+    """The elements of the fewest trailing axes of `shape` that hold at least ROW_MIN (all of
+    them for a smaller array): rows that long, which the threads share."""
+    inner, axis = 1, len(shape)
+    while axis > 0 and inner < ROW_MIN:
+        axis -= 1
+        inner *= shape[axis]
+    return inner
+
+
 def _layout(x: np.ndarray, bias, dim: int):
     """x as a contiguous (outer, C, inner) array and a bias of C elements (zeros for None)."""
-    if bias is None:  # rows of >= ROW_MIN elements (trailing axes), which the threads share
-        inner, axis = 1, x.ndim
-        while axis > 0 and inner < ROW_MIN:
-            axis -= 1
-            inner *= x.shape[axis]
-        shape = (1, 1, -1) if x.size == 0 else (-1, 1, inner)
+    if bias is None:  # rows of _row_length elements
+        shape = (1, 1, -1) if x.size == 0 else (-1, 1, _row_length(x.shape))
         return np.ascontiguousarray(x).reshape(shape), np.zeros(1, dtype=x.dtype)
     if not 0 <= dim < x.ndim or x.shape[dim] != bias.shape[0]:
         raise ValueError(f"bias_act: bias of shape {bias.shape} does not fit axis {dim} of an "
@@ -280,10 +286,7 @@ def _as_rows(large: np.ndarray, small: np.ndarray):
     """(large, small) as (R, L) and (R, L or 1) arrays when small is large's shape, or large's
     leading axes followed by ones (a per-(n, c) value of an NCHW array); else None."""
     if small.shape == large.shape:
-        inner, axis = 1, large.ndim  # rows of >= ROW_MIN elements, which the threads share
-        while axis > 0 and inner < ROW_MIN:
-            axis -= 1
-            inner *= large.shape[axis]
+        inner = _row_length(large.shape)
         return large.reshape(-1, inner), small.reshape(-1, inner)
     lead = small.ndim
     while lead > 0 and small.shape[lead - 1] == 1:
