@@ -3,9 +3,9 @@
 Convolution lives in cpu_conv.py (im2col + GEMM, Winograd F(2x2, 3x3) for 3x3 stride-1
 convolutions, 1x1 as plain GEMMs; the chunks of a batch on parallel threads) and is exported
 from here, as are the matrix products of cpu_matmul.py and the fused group norm, batch norm and
-softmax of cpu_fused_norm.py. Pooling
-and upsampling are direct Numba loops, parallel over the (n, c) planes. All Numba functions
-are compiled on first use and cached next to their files (cache=True).
+softmax of cpu_fused_norm.py. Pooling and upsampling are direct Numba loops, parallel over the
+(n, c) planes. All Numba functions are compiled on first use and cached next to their files
+(cache=True).
 """
 from __future__ import annotations
 

@@ -72,8 +72,13 @@ def gemm(function, m, n, k, a, b, out):
 
 @functools.lru_cache(maxsize=1)
 def hold_to_one_thread() -> None:
-    """OpenBLAS on one thread, process-wide, once: the callers of gemm run it on threads of
-    their own, and OpenBLAS's threads inside each call would fight them (a 1024x64x192 product
-    on two threads of Numba's took 6.5 ms with OpenBLAS's two threads each, 0.1 ms without)."""
+    """OpenBLAS on one thread, process-wide, once: the callers of gemm (and the convolutions'
+    pool) run it on threads of their own, and OpenBLAS's threads inside each call would fight
+    them (a 1024x64x192 product on two threads of Numba's took 6.5 ms with OpenBLAS's two
+    threads each, 0.1 ms without). Its idle threads also spin for a while after each call and
+    take a core from the chunks: holding BLAS to one thread only around each convolution left
+    forward times of 2.7-9.9 ms (median 4.7) for N=32, C=64, 16x16, against 2.6-2.9 ms with no
+    BLAS threads at all. minigen's other GEMMs (linear layers, attention on small images) gain
+    little from BLAS threads."""
     from threadpoolctl import ThreadpoolController
     ThreadpoolController().limit(limits=1, user_api="blas")

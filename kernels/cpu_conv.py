@@ -18,7 +18,7 @@ Threads: the batch is cut into at least as many chunks as threads (numba.get_num
 set by NUMBA_NUM_THREADS, but only as many as have MACS_PER_THREAD multiply-adds or
 BYTES_PER_THREAD of columns each), and each thread pads, transforms and multiplies whole
 chunks in buffers of its own, with BLAS on one thread (process-wide; see
-_hold_blas_to_one_thread). In float32 without groups a convolution is one parallel loop over
+cpu_blas.hold_to_one_thread). In float32 without groups a convolution is one parallel loop over
 the chunks on Numba's OpenMP threads (winograd_parallel.py, im2col_parallel.py), each chunk's
 steps one call that calls OpenBLAS from Numba; otherwise the chunks go to a Python thread
 pool (the calling thread takes chunks too), whose threads queue for the GIL between a chunk's
@@ -134,18 +134,6 @@ def _executor(count: int, process: int) -> concurrent.futures.ThreadPoolExecutor
     return concurrent.futures.ThreadPoolExecutor(count, thread_name_prefix="minigen-conv")
 
 
-def _hold_blas_to_one_thread() -> None:
-    """Once, at the first convolution with threads() > 1: OpenBLAS on one thread, process-wide
-    (cpu_blas.hold_to_one_thread).
-
-    Its idle worker threads spin for a while after each call, and a spinning one takes a core
-    from a chunk: holding BLAS to one thread only around each convolution left forward times
-    of 2.7-9.9 ms (median 4.7) for N=32, C=64, 16x16, against 2.6-2.9 ms with no BLAS
-    threads at all. minigen's other GEMMs (linear layers, attention on small images) gain
-    little from BLAS threads."""
-    cpu_blas.hold_to_one_thread()
-
-
 def _one_loop(dtype, groups: int) -> bool:
     """Whether a convolution can run as one parallel loop (winograd_parallel.py,
     im2col_parallel.py): float32 (the BLAS routine is sgemm), no groups, and NumPy's CBLAS
@@ -167,7 +155,7 @@ def _plan_chunks(batch: int, per_sample_bytes: int, macs: int,
     """The chunks (first sample, number of samples) of a convolution and how many threads
     share them (threads_for), holding BLAS to one thread once more than one may run."""
     if threads() > 1:  # BLAS's spinning threads would fight the chunks and the other kernels
-        _hold_blas_to_one_thread()
+        cpu_blas.hold_to_one_thread()
     count = threads_for(macs, batch * per_sample_bytes)
     chunks = list(_chunks(batch, per_sample_bytes, count, budget))
     return chunks, min(count, len(chunks))
