@@ -54,7 +54,8 @@ def torch_step(generator, discriminator, g_optimizer, d_optimizer, real, latent_
                shadows, ema_decay):
     """The step of GANLoop.train_step with d_steps=1, in PyTorch: the same updates, and the
     same bookkeeping (the losses, mean D(x) of real and fakes and both gradient norms read
-    back, and the EMA of G's weights, `shadows`, by PyTorch's multi-tensor lerp)."""
+    back, and the EMA of G's weights, `shadows` (None: none), by PyTorch's multi-tensor
+    lerp)."""
     softplus = torch.nn.functional.softplus
     n = real.shape[0]
     fake = generator.net(torch.randn(n, latent_dim, 1, 1, device=real.device))
@@ -75,8 +76,9 @@ def torch_step(generator, discriminator, g_optimizer, d_optimizer, real, latent_
     read_out += [float(loss_g),
                  float(torch.nn.utils.get_total_norm([p.grad for p in generator.parameters()]))]
     g_optimizer.step()
-    with torch.no_grad():
-        torch._foreach_lerp_(shadows, list(generator.parameters()), 1.0 - ema_decay)
+    if shadows is not None:
+        with torch.no_grad():
+            torch._foreach_lerp_(shadows, list(generator.parameters()), 1.0 - ema_decay)
     return read_out
 
 
@@ -150,7 +152,9 @@ def main() -> None:
                                args.image_size)).astype(np.float32)
     real_ours = minigen.tensor(real, device=device)
     real_theirs = torch.tensor(real, device=torch_device)
-    shadows = [p.detach().clone() for p in generator.parameters()]
+    # The EMA of G where the loop keeps one (--g-ema-decay 0 keeps none).
+    shadows = ([p.detach().clone() for p in generator.parameters()]
+               if loop.g_ema is not None else None)
     ema_decay = loop.g_ema.decay if loop.g_ema is not None else 0.0
     ours, theirs = timed_in_turn(
         [lambda: loop.train_step(real_ours, None, 0),
