@@ -41,6 +41,17 @@ def conv_inputs(case, dtype=np.float64, seed=0):
             random_array(rng, case.output_shape, dtype))
 
 
+def assert_cpu_conv2d_matches_reference(x, weight, grad_output, args, dtype=None) -> None:
+    """The CPU backend's conv2d forward and both of its gradients against the oracle's, with
+    geometry args = (stride, padding, dilation, groups)."""
+    assert_close(cpu.conv2d_forward(x, weight, *args), reference.conv2d_forward(x, weight, *args),
+                 dtype)
+    assert_close(cpu.conv2d_backward_input(grad_output, weight, x.shape, *args),
+                 reference.conv2d_backward_input(grad_output, weight, x.shape, *args), dtype)
+    assert_close(cpu.conv2d_backward_weight(grad_output, x, weight.shape, *args),
+                 reference.conv2d_backward_weight(grad_output, x, weight.shape, *args), dtype)
+
+
 # ---------------------------------------------------------------------------------------
 # The dispatch table.
 # ---------------------------------------------------------------------------------------
@@ -271,12 +282,7 @@ def test_cpu_conv2d_with_a_kernel_covering_the_input_matches_reference(input_sha
     x, weight = random_array(rng, input_shape, dtype), random_array(rng, weight_shape, dtype)
     grad_output = random_array(rng, (input_shape[0], weight_shape[0], 1, 1), dtype)
     args = (stride, (0, 0), (1, 1), 1)
-    assert_close(cpu.conv2d_forward(x, weight, *args), reference.conv2d_forward(x, weight, *args),
-                 dtype)
-    assert_close(cpu.conv2d_backward_input(grad_output, weight, input_shape, *args),
-                 reference.conv2d_backward_input(grad_output, weight, input_shape, *args), dtype)
-    assert_close(cpu.conv2d_backward_weight(grad_output, x, weight_shape, *args),
-                 reference.conv2d_backward_weight(grad_output, x, weight_shape, *args), dtype)
+    assert_cpu_conv2d_matches_reference(x, weight, grad_output, args, dtype)
 
 
 @pytest.mark.parametrize("channels_in, channels_out", [(6, 5), (1, 5), (30, 1)])
@@ -305,11 +311,7 @@ def test_cpu_gather_table_indexes_the_padded_input():
 def test_cpu_conv2d_accepts_non_contiguous_arrays(case):
     x, weight, grad_output = (non_contiguous(array) for array in conv_inputs(case, seed=12))
     args = case.args
-    assert_close(cpu.conv2d_forward(x, weight, *args), reference.conv2d_forward(x, weight, *args))
-    assert_close(cpu.conv2d_backward_input(grad_output, weight, x.shape, *args),
-                 reference.conv2d_backward_input(grad_output, weight, x.shape, *args))
-    assert_close(cpu.conv2d_backward_weight(grad_output, x, weight.shape, *args),
-                 reference.conv2d_backward_weight(grad_output, x, weight.shape, *args))
+    assert_cpu_conv2d_matches_reference(x, weight, grad_output, args)
 
 
 def test_cpu_conv2d_backward_input_with_output_padding_matches_reference():
@@ -328,11 +330,7 @@ def test_cpu_conv2d_splits_the_batch_into_chunks_when_columns_exceed_budget(case
     monkeypatch.setattr(cpu_conv, "COLUMNS_BUDGET_BYTES", 1)
     x, weight, grad_output = conv_inputs(case, seed=14)
     args = case.args
-    assert_close(cpu.conv2d_forward(x, weight, *args), reference.conv2d_forward(x, weight, *args))
-    assert_close(cpu.conv2d_backward_input(grad_output, weight, x.shape, *args),
-                 reference.conv2d_backward_input(grad_output, weight, x.shape, *args))
-    assert_close(cpu.conv2d_backward_weight(grad_output, x, weight.shape, *args),
-                 reference.conv2d_backward_weight(grad_output, x, weight.shape, *args))
+    assert_cpu_conv2d_matches_reference(x, weight, grad_output, args)
 
 
 # ---------------------------------------------------------------------------------------
@@ -375,12 +373,7 @@ def test_cpu_winograd_matches_reference(case, dtype, budget, last_below, paralle
     x, weight, grad_output = conv_inputs(case, dtype, seed=17)
     args = case.args
     assert cpu_conv._winograd_pays(weight.shape, *args[::2], args[3])
-    assert_close(cpu.conv2d_forward(x, weight, *args), reference.conv2d_forward(x, weight, *args),
-                 dtype)
-    assert_close(cpu.conv2d_backward_input(grad_output, weight, x.shape, *args),
-                 reference.conv2d_backward_input(grad_output, weight, x.shape, *args), dtype)
-    assert_close(cpu.conv2d_backward_weight(grad_output, x, weight.shape, *args),
-                 reference.conv2d_backward_weight(grad_output, x, weight.shape, *args), dtype)
+    assert_cpu_conv2d_matches_reference(x, weight, grad_output, args, dtype)
 
 
 @pytest.mark.skipif(not cpu_blas.available, reason="NumPy's CBLAS sgemm not found")
@@ -402,13 +395,7 @@ def test_cpu_winograd_one_loop_runs_its_chunks_and_matches_reference(threads, al
     weight = random_array(rng, (4, 5, 3, 3)).astype(np.float32)
     grad_output = random_array(rng, (7, 4, 6, 5)).astype(np.float32)
     args = ((1, 1), (1, 1), (1, 1), 1)
-    assert_close(cpu.conv2d_forward(x, weight, *args), reference.conv2d_forward(x, weight, *args),
-                 np.float32)
-    assert_close(cpu.conv2d_backward_input(grad_output, weight, x.shape, *args),
-                 reference.conv2d_backward_input(grad_output, weight, x.shape, *args), np.float32)
-    assert_close(cpu.conv2d_backward_weight(grad_output, x, weight.shape, *args),
-                 reference.conv2d_backward_weight(grad_output, x, weight.shape, *args),
-                 np.float32)
+    assert_cpu_conv2d_matches_reference(x, weight, grad_output, args, np.float32)
     chunks = 7 if threads > 1 else 1
     assert calls == [chunks, chunks]  # the forward and the input gradient
     # The weight gradient takes the loop only when threads share it.
@@ -511,12 +498,7 @@ def test_cpu_strided_conv2d_matches_reference(case, dtype, one_loop, layout, wid
     if layout == "non_contiguous":
         x, weight, grad_output = (non_contiguous(array) for array in (x, weight, grad_output))
     args = case.args
-    assert_close(cpu.conv2d_forward(x, weight, *args), reference.conv2d_forward(x, weight, *args),
-                 dtype)
-    assert_close(cpu.conv2d_backward_input(grad_output, weight, x.shape, *args),
-                 reference.conv2d_backward_input(grad_output, weight, x.shape, *args), dtype)
-    assert_close(cpu.conv2d_backward_weight(grad_output, x, weight.shape, *args),
-                 reference.conv2d_backward_weight(grad_output, x, weight.shape, *args), dtype)
+    assert_cpu_conv2d_matches_reference(x, weight, grad_output, args, dtype)
 
 
 _THREADING_PROBE = """
@@ -669,12 +651,7 @@ def test_cpu_conv2d_matches_reference_on_random_geometries(case, winograd_thresh
         patch.setattr(cpu_conv, "WINOGRAD_MIN_CHANNELS", winograd_threshold)
         patch.setattr(cpu_conv, "COLUMNS_BUDGET_BYTES", budget)
         patch.setattr(cpu_conv, "THREADS", threads)
-        assert_close(cpu.conv2d_forward(x, weight, *args),
-                     reference.conv2d_forward(x, weight, *args))
-        assert_close(cpu.conv2d_backward_input(grad_output, weight, x.shape, *args),
-                     reference.conv2d_backward_input(grad_output, weight, x.shape, *args))
-        assert_close(cpu.conv2d_backward_weight(grad_output, x, weight.shape, *args),
-                     reference.conv2d_backward_weight(grad_output, x, weight.shape, *args))
+        assert_cpu_conv2d_matches_reference(x, weight, grad_output, args)
 
 
 # ---------------------------------------------------------------------------------------
@@ -826,12 +803,5 @@ def test_cpu_conv2d_serial_and_parallel_paths_match_reference(case, winograd_min
                         or chunks(batch, size, count, budget))
     x, weight, grad_output = conv_inputs(case, np.float32, seed=23)
     args = case.args
-    assert_close(cpu.conv2d_forward(x, weight, *args), reference.conv2d_forward(x, weight, *args),
-                 np.float32)
-    assert_close(cpu.conv2d_backward_input(grad_output, weight, x.shape, *args),
-                 reference.conv2d_backward_input(grad_output, weight, x.shape, *args),
-                 np.float32)
-    assert_close(cpu.conv2d_backward_weight(grad_output, x, weight.shape, *args),
-                 reference.conv2d_backward_weight(grad_output, x, weight.shape, *args),
-                 np.float32)
+    assert_cpu_conv2d_matches_reference(x, weight, grad_output, args, np.float32)
     assert used and set(used) == {threads}
