@@ -267,14 +267,14 @@ def _combine3(source, first, second, third, signs, target, start, channels, step
 
 
 @numba.njit(**_jit)
-def _unstage(staging, target, image, channels, pixels):
-    """target[image + c*pixels + p] = staging[p*C + c]: one sample from channels last into
-    NCHW, 16 channels at a time, so that the writes run along rows of y."""
+def unstage(staging, start, target, image, channels, pixels):
+    """target[image + c*pixels + p] = staging[start + p*C + c]: one sample from channels last
+    into NCHW, 16 channels at a time, so that the writes run along rows of y."""
     for first in range(_U(0), channels, _U(16)):
         last = min(first + _U(16), channels)
         for p in range(pixels):
             for c in range(first, last):
-                target[image + c * pixels + p] = staging[p * channels + c]
+                target[image + c * pixels + p] = staging[start + p * channels + c]
 
 
 @numba.njit(**_jit)
@@ -285,7 +285,7 @@ def transform_output_channels_last(planes, y, n_start, count, tiles_hw, rows, st
     through rows, an (8, C_out) C-contiguous scratch array, by the same one-plane-per-loop
     rule. y (NCHW, C-contiguous) is written at its stride, or, given a staging array of at
     least H_out*W_out*C_out elements (empty: none), each sample's outputs go there channels
-    last first and then into y (_unstage): where a sample's channels lie far apart in y, writes
+    last first and then into y (unstage): where a sample's channels lie far apart in y, writes
     at that stride are slow (16x16 outputs, 64 channels: 70 against 24 us a chunk of two)."""
     channels = _U(y.shape[1])
     tiles_h, tiles_w = _U(tiles_hw[0]), _U(tiles_hw[1])
@@ -323,5 +323,5 @@ def transform_output_channels_last(planes, y, n_start, count, tiles_hw, rows, st
                                   first + _U(3) * channels, subtract, written, pixel + column,
                                   channels, step)
         if staged:
-            _unstage(written, target, image, channels, pixels)
+            unstage(written, _U(0), target, image, channels, pixels)
     return y
