@@ -42,7 +42,7 @@ import os
 import numba
 import numpy as np
 
-from . import cpu_blas, gemm_conv, im2col_parallel, winograd, winograd_parallel
+from . import cpu_blas, gemm_conv, im2col_parallel, winograd, winograd_parallel, winograd_stride2
 from .cpu_columns import (col2im, copy_from_interior, gather, gather_table, im2col, pad,
                           pad_channels_last, pad_split, scatter_add, scratch, unsplit,
                           zero_bordered)
@@ -85,6 +85,22 @@ STAGED_OUTPUT_PIXELS = 128
 # than one chunk without it.
 PARALLEL_WINOGRAD = True
 PARALLEL_WINOGRAD_WEIGHT_GRADIENT = True
+
+# 4x4 stride-2 convolutions in float32 without groups, with at least this many channels (the
+# fewer of input and output), go through Winograd F(2x2, 2x2) over the phases of the stride
+# (winograd_stride2.py): 1.78x less GEMM work than im2col. None: never.
+STRIDE2_WINOGRAD_MIN_CHANNELS = 16
+# Their chunks hold their buffers within STRIDE2_BUDGET_BYTES, but give the GEMMs at least
+# this many rows (tiles) per channel of the wider side of their weight: the forward's (C_out,
+# 4C) weight is read whole for every chunk, the weight gradient's sums read and written. N=64,
+# one thread, ms by samples per chunk of 2, 4, 8, 16 and 32:
+# - forward, 64 -> 128 channels of 16x16 9.5, 7.2, 6.3, 6.1, 6.2; 128 -> 256 of 8x8 22.3, 13.3,
+#   9.2, 6.7, 5.8;
+# - weight gradient, the same two: 5.6, 5.5, 5.6, 6.1, 6.3; 9.2, 6.1, 5.3, 4.9, 5.0;
+# - input gradient (its weight (C_out, C) per phase): 6.6-7.3 at every size and 6.4-9.9 at
+#   8x8, but 32 -> 64 channels of 16x16 2.1 up to 8 samples and 2.8 at 32.
+STRIDE2_BUDGET_BYTES = 2**20
+STRIDE2_ROWS_PER_CHANNEL = {"forward": 2, "weight gradient": 0.5, "input gradient": 0.5}
 
 # im2col and 1x1 convolutions in float32 without groups as one parallel loop on Numba's threads
 # (im2col_parallel.py) rather than chunks handed to the Python pool.
@@ -315,6 +331,8 @@ def _forward(x, weight, stride, padding, dilation, groups, out_hw):
     output is NCHW already."""
     if _winograd_pays(weight.shape, stride, dilation, groups):
         return _winograd_forward(x, weight, padding, groups, out_hw)
+    if _stride2_pays(weight.shape, stride, dilation, groups, x.dtype):
+        return _Stride2Plan(x.shape, weight.shape[0], padding, out_hw, x.dtype).forward(x, weight)
     plan = _Im2colPlan(x.shape, weight.shape, stride, padding, dilation, groups, out_hw, x.dtype)
     if plan.parallel_applies():
         return _forward_parallel(plan, x, weight).reshape(plan.batch, plan.out_channels, *out_hw)
@@ -420,6 +438,9 @@ def conv2d_backward_input(grad_output: np.ndarray, weight: np.ndarray, input_sha
                         np, grad_output[start:start + count], weight, groups,
                         (count, *input_shape[1:]), out=grad_x[start:start + count]))
         return grad_x
+    if _stride2_pays(weight.shape, stride, dilation, groups, grad_output.dtype):
+        return _Stride2Plan(input_shape, weight.shape[0], padding, out_hw,
+                            grad_output.dtype).backward_input(grad_output, weight)
     plan = _Im2colPlan(input_shape, weight.shape, stride, padding, dilation, groups, out_hw,
                        grad_output.dtype)
     full_padding = gemm_conv.full_padding(weight.shape, padding, dilation)
@@ -510,6 +531,9 @@ def conv2d_backward_weight(grad_output: np.ndarray, x: np.ndarray, weight_shape,
                 weight_shape)))
     if _winograd_pays(weight_shape, stride, dilation, groups):
         return _winograd_backward_weight(grad_output, x, weight_shape, padding, groups)
+    if _stride2_pays(weight_shape, stride, dilation, groups, x.dtype):
+        return _Stride2Plan(x.shape, weight_shape[0], padding, out_hw,
+                            x.dtype).backward_weight(grad_output, x)
     plan = _Im2colPlan(x.shape, weight_shape, stride, padding, dilation, groups, out_hw, x.dtype)
     if plan.parallel_applies():
         starts, counts, most, workers = plan.parallel_chunks()
@@ -719,3 +743,104 @@ def _winograd_backward_weight(grad_output, x, weight_shape, padding, groups):
 
     sums = sum(plan.run(chunk))  # (16, groups, C_out/g, C_in/g), or (16, C_out, C_in)
     return winograd.weight_gradient(sums.reshape(16, *weight_shape[:2]))
+
+
+# ---------------------------------------------------------------------------------------
+# 4x4, stride 2: Winograd F(2x2, 2x2) over the phases of the stride (winograd_stride2.py)
+# ---------------------------------------------------------------------------------------
+def _stride2_pays(weight_shape, stride, dilation, groups, dtype) -> bool:
+    return (STRIDE2_WINOGRAD_MIN_CHANNELS is not None and _one_loop(dtype, groups)
+            and winograd_stride2.applies(weight_shape, stride, dilation)
+            and min(weight_shape[:2]) >= STRIDE2_WINOGRAD_MIN_CHANNELS)
+
+
+class _Stride2Plan:
+    """The tiling of one 4x4 stride-2 convolution by winograd_stride2.py, its chunks (as
+    Winograd's: WINOGRAD_BUDGET_BYTES, but enough tiles for the weights), and per worker its
+    buffers."""
+
+    def __init__(self, input_shape, channels_out, padding, out_hw, dtype):
+        self.batch, self.channels = input_shape[:2]
+        self.input_hw, self.out_hw = tuple(input_shape[2:]), tuple(out_hw)
+        self.channels_out, self.padding, self.dtype = channels_out, padding, dtype
+        self.tiles_hw = winograd_stride2.tiles(out_hw)
+        self.tiles = self.tiles_hw[0] * self.tiles_hw[1]
+        self.macs = self.batch * channels_out * self.channels * 16 * math.prod(out_hw)
+
+    def _chunks(self, step: str, tiles: int, sample_elements: int, weight_side: int):
+        """(starts, counts, the most samples in one, workers) for `step` (see _parallel_chunks
+        and STRIDE2_ROWS_PER_CHANNEL), a sample being `tiles` rows of the GEMMs and
+        `sample_elements` of the buffers."""
+        sample_bytes = sample_elements * self.dtype.itemsize
+        rows = math.ceil(STRIDE2_ROWS_PER_CHANNEL[step] * weight_side)
+        budget = min(COLUMNS_BUDGET_BYTES,
+                     max(STRIDE2_BUDGET_BYTES, -(-rows // tiles) * sample_bytes))
+        starts, counts, workers = _parallel_chunks(self.batch, sample_bytes, self.macs, budget)
+        return starts, counts, int(counts.max()), workers
+
+    def _input_chunks(self, step: str):
+        """_chunks of the forward or the weight gradient: per tile the 9 planes of 4C inputs
+        and C_out outputs."""
+        return self._chunks(step, self.tiles, 9 * (4 * self.channels + self.channels_out)
+                            * self.tiles, max(4 * self.channels, self.channels_out))
+
+    def _planes(self, slot: str, workers: int, size: int):
+        """Per worker 9 planes of `size` elements, each 16 longer (see _WinogradPlan._planes)."""
+        return scratch(slot, (workers, 9, size + 16), self.dtype)
+
+    def _padded_input(self, x, workers: int, most: int):
+        shape = (workers, most, *winograd_stride2.padded_hw(self.input_hw, self.padding,
+                                                            self.out_hw), self.channels)
+        return zero_bordered(shape, self.dtype, ("stride 2", self.padding, self.input_hw))
+
+    def _staging(self, workers: int, most: int, hw, channels: int):
+        return scratch("staging", (workers, most * math.prod(hw) * channels), self.dtype)
+
+    def forward(self, x, weight):
+        starts, counts, most, workers = self._input_chunks("forward")
+        columns = most * self.tiles
+        y = np.empty((self.batch, self.channels_out, *self.out_hw), self.dtype)
+        weight = winograd_stride2.transform_weight(weight).reshape(9, self.channels_out, -1)
+        return winograd_stride2.forward(
+            x, weight, y, self.padding, self.tiles_hw, starts, counts, self._padded_input(x, workers, most),
+            self._planes("columns", workers, columns * 4 * self.channels),
+            self._planes("products", workers, columns * self.channels_out),
+            self._staging(workers, most, self.out_hw, self.channels_out))
+
+    def backward_weight(self, grad_output, x):
+        starts, counts, most, workers = self._input_chunks("weight gradient")
+        columns = most * self.tiles
+        padded_grad = zero_bordered((workers, most, 2 * self.tiles_hw[0], 2 * self.tiles_hw[1],
+                                     self.channels_out), self.dtype,
+                                    ("stride 2 grad", self.out_hw))
+        sums = scratch("sums", (workers, 9, self.channels_out, 4 * self.channels), self.dtype)
+        winograd_stride2.backward_weight(
+            grad_output, x, self.padding, self.tiles_hw, starts, counts,
+            self._padded_input(x, workers, most),
+            self._planes("columns", workers, columns * 4 * self.channels), padded_grad,
+            self._planes("products", workers, columns * self.channels_out), sums)
+        return winograd_stride2.weight_gradient(
+            sums, np.empty((self.channels_out, self.channels, 4, 4), self.dtype))
+
+    def backward_input(self, grad_output, weight):
+        (rows, rows_height), (columns, columns_width) = (
+            winograd_stride2.phases(size, pad, out)
+            for size, pad, out in zip(self.input_hw, self.padding, self.out_hw))
+        firsts = np.array([rows[0][0], rows[1][0], columns[0][0], columns[1][0]], np.int64)
+        tile_counts = np.array([rows[0][1], rows[1][1], columns[0][1], columns[1][1]], np.int64)
+        phase_tiles = int(tile_counts[:2].max() * tile_counts[2:].max())  # the most of a phase
+        starts, counts, most, workers = self._chunks(
+            "input gradient", phase_tiles,
+            9 * phase_tiles * (self.channels + self.channels_out)
+            + math.prod(self.input_hw) * self.channels, max(self.channels, self.channels_out))
+        tiles = most * phase_tiles
+        padded_grad = zero_bordered((workers, most, rows_height, columns_width,
+                                     self.channels_out), self.dtype,
+                                    ("stride 2 input grad", self.out_hw))
+        grad_x = np.empty((self.batch, self.channels, *self.input_hw), self.dtype)
+        return winograd_stride2.backward_input(
+            grad_output, winograd_stride2.transform_weight(weight, flip=True), grad_x,
+            self.padding, firsts, tile_counts, starts, counts, padded_grad,
+            self._planes("columns", workers, tiles * self.channels_out),
+            self._planes("products", workers, tiles * self.channels),
+            self._staging(workers, most, self.input_hw, self.channels))

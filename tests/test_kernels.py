@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from minigen import kernels
 from minigen.kernels import (cpu, cpu_blas, cpu_columns, cpu_conv, gemm_conv, reference,
-                             winograd, winograd_parallel)
+                             winograd, winograd_parallel, winograd_stride2)
 from helpers import (CONV_CASES, POOL_CASES, ConvCase, UPSAMPLE_CASES, assert_close, import_torch,
                      non_contiguous, pair, random_array)
 
@@ -621,6 +621,127 @@ def test_cpu_winograd_is_chosen_for_3x3_stride_1_with_32_or_more_channels_per_gr
 
 
 # ---------------------------------------------------------------------------------------
+# 4x4 stride 2: Winograd F(2x2, 2x2) over the phases of the stride (winograd_stride2.py), in
+# float32, with the channel threshold lowered to zero; the edges of both tilings: odd outputs
+# (half tiles), paddings 0 to 3, one output pixel, rectangles, and an input row or column that
+# no output reads (H + 2 * padding - 4 odd).
+# ---------------------------------------------------------------------------------------
+STRIDE2_CASES = [case for case in CONV_CASES
+                 if winograd_stride2.applies(case.weight_shape, pair(case.stride),
+                                             pair(case.dilation)) and case.groups == 1]
+STRIDE2_CASES += [
+    ConvCase("stride2_dcgan_14_to_7", 2, 16, 8, 14, 14, 4, 2, 1),
+    ConvCase("stride2_odd_input", 3, 5, 7, 9, 11, 4, 2, 1),
+    ConvCase("stride2_no_padding", 2, 3, 4, 8, 9, 4, 2, 0),
+    ConvCase("stride2_padding_2", 1, 4, 3, 7, 6, 4, 2, 2),
+    ConvCase("stride2_padding_3", 2, 3, 5, 3, 4, 4, 2, 3),
+    ConvCase("stride2_one_output_pixel", 2, 6, 5, 2, 2, 4, 2, 1),
+    ConvCase("stride2_rectangular_padding", 2, 4, 6, 6, 10, 4, 2, (0, 1)),
+    ConvCase("stride2_one_channel_each", 1, 1, 1, 6, 6, 4, 2, 1),
+]
+
+
+@pytest.fixture
+def always_stride2(monkeypatch):
+    monkeypatch.setattr(cpu_conv, "STRIDE2_WINOGRAD_MIN_CHANNELS", 0)
+
+
+@pytest.mark.skipif(not cpu_blas.available, reason="NumPy's CBLAS sgemm not found")
+@pytest.mark.parametrize("case", STRIDE2_CASES, ids=lambda case: case.name)
+@pytest.mark.parametrize("budget, threads", [(1, 3), (2**22, 1), (2**22, 2)],
+                         ids=["one_sample_chunks_3_threads", "whole_batch", "two_threads"])
+@pytest.mark.parametrize("layout", ["contiguous", "non_contiguous"])
+def test_cpu_stride2_winograd_matches_reference(case, budget, threads, layout, always_stride2,
+                                                monkeypatch):
+    monkeypatch.setattr(cpu_conv, "COLUMNS_BUDGET_BYTES", budget)
+    monkeypatch.setattr(cpu_conv, "STRIDE2_BUDGET_BYTES", budget)
+    monkeypatch.setattr(cpu_conv, "THREADS", threads)
+    calls = []
+    for name in ("forward", "backward_input", "backward_weight"):
+        original = getattr(winograd_stride2, name)
+        monkeypatch.setattr(winograd_stride2, name, lambda *args, original=original, name=name:
+                            calls.append(name) or original(*args))
+    x, weight, grad_output = conv_inputs(case, np.float32, seed=31)
+    if layout == "non_contiguous":
+        x, weight, grad_output = (non_contiguous(array) for array in (x, weight, grad_output))
+    assert_cpu_conv2d_matches_reference(x, weight, grad_output, case.args, np.float32)
+    assert calls == ["forward", "backward_input", "backward_weight"]
+
+
+@pytest.mark.skipif(not cpu_blas.available, reason="NumPy's CBLAS sgemm not found")
+def test_cpu_stride2_winograd_is_as_accurate_as_im2col_in_float32_with_many_channels(
+        monkeypatch):
+    # 128 channels, 4 phases each: the transforms only add and subtract.
+    rng = np.random.default_rng(32)
+    x, weight = random_array(rng, (2, 128, 12, 12)), random_array(rng, (16, 128, 4, 4))
+    grad_output = random_array(rng, (2, 16, 6, 6))
+    args = ((2, 2), (1, 1), (1, 1), 1)
+    exact = [reference.conv2d_forward(x, weight, *args),
+             reference.conv2d_backward_input(grad_output, weight, x.shape, *args),
+             reference.conv2d_backward_weight(grad_output, x, weight.shape, *args)]
+    x, weight, grad_output = (array.astype(np.float32) for array in (x, weight, grad_output))
+
+    def errors():
+        results = [cpu.conv2d_forward(x, weight, *args),
+                   cpu.conv2d_backward_input(grad_output, weight, x.shape, *args),
+                   cpu.conv2d_backward_weight(grad_output, x, weight.shape, *args)]
+        return np.array([np.abs(result - truth).max() for result, truth in zip(results, exact)])
+
+    assert cpu_conv._stride2_pays(weight.shape, (2, 2), (1, 1), 1, np.dtype(np.float32))
+    winograd_errors = errors()
+    monkeypatch.setattr(cpu_conv, "STRIDE2_WINOGRAD_MIN_CHANNELS", None)
+    im2col_errors = errors()
+    assert np.all(winograd_errors < 2 * im2col_errors + 1e-6), (winograd_errors, im2col_errors)
+
+
+def test_cpu_stride2_winograd_is_chosen_for_4x4_stride_2_float32_with_16_or_more_channels():
+    float32, float64 = np.dtype(np.float32), np.dtype(np.float64)
+    pays = cpu_conv._stride2_pays
+    assert pays((128, 64, 4, 4), (2, 2), (1, 1), 1, float32) is cpu_blas.available
+    assert not pays((128, 8, 4, 4), (2, 2), (1, 1), 1, float32)  # a DCGAN's first layer
+    assert not pays((1, 64, 4, 4), (2, 2), (1, 1), 1, float32)  # ... and last
+    assert not pays((128, 64, 4, 4), (2, 2), (1, 1), 1, float64)
+    assert not pays((128, 32, 4, 4), (2, 2), (1, 1), 2, float32)
+    assert not pays((128, 64, 4, 4), (1, 1), (1, 1), 1, float32)
+    assert not pays((128, 64, 4, 4), (2, 2), (2, 2), 1, float32)
+    assert not pays((128, 64, 3, 3), (2, 2), (1, 1), 1, float32)
+
+
+def test_stride2_weight_gradient_is_the_adjoint_of_the_weight_transform():
+    # <U(w), S> = <w, U^T(S)>, with the sums of two workers.
+    rng = np.random.default_rng(33)
+    weight = rng.standard_normal((5, 3, 4, 4))
+    sums = rng.standard_normal((2, 9, 5, 12))
+    transformed = winograd_stride2.transform_weight(weight).reshape(9, 5, 12)
+    back = winograd_stride2.weight_gradient(sums, np.empty_like(weight))
+    assert inner(transformed, sums.sum(axis=0)) == pytest.approx(inner(weight, back), rel=1e-12)
+
+
+def test_stride2_weight_transform_flipped_is_the_transform_of_the_flipped_phases():
+    # Flipping each phase's 2x2 taps is flipping the whole 4x4 kernel and swapping phases 0, 1.
+    rng = np.random.default_rng(34)
+    weight = rng.standard_normal((2, 3, 4, 4))
+    swapped = weight[:, :, ::-1, ::-1].reshape(2, 3, 2, 2, 2, 2)[:, :, :, ::-1, :, ::-1]
+    np.testing.assert_allclose(winograd_stride2.transform_weight(weight, flip=True),
+                               winograd_stride2.transform_weight(
+                                   np.ascontiguousarray(swapped.reshape(2, 3, 4, 4))),
+                               rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("size, pad, out_size", [(16, 1, 8), (14, 1, 7), (9, 1, 4), (8, 0, 3),
+                                                 (7, 2, 4), (3, 3, 4), (2, 1, 1)])
+def test_stride2_phases_cover_every_input_row_once(size, pad, out_size):
+    (phase0, phase1), rows = winograd_stride2.phases(size, pad, out_size)
+    covered = []
+    for p, (first, tiles) in enumerate((phase0, phase1)):
+        outputs = range(first, first + 2 * tiles)
+        covered += [2 * u + p - pad for u in outputs if 2 * u + p - pad < size]
+        assert all(2 * u + p - pad >= 0 for u in outputs)
+        assert first + 2 * tiles + 1 <= rows  # each tile's three rows of padded grad_output
+    assert sorted(covered) == list(range(size))
+
+
+# ---------------------------------------------------------------------------------------
 # Random geometries (hypothesis, derandomized): every CPU conv path against the oracle.
 # ---------------------------------------------------------------------------------------
 @st.composite
@@ -652,6 +773,29 @@ def test_cpu_conv2d_matches_reference_on_random_geometries(case, winograd_thresh
         patch.setattr(cpu_conv, "COLUMNS_BUDGET_BYTES", budget)
         patch.setattr(cpu_conv, "THREADS", threads)
         assert_cpu_conv2d_matches_reference(x, weight, grad_output, args)
+
+
+@st.composite
+def stride2_geometries(draw):
+    padding = (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
+    height, width = (draw(st.integers(max(1, 4 - 2 * p), 13)) for p in padding)
+    return ConvCase("random_4x4_stride_2", draw(st.integers(1, 3)), draw(st.integers(1, 6)),
+                    draw(st.integers(1, 6)), height, width, 4, 2, padding)
+
+
+@pytest.mark.skipif(not cpu_blas.available, reason="NumPy's CBLAS sgemm not found")
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
+@given(case=stride2_geometries(), budget=st.sampled_from([1, 2**22]),
+       threads=st.sampled_from([1, 2, 3]))
+def test_cpu_stride2_winograd_matches_reference_on_random_geometries(case, budget, threads):
+    x, weight, grad_output = conv_inputs(case, np.float32, seed=35)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu_conv, "STRIDE2_WINOGRAD_MIN_CHANNELS", 0)
+        patch.setattr(cpu_conv, "STRIDE2_BUDGET_BYTES", budget)
+        patch.setattr(cpu_conv, "COLUMNS_BUDGET_BYTES", budget)
+        patch.setattr(cpu_conv, "THREADS", threads)
+        assert cpu_conv._stride2_pays(weight.shape, *case.args[::2], 1, x.dtype)
+        assert_cpu_conv2d_matches_reference(x, weight, grad_output, case.args, np.float32)
 
 
 # ---------------------------------------------------------------------------------------
