@@ -397,6 +397,8 @@ def conv2d_forward(x: np.ndarray, weight: np.ndarray, stride: Pair, padding: Pai
     stride, padding, dilation, out_hw = conv2d_forward_args(x, weight, stride, padding,
                                                             dilation, groups)
     x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
+    if x.shape[0] == 0:  # an empty batch: no chunks to cut
+        return np.zeros((0, weight.shape[0], *out_hw), x.dtype)
     if _covers_input(x.shape[2:], weight.shape, padding, dilation, groups):
         products = x.reshape(x.shape[0], -1) @ weight.reshape(weight.shape[0], -1).T
         return products.reshape(x.shape[0], weight.shape[0], 1, 1)
@@ -424,6 +426,8 @@ def conv2d_backward_input(grad_output: np.ndarray, weight: np.ndarray, input_sha
     stride, padding, dilation, input_shape, out_hw = conv2d_backward_input_args(
         grad_output, weight, input_shape, stride, padding, dilation, groups)
     grad_output, weight = np.ascontiguousarray(grad_output), np.ascontiguousarray(weight)
+    if input_shape[0] == 0:
+        return np.zeros(input_shape, grad_output.dtype)
     if _covers_input(input_shape[2:], weight.shape, padding, dilation, groups):
         products = grad_output.reshape(grad_output.shape[0], -1) @ weight.reshape(weight.shape[0],
                                                                                   -1)
@@ -512,6 +516,8 @@ def conv2d_backward_weight(grad_output: np.ndarray, x: np.ndarray, weight_shape,
     stride, padding, dilation, weight_shape, out_hw = conv2d_backward_weight_args(
         grad_output, x, weight_shape, stride, padding, dilation, groups)
     grad_output, x = np.ascontiguousarray(grad_output), np.ascontiguousarray(x)
+    if x.shape[0] == 0:  # the sum over no samples
+        return np.zeros(weight_shape, x.dtype)
     if _covers_input(x.shape[2:], weight_shape, padding, dilation, groups):
         products = grad_output.reshape(x.shape[0], -1).T @ x.reshape(x.shape[0], -1)
         return products.reshape(weight_shape)

@@ -64,6 +64,22 @@ def test_for_array_names_the_type_it_cannot_handle():
         kernels.for_array([1.0, 2.0])
 
 
+@pytest.mark.parametrize("kernel, stride, channels", [(4, 2, 64), (3, 1, 32), (3, 2, 8),
+                                                      (1, 1, 16), (5, 1, 3)],
+                         ids=["4x4_stride_2_winograd", "3x3_winograd", "3x3_stride_2_im2col",
+                              "1x1", "5x5_im2col"])
+def test_cpu_conv2d_of_an_empty_batch_matches_reference(kernel, stride, channels):
+    # No samples: no chunks to cut (the chunking had divided by zero); the weight gradient is
+    # the sum over no samples.
+    rng = np.random.default_rng(36)
+    x = np.zeros((0, channels, 12, 12), np.float32)
+    weight = random_array(rng, (64, channels, kernel, kernel), np.float32)
+    args = ((stride, stride), (1, 1), (1, 1), 1)
+    y = cpu.conv2d_forward(x, weight, *args)
+    assert y.shape == reference.conv2d_forward(x, weight, *args).shape
+    assert_cpu_conv2d_matches_reference(x, weight, np.zeros_like(y), args, np.float32)
+
+
 @pytest.mark.parametrize("backend", [reference, cpu], ids=["reference", "cpu"])
 def test_conv2d_error_names_channels_and_weight_shape(backend):
     x, weight = np.zeros((1, 3, 5, 5)), np.zeros((8, 4, 3, 3))
