@@ -1,7 +1,7 @@
 """Convolution on the CPU (cpu.py's conv2d functions): serial Numba loops move the data,
 NumPy's BLAS (OpenBLAS) does the GEMMs, and the chunks of a batch run on parallel threads.
 
-Two algorithms, chosen per call:
+Three algorithms, chosen per call:
 - im2col + GEMM: each chunk of samples is padded into a zero-bordered buffer and expanded into
   one (C_in*kH*kW, H_out*W_out) column block per sample; one stacked GEMM with the weight writes
   the NCHW output directly (or, with few output pixels, one wide GEMM over all the chunk's
@@ -11,6 +11,9 @@ Two algorithms, chosen per call:
   columns are one gather through a table of indices instead (GATHER_TABLE_BYTES).
 - Winograd F(2x2, 3x3) (winograd.py) for 3x3 stride-1 convolutions with WINOGRAD_MIN_CHANNELS
   or more channels: 2.25x less GEMM work.
+- Winograd F(2x2, 2x2) over the four phases of the stride (winograd_stride2.py) for 4x4
+  stride-2 convolutions in float32 with STRIDE2_WINOGRAD_MIN_CHANNELS or more channels: 1.78x
+  less GEMM work.
 1x1 convolutions are plain GEMMs (gemm_conv.py). The copies, and the scratch buffers they
 write, are in cpu_columns.py.
 
