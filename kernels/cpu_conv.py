@@ -96,6 +96,12 @@ PARALLEL_WINOGRAD_WEIGHT_GRADIENT = True
 # ms, 16 -> 32 of 16x16 2.8 against 4.4, 8 -> 16 of 16x16 1.8 against 2.0 (1.06 either way on
 # two threads).
 STRIDE2_WINOGRAD_MIN_CHANNELS = 16
+# ... but their input gradient only for inputs of at most this many pixels: its per-phase GEMMs
+# are (B*tiles, C_out) @ (C_out, C), and on larger images they ran slower than im2col's. One
+# thread, N=64 unless said, against im2col: 16x16, 64 <- 128 channels 7.1 against 9.3 ms;
+# 28x28, 128 <- 64 19.1 against 41.1; but 32x32 (N=32), 64 <- 128 17.6 against 16.9, and 64x64
+# (N=16), 32 <- 64 13.9 against 10.7.
+STRIDE2_INPUT_GRADIENT_MAX_PIXELS = 28 * 28
 # Their chunks hold their buffers within STRIDE2_BUDGET_BYTES, but give the GEMMs at least
 # this many rows (tiles) per channel of the wider side of their weight: the forward's (C_out,
 # 4C) weight is read whole for every chunk, the weight gradient's sums read and written. N=64,
@@ -448,7 +454,8 @@ def conv2d_backward_input(grad_output: np.ndarray, weight: np.ndarray, input_sha
                         np, grad_output[start:start + count], weight, groups,
                         (count, *input_shape[1:]), out=grad_x[start:start + count]))
         return grad_x
-    if _stride2_pays(weight.shape, stride, dilation, groups, grad_output.dtype):
+    if (_stride2_pays(weight.shape, stride, dilation, groups, grad_output.dtype)
+            and math.prod(input_shape[2:]) <= STRIDE2_INPUT_GRADIENT_MAX_PIXELS):
         return _Stride2Plan(input_shape, weight.shape[0], padding, out_hw,
                             grad_output.dtype).backward_input(grad_output, weight)
     plan = _Im2colPlan(input_shape, weight.shape, stride, padding, dilation, groups, out_hw,

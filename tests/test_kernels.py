@@ -710,6 +710,20 @@ def test_cpu_stride2_winograd_is_as_accurate_as_im2col_in_float32_with_many_chan
     assert np.all(winograd_errors < 2 * im2col_errors + 1e-6), (winograd_errors, im2col_errors)
 
 
+def test_cpu_stride2_input_gradient_takes_im2col_on_large_inputs(always_stride2, monkeypatch):
+    # Above STRIDE2_INPUT_GRADIENT_MAX_PIXELS only the input gradient leaves the phase split.
+    monkeypatch.setattr(cpu_conv, "STRIDE2_INPUT_GRADIENT_MAX_PIXELS", 63)
+    calls = []
+    for name in ("forward", "backward_input", "backward_weight"):
+        original = getattr(winograd_stride2, name)
+        monkeypatch.setattr(winograd_stride2, name, lambda *args, original=original, name=name:
+                            calls.append(name) or original(*args))
+    case = ConvCase("stride2_large_input", 2, 3, 4, 8, 8, 4, 2, 1)
+    x, weight, grad_output = conv_inputs(case, np.float32, seed=37)
+    assert_cpu_conv2d_matches_reference(x, weight, grad_output, case.args, np.float32)
+    assert calls == ["forward", "backward_weight"]
+
+
 def test_cpu_stride2_winograd_is_chosen_for_4x4_stride_2_float32_with_16_or_more_channels():
     float32, float64 = np.dtype(np.float32), np.dtype(np.float64)
     pays = cpu_conv._stride2_pays
