@@ -4,8 +4,8 @@ Convolution lives in cpu_conv.py (im2col + GEMM, Winograd F(2x2, 3x3) for 3x3 st
 convolutions, 1x1 as plain GEMMs; the chunks of a batch on parallel threads) and is exported
 from here, as are the matrix products of cpu_matmul.py and the fused group norm, batch norm and
 softmax of cpu_fused_norm.py. Pooling and upsampling are direct Numba loops, parallel over the
-(n, c) planes. All Numba functions are compiled on first use and cached next to their files
-(cache=True).
+(n, c) planes. All Numba functions are compiled on first use and cached (cache=True) in a
+directory per version of the kernel sources (numba_cache.py).
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import os
 import numba
 import numpy as np
 
+from . import numba_cache  # noqa: F401  (first: where the kernels below are cached)
 from .geometry import Pair, as_pairs, check_pool2d, check_upsample, check_upsample_grad
 
 # Numba's thread pool: its OpenMP layer, with the idle threads spinning a while between loops.

@@ -16,6 +16,8 @@ import functools
 import numba
 import numpy as np
 
+from . import numba_cache  # noqa: F401  (first: where the kernels below are cached)
+
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 # (symbol, integer type) in the order tried: NumPy 2's wheels prefix and suffix OpenBLAS's names.
 _SYMBOLS = (("scipy_cblas_sgemm64_", ctypes.c_int64), ("cblas_sgemm64_", ctypes.c_int64),

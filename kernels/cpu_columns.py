@@ -14,6 +14,8 @@ import threading
 import numba
 import numpy as np
 
+from . import numba_cache  # noqa: F401  (first: where the kernels below are cached)
+
 # Scratch arrays up to this size are kept between calls (a few per thread and dtype).
 SCRATCH_KEEP_BYTES = 64 * 2**20
 # Zero-bordered buffers for padded inputs kept per thread (see zero_bordered), one per shape.

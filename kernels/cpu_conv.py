@@ -45,6 +45,7 @@ import os
 import numba
 import numpy as np
 
+from . import numba_cache  # noqa: F401  (first: where the kernels below are cached)
 from . import cpu_blas, gemm_conv, im2col_parallel, winograd, winograd_parallel, winograd_stride2
 from .cpu_columns import (col2im, copy_from_interior, gather, gather_table, im2col, pad,
                           pad_channels_last, pad_split, scatter_add, scratch, unsplit,

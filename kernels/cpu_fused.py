@@ -20,6 +20,7 @@ import numpy as np
 from numba import types
 from numba.extending import intrinsic
 
+from . import numba_cache  # noqa: F401  (first: where the kernels below are cached)
 from . import reference
 from .reference import ACTIVATIONS, check_activation
 

@@ -17,6 +17,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
+from . import numba_cache  # noqa: F401  (first: where the kernels below are cached)
+
 # error_model="numpy": a float division need not check for zero (Python's ZeroDivisionError
 # check keeps LLVM from vectorising a loop); reassoc lets the float64 sums vectorise.
 _jit = dict(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract"})

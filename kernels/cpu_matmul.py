@@ -13,6 +13,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from . import numba_cache  # noqa: F401  (first: where the kernels below are cached)
 from . import cpu_blas
 from .cpu_blas import gemm_strided
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from . import numba_cache  # noqa: F401  (first: where the kernels below are cached)
 from . import cpu_blas
 from .cpu_blas import gemm, gemm_strided
 from .cpu_columns import (col2im, copy_from_interior, copy_interior, gather, im2col, pad_split,

@@ -23,6 +23,8 @@ import functools
 import numba
 import numpy as np
 
+from . import numba_cache  # noqa: F401  (first: where the kernels below are cached)
+
 _jit = dict(nogil=True, cache=True)  # nogil: cpu_conv runs chunks on several threads
 
 G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])

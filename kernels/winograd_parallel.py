@@ -12,6 +12,7 @@ from __future__ import annotations
 import numba
 from numpy.lib.stride_tricks import as_strided
 
+from . import numba_cache  # noqa: F401  (first: where the kernels below are cached)
 from . import cpu_blas
 from .cpu_blas import gemm, gemm_strided
 from .cpu_columns import copy_interior, copy_interior_channels_last

@@ -37,6 +37,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from . import numba_cache  # noqa: F401  (first: where the kernels below are cached)
 from . import cpu_blas
 from .cpu_blas import gemm_strided
 from .cpu_columns import copy_interior_channels_last
