@@ -72,11 +72,15 @@ WINOGRAD_MIN_CHANNELS = 32
 WINOGRAD_BUDGET_BYTES = 2**20
 WINOGRAD_ROWS_PER_CHANNEL = 2
 # Images of fewer tiles across than this go through Winograd's channels-last transforms and
-# GEMMs (winograd.py), the rest channels first. Forward + both gradients, one thread: 6.2
-# against 8.8 ms at N=64, C=64, 8x8; 5.4 against 7.5 at N=32, C=32, 16x16. At N=64, C=32, 32x32
-# the forward took 17.3 ms channels last against 13.5 channels first, and the weight gradient
-# 15.0 against 17.1: so that one takes the channels-last layout at every size.
-WINOGRAD_CHANNELS_LAST_TILES = 9
+# GEMMs (winograd.py), the rest channels first: now every size. Forward + both gradients, one
+# thread: 6.2 against 8.8 ms at N=64, C=64, 8x8; 5.4 against 7.5 at N=32, C=32, 16x16. Forward
+# and input gradient, channels first against channels last, one thread: N=64, C=32, 32x32 8.9
+# and 8.9 against 8.5 and 8.5 ms; N=16, C=64, 28x28 4.6 and 4.6 against 3.9 and 4.2; N=16,
+# C=32, 64x64 12.3 and 12.3 against 11.6 and 11.3; N=16, C=128, 32x32 22.5 and 21.9 against
+# 24.0 and 21.8 (two threads 11.1 and 11.2 against 11.3 and 11.4). Channels first had measured
+# faster at 32x32 (13.5 against 17.3 ms) before the staged output transform and the blocks of
+# winograd.unstage. The weight gradient is channels last at every size too.
+WINOGRAD_CHANNELS_LAST_TILES = math.inf
 WINOGRAD_WEIGHT_GRADIENT_CHANNELS_LAST_TILES = math.inf
 # The channels-last output transform stages each sample's outputs from this many pixels a
 # channel up (see winograd.transform_output_channels_last): 16x16 outputs of 64 channels took
