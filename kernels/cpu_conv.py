@@ -228,6 +228,13 @@ def _run_chunks(batch: int, per_sample_bytes: int, macs: int, body, budget: int 
     return results
 
 
+def _rows_budget(budget: int, rows: int, tiles: int, sample_bytes: int) -> int:
+    """A transform's chunk budget: `budget` bytes, but enough samples of `tiles` GEMM rows
+    each for `rows` rows (see WINOGRAD_ROWS_PER_CHANNEL), and never over
+    COLUMNS_BUDGET_BYTES."""
+    return min(COLUMNS_BUDGET_BYTES, max(budget, -(-rows // tiles) * sample_bytes))
+
+
 def _chunks(batch: int, per_sample_bytes: int, count: int = None, budget: int = None):
     """(first sample, number of samples) of each chunk: under `budget` bytes each (default
     COLUMNS_BUDGET_BYTES), at least `count` (default threads()) of them when the batch allows,
@@ -617,11 +624,9 @@ class _WinogradPlan:
         self.macs = (self.batch * channels_out * (self.channels // groups) * 9
                      * self.out_pixels)
         self.sample_bytes = 16 * (self.channels + channels_out) * self.tiles * dtype.itemsize
-        # Chunks of WINOGRAD_BUDGET_BYTES, but of enough tiles (the GEMMs' rows) for the
-        # weights (see WINOGRAD_ROWS_PER_CHANNEL), and never over COLUMNS_BUDGET_BYTES.
-        rows = WINOGRAD_ROWS_PER_CHANNEL * max(self.channels, channels_out)
-        self.budget = min(COLUMNS_BUDGET_BYTES, max(
-            WINOGRAD_BUDGET_BYTES, -(-rows // self.tiles) * self.sample_bytes))
+        self.budget = _rows_budget(WINOGRAD_BUDGET_BYTES,
+                                   WINOGRAD_ROWS_PER_CHANNEL * max(self.channels, channels_out),
+                                   self.tiles, self.sample_bytes)
 
     def run(self, body) -> list:
         """body(start, count) for each chunk, on as many threads as the work pays for."""
@@ -796,9 +801,9 @@ class _Stride2Plan:
         and STRIDE2_ROWS_PER_CHANNEL), a sample being `tiles` rows of the GEMMs and
         `sample_elements` of the buffers."""
         sample_bytes = sample_elements * self.dtype.itemsize
-        rows = math.ceil(STRIDE2_ROWS_PER_CHANNEL[step] * weight_side)
-        budget = min(COLUMNS_BUDGET_BYTES,
-                     max(STRIDE2_BUDGET_BYTES, -(-rows // tiles) * sample_bytes))
+        budget = _rows_budget(STRIDE2_BUDGET_BYTES,
+                              math.ceil(STRIDE2_ROWS_PER_CHANNEL[step] * weight_side), tiles,
+                              sample_bytes)
         starts, counts, workers = _parallel_chunks(self.batch, sample_bytes, self.macs, budget)
         return starts, counts, int(counts.max()), workers
 
