@@ -662,6 +662,16 @@ def always_stride2(monkeypatch):
     monkeypatch.setattr(cpu_conv, "STRIDE2_WINOGRAD_MIN_CHANNELS", 0)
 
 
+def record_stride2_calls(monkeypatch) -> list:
+    """The names of winograd_stride2's three convolutions, in the order they are called."""
+    calls = []
+    for name in ("forward", "backward_input", "backward_weight"):
+        original = getattr(winograd_stride2, name)
+        monkeypatch.setattr(winograd_stride2, name, lambda *args, original=original, name=name:
+                            calls.append(name) or original(*args))
+    return calls
+
+
 @pytest.mark.skipif(not cpu_blas.available, reason="NumPy's CBLAS sgemm not found")
 @pytest.mark.parametrize("case", STRIDE2_CASES, ids=lambda case: case.name)
 @pytest.mark.parametrize("budget, threads", [(1, 3), (2**22, 1), (2**22, 2)],
@@ -672,11 +682,7 @@ def test_cpu_stride2_winograd_matches_reference(case, budget, threads, layout, a
     monkeypatch.setattr(cpu_conv, "COLUMNS_BUDGET_BYTES", budget)
     monkeypatch.setattr(cpu_conv, "STRIDE2_BUDGET_BYTES", budget)
     monkeypatch.setattr(cpu_conv, "THREADS", threads)
-    calls = []
-    for name in ("forward", "backward_input", "backward_weight"):
-        original = getattr(winograd_stride2, name)
-        monkeypatch.setattr(winograd_stride2, name, lambda *args, original=original, name=name:
-                            calls.append(name) or original(*args))
+    calls = record_stride2_calls(monkeypatch)
     x, weight, grad_output = conv_inputs(case, np.float32, seed=31)
     if layout == "non_contiguous":
         x, weight, grad_output = (non_contiguous(array) for array in (x, weight, grad_output))
@@ -713,11 +719,7 @@ def test_cpu_stride2_winograd_is_as_accurate_as_im2col_in_float32_with_many_chan
 def test_cpu_stride2_input_gradient_takes_im2col_on_large_inputs(always_stride2, monkeypatch):
     # Above STRIDE2_INPUT_GRADIENT_MAX_PIXELS only the input gradient leaves the phase split.
     monkeypatch.setattr(cpu_conv, "STRIDE2_INPUT_GRADIENT_MAX_PIXELS", 63)
-    calls = []
-    for name in ("forward", "backward_input", "backward_weight"):
-        original = getattr(winograd_stride2, name)
-        monkeypatch.setattr(winograd_stride2, name, lambda *args, original=original, name=name:
-                            calls.append(name) or original(*args))
+    calls = record_stride2_calls(monkeypatch)
     case = ConvCase("stride2_large_input", 2, 3, 4, 8, 8, 4, 2, 1)
     x, weight, grad_output = conv_inputs(case, np.float32, seed=37)
     assert_cpu_conv2d_matches_reference(x, weight, grad_output, case.args, np.float32)
