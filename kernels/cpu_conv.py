@@ -72,16 +72,16 @@ WINOGRAD_MIN_CHANNELS = 32
 WINOGRAD_BUDGET_BYTES = 2**20
 WINOGRAD_ROWS_PER_CHANNEL = 2
 # Images of fewer tiles across than this go through Winograd's channels-last transforms and
-# GEMMs (winograd.py), the rest channels first: now every size. Forward + both gradients, one
+# GEMMs (winograd.py), the rest channels first: now every size, for all three convolutions. Forward + both gradients, one
 # thread: 6.2 against 8.8 ms at N=64, C=64, 8x8; 5.4 against 7.5 at N=32, C=32, 16x16. Forward
 # and input gradient, channels first against channels last, one thread: N=64, C=32, 32x32 8.9
 # and 8.9 against 8.5 and 8.5 ms; N=16, C=64, 28x28 4.6 and 4.6 against 3.9 and 4.2; N=16,
 # C=32, 64x64 12.3 and 12.3 against 11.6 and 11.3; N=16, C=128, 32x32 22.5 and 21.9 against
 # 24.0 and 21.8 (two threads 11.1 and 11.2 against 11.3 and 11.4). Channels first had measured
 # faster at 32x32 (13.5 against 17.3 ms) before the staged output transform and the blocks of
-# winograd.unstage. The weight gradient is channels last at every size too.
+# winograd.unstage. The weight gradient had been channels last at every size already (at
+# 32x32 15.0 against 17.1 ms).
 WINOGRAD_CHANNELS_LAST_TILES = math.inf
-WINOGRAD_WEIGHT_GRADIENT_CHANNELS_LAST_TILES = math.inf
 # The channels-last output transform stages each sample's outputs from this many pixels a
 # channel up (see winograd.transform_output_channels_last): 16x16 outputs of 64 channels took
 # 70 against 24 us a chunk of two, 8x8 and 4x4 the same either way.
@@ -608,18 +608,14 @@ class _WinogradPlan:
     padded input, its 16 transformed planes (16, C, B*tiles), or with channels_last
     (16, B*tiles, C), and the products (16, C_out, B*tiles)."""
 
-    def __init__(self, input_shape, channels_out, padding, groups, out_hw, dtype,
-                 last_below=None):
-        """last_below: images of fewer tiles across are channels last (default
-        WINOGRAD_CHANNELS_LAST_TILES)."""
-        last_below = WINOGRAD_CHANNELS_LAST_TILES if last_below is None else last_below
+    def __init__(self, input_shape, channels_out, padding, groups, out_hw, dtype):
         self.batch, self.channels = input_shape[:2]
         self.channels_out, self.groups, self.padding = channels_out, groups, padding
         self.dtype, self.padded_hw = dtype, winograd.padded_hw(out_hw)
         self.tiles_hw = winograd.tiles(out_hw)
         self.tiles = self.tiles_hw[0] * self.tiles_hw[1]
         self.out_pixels = out_hw[0] * out_hw[1]
-        self.channels_last = groups == 1 and self.tiles_hw[1] < last_below
+        self.channels_last = groups == 1 and self.tiles_hw[1] < WINOGRAD_CHANNELS_LAST_TILES
         # The work is counted as the direct convolution's multiply-adds.
         self.macs = (self.batch * channels_out * (self.channels // groups) * 9
                      * self.out_pixels)
@@ -756,7 +752,7 @@ def _winograd_forward(x, weight, padding, groups, out_hw):
 
 def _winograd_backward_weight(grad_output, x, weight_shape, padding, groups):
     plan = _WinogradPlan(x.shape, weight_shape[0], padding, groups, grad_output.shape[2:],
-                         x.dtype, WINOGRAD_WEIGHT_GRADIENT_CHANNELS_LAST_TILES)
+                         x.dtype)
     if (plan.parallel_applies() and PARALLEL_WINOGRAD_WEIGHT_GRADIENT
             and threads_for(plan.macs, plan.batch * plan.sample_bytes) > 1):
         return winograd.weight_gradient(plan.backward_weight_parallel(grad_output, x))

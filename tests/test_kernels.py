@@ -381,7 +381,6 @@ def test_cpu_winograd_matches_reference(case, dtype, budget, last_below, paralle
                                         always_winograd, monkeypatch):
     monkeypatch.setattr(cpu_conv, "COLUMNS_BUDGET_BYTES", budget)
     monkeypatch.setattr(cpu_conv, "WINOGRAD_CHANNELS_LAST_TILES", last_below)
-    monkeypatch.setattr(cpu_conv, "WINOGRAD_WEIGHT_GRADIENT_CHANNELS_LAST_TILES", last_below)
     monkeypatch.setattr(cpu_conv, "PARALLEL_WINOGRAD", parallel)
     monkeypatch.setattr(cpu_conv, "STAGED_OUTPUT_PIXELS", staged_from)
     if parallel:  # two threads, so that the weight gradient takes the one loop too
