@@ -238,7 +238,7 @@ def transform_input_channels_last(padded, planes, tiles_hw):
     source, target = padded.reshape(-1), planes.reshape(-1)
     tiles_h, tiles_w = _U(tiles_hw[0]), _U(tiles_hw[1])
     C, plane = _U(channels), _U(planes.shape[1])
-    one = padded.dtype.type(1)
+    kind = padded.dtype.type  # the signs in the input's type: float64 ones made it all float64
     row = _U(width) * C
     for b in range(_U(batch)):
         for ty in range(tiles_h):
@@ -250,8 +250,8 @@ def transform_input_channels_last(padded, planes, tiles_hw):
                     for s in range(4):
                         # (B^T d B)[r, s] = sum_ij B^T[r, i] d[i, j] B^T[s, j]: four terms
                         col_a, tsign_a, col_b, tsign_b = _B_T_ROWS[s]
-                        signs = (one * (sign_a * tsign_a), one * (sign_a * tsign_b),
-                                 one * (sign_b * tsign_a), one * (sign_b * tsign_b))
+                        signs = (kind(sign_a * tsign_a), kind(sign_a * tsign_b),
+                                 kind(sign_b * tsign_a), kind(sign_b * tsign_b))
                         _combine(source, corner + _U(row_a) * row + _U(col_a) * C,
                                  corner + _U(row_a) * row + _U(col_b) * C,
                                  corner + _U(row_b) * row + _U(col_a) * C,

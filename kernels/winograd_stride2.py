@@ -213,7 +213,7 @@ def transform_tiles(padded, batch, planes, tiles_hw, origin_hw, tile_step, eleme
     tiles_h, tiles_w = _U(tiles_hw[0]), _U(tiles_hw[1])
     C, plane = _U(channels), _U(planes.shape[1])
     row, column = _U(element_step) * _U(width) * C, _U(element_step) * C
-    one = padded.dtype.type(1)
+    kind = padded.dtype.type  # the signs in the input's type: float64 ones made it all float64
     for b in range(_U(batch)):
         for ty in range(tiles_h):
             for tx in range(tiles_w):
@@ -225,8 +225,8 @@ def transform_tiles(padded, batch, planes, tiles_hw, origin_hw, tile_step, eleme
                         offsets, signs, terms = _terms(rows, r, s, row, column)
                         _signed_sum(source, (corner + offsets[0], corner + offsets[1],
                                              corner + offsets[2], corner + offsets[3]),
-                                    (one * signs[0], one * signs[1], one * signs[2],
-                                     one * signs[3]),
+                                    (kind(signs[0]), kind(signs[1]), kind(signs[2]),
+                                     kind(signs[3])),
                                     terms, target, _U(3 * r + s) * plane + start, C)
     return planes
 
