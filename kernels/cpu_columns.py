@@ -271,8 +271,31 @@ def copy_interior_channels_last(x, n_start, count, padded, padding):
     return padded
 
 
-def pad_channels_last(x, start: int, count: int, padding, padded_hw) -> np.ndarray:
-    """As pad, with the channels last: (count, *padded_hw, C), zero outside x's pixels."""
-    buffer = zero_bordered((count, *padded_hw, x.shape[1]), x.dtype,
-                           ("channels last", padding, x.shape[2:]))
-    return copy_interior_channels_last(x, start, count, buffer, padding)
+@numba.njit(**_jit)
+def copy_interior_split(x, n_start, count, padded, padding):
+    """padded[b, p_h + h, w' % 2, w' // 2, c] = x[n_start + b, c, h, w] for b < count, where
+    w' = p_w + w: channels last with the columns split by parity (winograd.transform_split's
+    layout); the rest is left as it is."""
+    channels, height, width = x.shape[1], x.shape[2], x.shape[3]
+    pad_h, pad_w = _U(padding[0]), _U(padding[1])
+    for b in range(_U(count)):  # written in order, read at a stride, as above
+        n = _U(n_start) + b
+        for h in range(_U(height)):
+            for w in range(_U(width)):
+                column = pad_w + w
+                for c in range(_U(channels)):
+                    padded[b, pad_h + h, column & _U(1), column >> _U(1), c] = x[n, c, h, w]
+    return padded
+
+
+def split_columns_shape(count: int, padded_hw, channels: int) -> tuple:
+    """The shape of copy_interior_split's buffer: (count, H_p, 2, W_p/2, C), W_p even."""
+    return (count, padded_hw[0], 2, padded_hw[1] // 2, channels)
+
+
+def pad_split_columns(x, start: int, count: int, padding, padded_hw) -> np.ndarray:
+    """As pad, channels last and the columns split by parity (copy_interior_split): zero
+    outside x's pixels."""
+    buffer = zero_bordered(split_columns_shape(count, padded_hw, x.shape[1]), x.dtype,
+                           ("split columns", padding, x.shape[2:]))
+    return copy_interior_split(x, start, count, buffer, padding)

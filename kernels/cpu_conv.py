@@ -48,8 +48,8 @@ import numpy as np
 from . import numba_cache  # noqa: F401  (first: where the kernels below are cached)
 from . import cpu_blas, gemm_conv, im2col_parallel, winograd, winograd_parallel, winograd_stride2
 from .cpu_columns import (col2im, copy_from_interior, gather, gather_table, im2col, pad,
-                          pad_channels_last, pad_split, scatter_add, scratch, unsplit,
-                          zero_bordered)
+                          pad_split, pad_split_columns, scatter_add, scratch,
+                          split_columns_shape, unsplit, zero_bordered)
 from .geometry import (Pair, conv2d_backward_input_args, conv2d_backward_weight_args,
                        conv2d_forward_args)
 
@@ -302,6 +302,23 @@ class _Im2colPlan:
 
     def table(self, count: int) -> np.ndarray:
         return gather_table(count, self.in_channels, self.padded_hw, *self.geometry, self.stride)
+
+    def transformed_grad_output(self, grad_output, start: int, count: int):
+        """A g A^T of every 2x2 tile of samples start.. of grad_output: (16, C_out,
+        count*tiles), or with channels_last (16, count*tiles, C_out)."""
+        if not self.channels_last:
+            return winograd.transform_grad_output(
+                grad_output, start, self.planes("products", self.channels_out, count),
+                self.tiles_hw)
+        padded = pad_split_columns(grad_output, start, count, (0, 0), self.grad_padded_hw)
+        planes = winograd.transform_grad_output_channels_last(
+            padded, self._planes("products", self.channels_out, count), self.tiles_hw)
+        return planes[:, :-16].reshape(16, -1, self.channels_out)
+
+    @property
+    def grad_padded_hw(self):
+        """grad_output's height and width rounded up to whole tiles (zeros past its edge)."""
+        return 2 * self.tiles_hw[0], 2 * self.tiles_hw[1]
 
     def by_group(self, matrices):
         return gemm_conv.by_group(matrices, self.groups)
@@ -643,13 +660,30 @@ class _WinogradPlan:
         """B^T d B of every tile of samples start.. of x: (16, C, count*tiles), or with
         channels_last (16, count*tiles, C)."""
         if self.channels_last:
-            padded = pad_channels_last(x, start, count, self.padding, self.padded_hw)
+            padded = pad_split_columns(x, start, count, self.padding, self.padded_hw)
             planes = winograd.transform_input_channels_last(
                 padded, self._planes("columns", self.channels, count), self.tiles_hw)
             return planes[:, :-16].reshape(16, -1, self.channels)
         padded = pad(x, start, count, self.padding, self.padded_hw)
         return winograd.transform_input(padded, self.planes("columns", self.channels, count),
                                         self.tiles_hw)
+
+    def transformed_grad_output(self, grad_output, start: int, count: int):
+        """A g A^T of every 2x2 tile of samples start.. of grad_output: (16, C_out,
+        count*tiles), or with channels_last (16, count*tiles, C_out)."""
+        if not self.channels_last:
+            return winograd.transform_grad_output(
+                grad_output, start, self.planes("products", self.channels_out, count),
+                self.tiles_hw)
+        padded = pad_split_columns(grad_output, start, count, (0, 0), self.grad_padded_hw)
+        planes = winograd.transform_grad_output_channels_last(
+            padded, self._planes("products", self.channels_out, count), self.tiles_hw)
+        return planes[:, :-16].reshape(16, -1, self.channels_out)
+
+    @property
+    def grad_padded_hw(self):
+        """grad_output's height and width rounded up to whole tiles (zeros past its edge)."""
+        return 2 * self.tiles_hw[0], 2 * self.tiles_hw[1]
 
     def by_group(self, matrices):
         return gemm_conv.by_group(matrices, self.groups)
@@ -663,7 +697,8 @@ class _WinogradPlan:
                                                    self.budget)
         most = int(counts.max())
         if self.channels_last:
-            shape, layout = (workers, most, *self.padded_hw, self.channels), "parallel"
+            shape = (workers, *split_columns_shape(most, self.padded_hw, self.channels))
+            layout = "parallel, split columns"
         else:
             shape = (workers, most, self.channels, *self.padded_hw)
             layout = "parallel, channels first"
@@ -698,15 +733,21 @@ class _WinogradPlan:
         """The weight gradient's 16 summed products (16, C_out, C) as one parallel loop over
         run()'s chunks (winograd_parallel.py)."""
         starts, counts, padded, planes = self._parallel_buffers(x)
-        workers = padded.shape[0]
-        grad_planes = scratch("products", (workers, 16 * (self.channels_out
-                                                          * self.chunk_columns(counts) + 16)),
-                              self.dtype)
+        workers, most = padded.shape[0], int(counts.max())
         sums = scratch("sums", (workers, 16, self.channels_out, self.channels), self.dtype)
-        backward = (winograd_parallel.backward_weight if self.channels_last
-                    else winograd_parallel.backward_weight_channels_first)
-        backward(grad_output, x, self.padding, self.tiles_hw, starts, counts, padded, planes,
-                 grad_planes, sums)
+        if not self.channels_last:
+            grad_planes = scratch("products", (workers, 16 * (self.channels_out * most
+                                                              * self.tiles + 16)), self.dtype)
+            winograd_parallel.backward_weight_channels_first(
+                grad_output, x, self.padding, self.tiles_hw, starts, counts, padded, planes,
+                grad_planes, sums)
+            return sums.sum(axis=0)
+        padded_grad = zero_bordered(
+            (workers, *split_columns_shape(most, self.grad_padded_hw, self.channels_out)), self.dtype,
+            ("parallel, split columns", (0, 0), grad_output.shape[2:]))
+        grad_planes = self._worker_planes("products", workers, self.channels_out, most)
+        winograd_parallel.backward_weight(grad_output, x, self.padding, self.tiles_hw, starts,
+                                          counts, padded, planes, padded_grad, grad_planes, sums)
         return sums.sum(axis=0)
 
     def staging(self, workers: int):
@@ -715,9 +756,6 @@ class _WinogradPlan:
         staged = self.out_pixels >= STAGED_OUTPUT_PIXELS
         return scratch("staging", (workers, self.out_pixels * self.channels_out if staged else 0),
                        self.dtype)
-
-    def chunk_columns(self, counts) -> int:
-        return int(counts.max()) * self.tiles
 
     def parallel_applies(self) -> bool:
         return PARALLEL_WINOGRAD and _one_loop(self.dtype, self.groups)
@@ -759,11 +797,9 @@ def _winograd_backward_weight(grad_output, x, weight_shape, padding, groups):
 
     def chunk(start: int, count: int):
         transformed = plan.transformed_input(x, start, count)
-        grad_planes = winograd.transform_grad_output(
-            grad_output, start, plan.planes("products", plan.channels_out, count),
-            plan.tiles_hw)
-        if plan.channels_last:  # (C_out, B*tiles) @ (B*tiles, C) per plane
-            return np.matmul(grad_planes, transformed)
+        grad_planes = plan.transformed_grad_output(grad_output, start, count)
+        if plan.channels_last:  # (B*tiles, C_out)^T @ (B*tiles, C) per plane
+            return np.matmul(grad_planes.swapaxes(-1, -2), transformed)
         return np.matmul(plan.by_group(grad_planes), plan.by_group(transformed).swapaxes(-1, -2))
 
     sums = sum(plan.run(chunk))  # (16, groups, C_out/g, C_in/g), or (16, C_out, C_in)

@@ -207,57 +207,104 @@ def transform_grad_output(grad_output, n_start, transformed, tiles_hw):
 
 
 # ---------------------------------------------------------------------------------------
-# The input transform with the channels last, for small images
+# The input and grad_output transforms with the channels last
 # ---------------------------------------------------------------------------------------
 # On images a few tiles across, transform_input's loops run a handful of iterations per row
 # and stay scalar: at 8x8 and 4x4 the transforms took more time than the GEMMs. Here the
-# padded input is (B, H_p, W_p, C) and the transformed planes (16, B*tiles, C), so the innermost
-# loop runs over the channels, contiguous in what it reads and writes; and each loop writes one
-# plane from four reads, since LLVM leaves a loop that writes all 16 planes scalar (it cannot
-# check so many pointers for overlap). 64 samples, one thread: 32 channels of 8x8 126 us, 64
-# of 4x4 44 us, against 254 and 150 us. Indices are unsigned (_U), as in cpu_columns.py.
+# padded image is channels last with its columns split by parity, (B, H_p, 2, W_p/2, C):
+# column 2u + q of row h at [h, q, u]. The transformed planes are (16, B*tiles, C), and entry
+# (r, s) of a whole row of tiles is then one loop over tiles_w*C contiguous elements of each
+# of its (up to) four terms: the patches' column j of tile tx is [q, tx + j // 2] for q = j % 2.
+# One loop writes one plane, since LLVM leaves a loop that writes all 16 planes scalar (it
+# cannot check so many pointers for overlap). With a loop per tile over its C channels
+# instead, a 32x32 sample of 32 channels took 27 against 13 us: most of the time went into
+# starting the 16 short loops of every tile. Indices are unsigned (_U), as in cpu_columns.py.
 _U = np.uint64
-# Row r of B^T d is d[first] * sign + d[second] * sign: (first, sign, second, sign).
-_B_T_ROWS = ((0, 1.0, 2, -1.0), (1, 1.0, 2, 1.0), (2, 1.0, 1, -1.0), (1, 1.0, 3, -1.0))
+# The rows of B^T (4x4) and of A (4x2) as (first, sign, second, sign, terms): row r of R d is
+# sign * d[first] (+ sign * d[second] where terms is 2).
+B_T_ROWS = ((0, 1.0, 2, -1.0, 2), (1, 1.0, 2, 1.0, 2), (2, 1.0, 1, -1.0, 2), (1, 1.0, 3, -1.0, 2))
+A_ROWS = ((0, 1.0, 0, 0.0, 1), (0, 1.0, 1, 1.0, 2), (0, 1.0, 1, -1.0, 2), (1, -1.0, 1, 0.0, 1))
 
 
 @numba.njit(inline="always", **_jit)
-def _combine(source, first, second, third, fourth, signs, target, start, channels):
-    """target[start + c] = the signed sum of source[first + c], ..., source[fourth + c]."""
-    for c in range(channels):
-        target[start + c] = (signs[0] * source[first + c] + signs[1] * source[second + c]
-                             + signs[2] * source[third + c] + signs[3] * source[fourth + c])
+def signed_sum(source, offsets, signs, terms, target, start, length):
+    """target[start + k] = sum over the first `terms` t of signs[t] * source[offsets[t] + k],
+    for k < length, added in that order."""
+    a, b, c_, d = offsets
+    if terms == 4:
+        for k in range(length):
+            target[start + k] = (signs[0] * source[a + k] + signs[1] * source[b + k]
+                                 + signs[2] * source[c_ + k] + signs[3] * source[d + k])
+    elif terms == 2:
+        for k in range(length):
+            target[start + k] = signs[0] * source[a + k] + signs[1] * source[b + k]
+    else:
+        for k in range(length):
+            target[start + k] = signs[0] * source[a + k]
+
+
+@numba.njit(inline="always", **_jit)
+def entry_terms(rows, r, s, row_offsets, column_offsets):
+    """The source offsets and signs of M[r, s] = sum_ij R[r, i] d[i, j] R[s, j], R given by its
+    rows' terms and d[i, j] at row_offsets[i] + column_offsets[j]: (offsets, signs, terms),
+    the terms in the order (i0 j0, i0 j1, i1 j0, i1 j1)."""
+    i0, si0, i1, si1, ni = rows[r]
+    j0, sj0, j1, sj1, nj = rows[s]
+    if nj == 2:
+        offsets = (row_offsets[i0] + column_offsets[j0], row_offsets[i0] + column_offsets[j1],
+                   row_offsets[i1] + column_offsets[j0], row_offsets[i1] + column_offsets[j1])
+        signs = (si0 * sj0, si0 * sj1, si1 * sj0, si1 * sj1)
+    else:  # (i0 j0, i1 j0): one term across
+        offsets = (row_offsets[i0] + column_offsets[j0], row_offsets[i1] + column_offsets[j0],
+                   _U(0), _U(0))
+        signs = (si0 * sj0, si1 * sj0, 0.0, 0.0)
+    return offsets, signs, ni * nj
+
+
+@numba.njit(**_jit)
+def transform_split(padded, planes, tiles_hw, rows):
+    """planes[4r + s, (b*tiles + t)*C + c] = (R d R^T)[r, s] for the patch d at (2*ty, 2*tx) of
+    image b of padded, R the 4-row matrix of `rows` (B_T_ROWS: the input's 4x4 patches; A_ROWS:
+    grad_output's 2x2 tiles). padded: (B, H_p, 2, >= tiles_w + 1 (or tiles_w for A), C), the
+    columns split by parity, C-contiguous; planes: (16, >= B*tiles*C), C-contiguous (a plane's
+    rows may be padded)."""
+    batch, height, _, half, channels = padded.shape
+    source, target = padded.reshape(-1), planes.reshape(-1)
+    tiles_h, tiles_w = _U(tiles_hw[0]), _U(tiles_hw[1])
+    C, plane = _U(channels), _U(planes.shape[1])
+    kind = padded.dtype.type  # the signs in the input's type: float64 ones made it all float64
+    row = _U(2) * _U(half) * C  # between the rows of padded
+    parity = _U(half) * C  # between a row's even and odd columns
+    length = tiles_w * C  # a row of tiles
+    row_offsets = (_U(0), row, _U(2) * row, _U(3) * row)
+    column_offsets = (_U(0), parity, C, parity + C)  # columns 2tx + j, j < 4, from tile tx's
+    for b in range(_U(batch)):
+        for ty in range(tiles_h):
+            corner = (b * _U(height) + ty + ty) * row
+            start = (b * tiles_h + ty) * length
+            for r in range(4):
+                for s in range(4):
+                    offsets, signs, terms = entry_terms(rows, r, s, row_offsets, column_offsets)
+                    signed_sum(source, (corner + offsets[0], corner + offsets[1],
+                                        corner + offsets[2], corner + offsets[3]),
+                               (kind(signs[0]), kind(signs[1]), kind(signs[2]), kind(signs[3])),
+                               terms, target, _U(4 * r + s) * plane + start, length)
+    return planes
 
 
 @numba.njit(**_jit)
 def transform_input_channels_last(padded, planes, tiles_hw):
     """planes[4r + s, (b*tiles + t)*C + c] = (B^T d B)[r, s] for the 4x4 patch d at (2*ty, 2*tx)
-    of padded[b, :, :, c]. padded: (B, >= 2*tiles_h + 2, >= 2*tiles_w + 2, C), C-contiguous;
-    planes: (16, >= B*tiles*C), C-contiguous (a plane's rows may be padded)."""
-    batch, height, width, channels = padded.shape
-    source, target = padded.reshape(-1), planes.reshape(-1)
-    tiles_h, tiles_w = _U(tiles_hw[0]), _U(tiles_hw[1])
-    C, plane = _U(channels), _U(planes.shape[1])
-    kind = padded.dtype.type  # the signs in the input's type: float64 ones made it all float64
-    row = _U(width) * C
-    for b in range(_U(batch)):
-        for ty in range(tiles_h):
-            for tx in range(tiles_w):
-                corner = ((b * _U(height) + ty + ty) * _U(width) + tx + tx) * C
-                start = ((b * tiles_h + ty) * tiles_w + tx) * C
-                for r in range(4):
-                    row_a, sign_a, row_b, sign_b = _B_T_ROWS[r]
-                    for s in range(4):
-                        # (B^T d B)[r, s] = sum_ij B^T[r, i] d[i, j] B^T[s, j]: four terms
-                        col_a, tsign_a, col_b, tsign_b = _B_T_ROWS[s]
-                        signs = (kind(sign_a * tsign_a), kind(sign_a * tsign_b),
-                                 kind(sign_b * tsign_a), kind(sign_b * tsign_b))
-                        _combine(source, corner + _U(row_a) * row + _U(col_a) * C,
-                                 corner + _U(row_a) * row + _U(col_b) * C,
-                                 corner + _U(row_b) * row + _U(col_a) * C,
-                                 corner + _U(row_b) * row + _U(col_b) * C, signs,
-                                 target, _U(4 * r + s) * plane + start, C)
-    return planes
+    of padded[b], (B, >= 2*tiles_h + 2, 2, >= tiles_w + 1, C) split by parity (see above)."""
+    return transform_split(padded, planes, tiles_hw, B_T_ROWS)
+
+
+@numba.njit(**_jit)
+def transform_grad_output_channels_last(padded_grad, planes, tiles_hw):
+    """planes[4r + s, (b*tiles + t)*C_out + o] = (A g A^T)[r, s] for the 2x2 tile g at (2*ty,
+    2*tx) of padded_grad[b], (B, 2*tiles_h, 2, tiles_w, C_out) split by parity: grad_output
+    channels last, zero past its last row or column."""
+    return transform_split(padded_grad, planes, tiles_hw, A_ROWS)
 
 
 @numba.njit(inline="always", **_jit)

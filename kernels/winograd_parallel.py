@@ -15,9 +15,10 @@ from numpy.lib.stride_tricks import as_strided
 from . import numba_cache  # noqa: F401  (first: where the kernels below are cached)
 from . import cpu_blas
 from .cpu_blas import gemm, gemm_strided
-from .cpu_columns import copy_interior, copy_interior_channels_last
-from .winograd import (transform_grad_output, transform_input, transform_input_channels_last,
-                       transform_output, transform_output_channels_last)
+from .cpu_columns import copy_interior, copy_interior_split
+from .winograd import (transform_grad_output, transform_grad_output_channels_last,
+                       transform_input, transform_input_channels_last, transform_output,
+                       transform_output_channels_last)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -26,8 +27,8 @@ def _forward_chunk(sgemm, x, weight_t, y, padding, tiles_hw, start, count, padde
     """Samples start..start+count of y, in one worker's buffers."""
     channels, channels_out = x.shape[1], y.shape[1]
     tiles = tiles_hw[0] * tiles_hw[1]
-    copy_interior_channels_last(x, start, count, padded, padding)
-    transform_input_channels_last(padded, planes, tiles_hw)
+    copy_interior_split(x, start, count, padded, padding)
+    transform_input_channels_last(padded[:count], planes, tiles_hw)
     for p in range(16):  # (B*tiles, C) @ (C, C_out)
         gemm(sgemm, count * tiles, channels_out, channels, planes[p].ctypes.data,
              weight_t[p].ctypes.data, products[p].ctypes.data)
@@ -68,40 +69,41 @@ def _planes_view(flat, rows, columns):
 
 @numba.njit(nogil=True, cache=True)
 def _backward_weight_chunk(sgemm, grad_output, x, padding, tiles_hw, start, count, padded,
-                           planes, grad_planes, sums, beta):
+                           planes, padded_grad, grad_planes, sums, beta):
     """sums (+)= chunk start..start+count's 16 products, in one worker's buffers."""
     channels, channels_out = x.shape[1], grad_output.shape[1]
     columns = count * tiles_hw[0] * tiles_hw[1]
-    copy_interior_channels_last(x, start, count, padded, padding)
-    transform_input_channels_last(padded, planes, tiles_hw)
-    transformed = transform_grad_output(grad_output, start,
-                                        _planes_view(grad_planes, channels_out, columns), tiles_hw)
-    for p in range(16):  # (C_out, B*tiles) @ (B*tiles, C)
-        gemm_strided(sgemm, False, False, channels_out, channels, columns,
-                     transformed[p].ctypes.data, columns, planes[p].ctypes.data, channels,
+    copy_interior_split(x, start, count, padded, padding)
+    transform_input_channels_last(padded[:count], planes, tiles_hw)
+    copy_interior_split(grad_output, start, count, padded_grad, (0, 0))
+    transform_grad_output_channels_last(padded_grad[:count], grad_planes, tiles_hw)
+    for p in range(16):  # (B*tiles, C_out)^T @ (B*tiles, C)
+        gemm_strided(sgemm, True, False, channels_out, channels, columns,
+                     grad_planes[p].ctypes.data, channels_out, planes[p].ctypes.data, channels,
                      beta, sums[p].ctypes.data, channels)
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
 def _backward_weight(sgemm, grad_output, x, padding, tiles_hw, starts, counts, padded, planes,
-                     grad_planes, sums):
+                     padded_grad, grad_planes, sums):
     workers = padded.shape[0]
     for w in numba.prange(workers):
         for k in range(w, starts.size, workers):
             _backward_weight_chunk(sgemm, grad_output, x, padding, tiles_hw, starts[k],
-                                   counts[k], padded[w], planes[w], grad_planes[w], sums[w],
-                                   0.0 if k == w else 1.0)
+                                   counts[k], padded[w], planes[w], padded_grad[w],
+                                   grad_planes[w], sums[w], 0.0 if k == w else 1.0)
     return sums
 
 
 def backward_weight(grad_output, x, padding, tiles_hw, starts, counts, padded, planes,
-                    grad_planes, sums):
+                    padded_grad, grad_planes, sums):
     """sums[w] = the 16 products, summed over worker w's chunks, of a chunk's transformed
-    grad_output (C_out, B*tiles) and transformed input (B*tiles, C); summed over the workers,
-    the weight gradient in the Winograd domain. Buffers as in forward, and per worker
-    grad_planes (workers, >= 16*C_out*B*tiles + 256) and sums (workers, 16, C_out, C)."""
+    grad_output (B*tiles, C_out)^T and transformed input (B*tiles, C); summed over the
+    workers, the weight gradient in the Winograd domain. Buffers as in forward, and per worker
+    padded_grad (workers, B, 2*tiles_h, 2, tiles_w, C_out), zero past grad_output's edge,
+    grad_planes (workers, 16, >= B*tiles*C_out) and sums (workers, 16, C_out, C)."""
     return _backward_weight(cpu_blas.sgemm, grad_output, x, padding, tiles_hw, starts, counts,
-                            padded, planes, grad_planes, sums)
+                            padded, planes, padded_grad, grad_planes, sums)
 
 
 # ---------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from . import numba_cache  # noqa: F401  (first: where the kernels below are cac
 from . import cpu_blas
 from .cpu_blas import gemm_strided
 from .cpu_columns import copy_interior_channels_last
-from .winograd import unstage
+from .winograd import entry_terms, signed_sum, unstage
 
 _jit = dict(nogil=True, cache=True)
 _U = np.uint64  # unsigned indices, as in cpu_columns.py: no wrap-around checks in the loops
@@ -162,41 +162,6 @@ def weight_gradient(sums, grad_weight):
 # ---------------------------------------------------------------------------------------
 # The transforms, channels last
 # ---------------------------------------------------------------------------------------
-@numba.njit(inline="always", **_jit)
-def _signed_sum(source, offsets, signs, terms, target, start, channels):
-    """target[start + c] = sum over the first `terms` t of signs[t] * source[offsets[t] + c]."""
-    a, b, c_, d = offsets
-    if terms == 4:
-        for c in range(channels):
-            target[start + c] = (signs[0] * source[a + c] + signs[1] * source[b + c]
-                                 + signs[2] * source[c_ + c] + signs[3] * source[d + c])
-    elif terms == 2:
-        for c in range(channels):
-            target[start + c] = signs[0] * source[a + c] + signs[1] * source[b + c]
-    else:
-        for c in range(channels):
-            target[start + c] = signs[0] * source[a + c]
-
-
-@numba.njit(inline="always", **_jit)
-def _terms(rows, r, s, row_step, column_step):
-    """The source offsets and signs of M[r, s] = sum_ij R[r, i] d[i, j] R[s, j], R given by its
-    rows' terms, for d[i, j] at i * row_step + j * column_step: (offsets, signs, terms)."""
-    i0, si0, i1, si1, ni = rows[r]
-    j0, sj0, j1, sj1, nj = rows[s]
-    if nj == 2:  # (i0 j0, i0 j1, i1 j0, i1 j1)
-        offsets = (_U(i0) * row_step + _U(j0) * column_step,
-                   _U(i0) * row_step + _U(j1) * column_step,
-                   _U(i1) * row_step + _U(j0) * column_step,
-                   _U(i1) * row_step + _U(j1) * column_step)
-        signs = (si0 * sj0, si0 * sj1, si1 * sj0, si1 * sj1)
-    else:  # (i0 j0, i1 j0): one term across
-        offsets = (_U(i0) * row_step + _U(j0) * column_step,
-                   _U(i1) * row_step + _U(j0) * column_step, _U(0), _U(0))
-        signs = (si0 * sj0, si1 * sj0, 0.0, 0.0)
-    return offsets, signs, ni * nj
-
-
 @numba.njit(**_jit)
 def transform_tiles(padded, batch, planes, tiles_hw, origin_hw, tile_step, element_step, rows,
                     block, blocks):
@@ -214,6 +179,7 @@ def transform_tiles(padded, batch, planes, tiles_hw, origin_hw, tile_step, eleme
     C, plane = _U(channels), _U(planes.shape[1])
     row, column = _U(element_step) * _U(width) * C, _U(element_step) * C
     kind = padded.dtype.type  # the signs in the input's type: float64 ones made it all float64
+    row_offsets, column_offsets = (_U(0), row, _U(2) * row), (_U(0), column, _U(2) * column)
     for b in range(_U(batch)):
         for ty in range(tiles_h):
             for tx in range(tiles_w):
@@ -222,12 +188,13 @@ def transform_tiles(padded, batch, planes, tiles_hw, origin_hw, tile_step, eleme
                 start = (((b * tiles_h + ty) * tiles_w + tx) * _U(blocks) + _U(block)) * C
                 for r in range(3):
                     for s in range(3):
-                        offsets, signs, terms = _terms(rows, r, s, row, column)
-                        _signed_sum(source, (corner + offsets[0], corner + offsets[1],
-                                             corner + offsets[2], corner + offsets[3]),
-                                    (kind(signs[0]), kind(signs[1]), kind(signs[2]),
-                                     kind(signs[3])),
-                                    terms, target, _U(3 * r + s) * plane + start, C)
+                        offsets, signs, terms = entry_terms(rows, r, s, row_offsets,
+                                                            column_offsets)
+                        signed_sum(source, (corner + offsets[0], corner + offsets[1],
+                                            corner + offsets[2], corner + offsets[3]),
+                                   (kind(signs[0]), kind(signs[1]), kind(signs[2]),
+                                    kind(signs[3])),
+                                   terms, target, _U(3 * r + s) * plane + start, C)
     return planes
 
 
@@ -244,6 +211,8 @@ def untransform_tiles(planes, b, tiles_hw, origin_hw, tile_step, element_step, s
     out_h, out_w = _U(out_hw[0]), _U(out_hw[1])
     plane = _U(planes.shape[1])
     one = planes.dtype.type(1)
+    row_offsets = (_U(0), _U(3) * plane, _U(6) * plane)  # m[i, j] at plane 3i + j
+    column_offsets = (_U(0), plane, _U(2) * plane)
     for ty in range(tiles_h):
         for tx in range(tiles_w):
             start = ((_U(b) * tiles_h + ty) * tiles_w + tx) * channels
@@ -255,8 +224,9 @@ def untransform_tiles(planes, b, tiles_hw, origin_hw, tile_step, element_step, s
                     w = _U(origin_hw[1]) + _U(tile_step) * tx + _U(element_step * s)
                     if w >= out_w:
                         continue
-                    offsets, signs, terms = _terms(A_T_ROWS, r, s, _U(3) * plane, plane)
-                    _signed_sum(source, (start + offsets[0], start + offsets[1],
+                    offsets, signs, terms = entry_terms(A_T_ROWS, r, s, row_offsets,
+                                                        column_offsets)
+                    signed_sum(source, (start + offsets[0], start + offsets[1],
                                          start + offsets[2], start + offsets[3]),
                                 (one, one, one, one), terms, staging,
                                 ((_U(b) * out_h + h) * out_w + w) * channels, channels)

@@ -657,18 +657,38 @@ def _two_roundings_differ(patches, rows):
 def test_cpu_winograd_input_transform_of_float32_adds_in_float32():
     # The signs once came as float64, which turned the whole channels-last input transform into
     # float64 arithmetic, converted both ways: 41 against 26 us a 32x32 sample of 32 channels.
-    # Summed in float32, in order, the result is exact to the bit.
+    # Summed in float32, in order, the result is exact to the bit. (The transform reads the
+    # image's columns split by parity, [h, w % 2, w // 2].)
     rng = np.random.default_rng(40)
     batch, tiles_hw, channels = 2, (3, 4), 37
-    padded = rng.standard_normal((batch, 8, 10, channels)).astype(np.float32)
+    image = rng.standard_normal((batch, 8, 10, channels)).astype(np.float32)
     tiles = tiles_hw[0] * tiles_hw[1]
     planes = np.zeros((16, batch * tiles * channels), np.float32)
-    winograd.transform_input_channels_last(padded, planes, tiles_hw)
-    patches = np.stack([padded[:, 2 * ty:2 * ty + 4, 2 * tx:2 * tx + 4]
+    split = np.ascontiguousarray(image.reshape(batch, 8, 5, 2, channels).swapaxes(2, 3))
+    winograd.transform_input_channels_last(split, planes, tiles_hw)
+    patches = np.stack([image[:, 2 * ty:2 * ty + 4, 2 * tx:2 * tx + 4]
                         for ty in range(tiles_hw[0]) for tx in range(tiles_hw[1])], axis=1)
-    assert _two_roundings_differ(patches, winograd._B_T_ROWS)
-    for (r, s), expected in _signed_sums(patches, winograd._B_T_ROWS, np.float32).items():
+    assert _two_roundings_differ(patches, winograd.B_T_ROWS)
+    for (r, s), expected in _signed_sums(patches, winograd.B_T_ROWS, np.float32).items():
         np.testing.assert_array_equal(planes[4 * r + s].reshape(batch, tiles, channels), expected)
+
+
+@pytest.mark.parametrize("out_hw", [(6, 4), (5, 7), (1, 1)])
+def test_cpu_winograd_grad_output_transform_channels_last_is_the_channels_first_one(out_hw):
+    # The split, channels-last copy of grad_output (zero past its edge) transformed by
+    # transform_split gives transform_grad_output's planes, transposed.
+    rng = np.random.default_rng(42)
+    grad_output = rng.standard_normal((3, 5, *out_hw))
+    tiles_hw = winograd.tiles(out_hw)
+    padded = cpu_columns.copy_interior_split(
+        grad_output, 1, 2, np.zeros((2, 2 * tiles_hw[0], 2, tiles_hw[1], 5)), (0, 0))
+    tiles = tiles_hw[0] * tiles_hw[1]
+    planes = winograd.transform_grad_output_channels_last(
+        padded, np.full((16, 2 * tiles * 5), np.nan), tiles_hw)
+    expected = winograd.transform_grad_output(grad_output, 1, np.zeros((16, 5, 2 * tiles)),
+                                              tiles_hw)
+    np.testing.assert_allclose(planes.reshape(16, 2 * tiles, 5).swapaxes(1, 2), expected,
+                               rtol=1e-14, atol=1e-14)
 
 
 def test_cpu_stride2_tile_transform_of_float32_adds_in_float32():
