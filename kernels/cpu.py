@@ -244,4 +244,4 @@ def upsample_nearest2d_backward(grad_output: np.ndarray, scale: Pair) -> np.ndar
 
 # The fused bias + activation and the multi-tensor parameter updates (cpu_fused.py).
 from .cpu_fused import (adam_update, add, bias_act_backward, bias_act_forward,  # noqa: E402,F401
-                        ema_update, grad_norm, scale_grads, sgd_update)
+                        conv2d_backward_bias, ema_update, grad_norm, scale_grads, sgd_update)

@@ -46,7 +46,8 @@ import numba
 import numpy as np
 
 from . import numba_cache  # noqa: F401  (first: where the kernels below are cached)
-from . import cpu_blas, gemm_conv, im2col_parallel, winograd, winograd_parallel, winograd_stride2
+from . import (cpu_blas, cpu_fused, gemm_conv, im2col_parallel, winograd, winograd_parallel,
+               winograd_stride2)
 from .cpu_columns import (col2im, copy_from_interior, gather, gather_table, im2col, pad,
                           pad_split, pad_split_columns, scatter_add, scratch,
                           split_columns_shape, unsplit, zero_bordered)
@@ -430,14 +431,23 @@ def _covers_input(input_hw, weight_shape, padding: Pair, dilation: Pair, groups:
 
 
 def conv2d_forward(x: np.ndarray, weight: np.ndarray, stride: Pair, padding: Pair,
-                   dilation: Pair, groups: int) -> np.ndarray:
-    """Cross-correlation as PyTorch's conv2d, without bias.
+                   dilation: Pair, groups: int, bias: np.ndarray | None = None) -> np.ndarray:
+    """Cross-correlation as PyTorch's conv2d, plus bias[c] on output channel c when given.
 
-    x: (N, C_in, H, W), weight: (C_out, C_in/groups, kH, kW) -> (N, C_out, H_out, W_out).
+    x: (N, C_in, H, W), weight: (C_out, C_in/groups, kH, kW), bias: (C_out,) or None
+    -> (N, C_out, H_out, W_out).
     """
     stride, padding, dilation, out_hw = conv2d_forward_args(x, weight, stride, padding,
-                                                            dilation, groups)
+                                                            dilation, groups, bias)
     x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
+    if (bias is not None and x.shape[0] and _winograd_pays(weight.shape, stride, dilation, groups)
+            and not _covers_input(x.shape[2:], weight.shape, padding, dilation, groups)):
+        return _winograd_forward(x, weight, padding, groups, out_hw, bias)
+    y = _conv2d_forward(x, weight, stride, padding, dilation, groups, out_hw)
+    return y if bias is None else cpu_fused.add_channel_bias(y, bias)
+
+
+def _conv2d_forward(x, weight, stride, padding, dilation, groups, out_hw):
     if x.shape[0] == 0:  # an empty batch: no chunks to cut
         return np.zeros((0, weight.shape[0], *out_hw), x.dtype)
     if _covers_input(x.shape[2:], weight.shape, padding, dilation, groups):
@@ -713,9 +723,10 @@ class _WinogradPlan:
         shape = (workers, 16, size) if self.channels_last else (workers, 16 * size)
         return scratch(slot, shape, self.dtype)
 
-    def run_parallel(self, x, transformed_weight, y):
+    def run_parallel(self, x, transformed_weight, y, bias=None):
         """The forward as one parallel loop over run()'s chunks (winograd_parallel.py), in the
-        layouts of the methods above, with one set of buffers per worker thread."""
+        layouts of the methods above, with one set of buffers per worker thread; with the
+        channels last, bias (C_out,) (or empty: none) is added by the output transform."""
         starts, counts, padded, planes = self._parallel_buffers(x)
         workers, most = padded.shape[0], int(counts.max())
         products = self._worker_planes("products", workers, self.channels_out, most)
@@ -727,7 +738,7 @@ class _WinogradPlan:
         weight_t = np.ascontiguousarray(transformed_weight.swapaxes(-1, -2))  # U^T (16, C, C_out)
         return winograd_parallel.forward(x, weight_t, y, self.padding, self.tiles_hw, starts,
                                          counts, padded, planes, products, rows,
-                                         self.staging(workers))
+                                         self.staging(workers), bias)
 
     def backward_weight_parallel(self, grad_output, x):
         """The weight gradient's 16 summed products (16, C_out, C) as one parallel loop over
@@ -761,25 +772,39 @@ class _WinogradPlan:
         return PARALLEL_WINOGRAD and _one_loop(self.dtype, self.groups)
 
 
-def _winograd_forward(x, weight, padding, groups, out_hw):
+def _winograd_forward(x, weight, padding, groups, out_hw, bias=None):
+    """The Winograd convolution (+ bias: added by the channels-last output transform, or in
+    place after the channels-first one)."""
     plan = _WinogradPlan(x.shape, weight.shape[0], padding, groups, out_hw, x.dtype)
     transformed_weight = plan.by_group(winograd.transform_weight(weight))
     y = np.empty((plan.batch, plan.channels_out, *out_hw), dtype=x.dtype)
+    if not plan.channels_last:
+        y = _winograd_forward_channels_first(plan, x, transformed_weight, y)
+        return y if bias is None else cpu_fused.add_channel_bias(y, bias)
+    bias = np.zeros(0, x.dtype) if bias is None else np.ascontiguousarray(bias)
     if plan.parallel_applies():
-        return plan.run_parallel(x, transformed_weight[:, 0], y)
-    if plan.channels_last:  # U^T, (16, C, C_out): the GEMMs are (B*tiles, C) @ U^T per plane
-        weight_t = transformed_weight[:, 0].swapaxes(-1, -2)
+        return plan.run_parallel(x, transformed_weight[:, 0], y, bias)
+    weight_t = transformed_weight[:, 0].swapaxes(-1, -2)  # U^T: (B*tiles, C) @ U^T per plane
 
     def chunk(start: int, count: int) -> None:
         transformed = plan.transformed_input(x, start, count)
-        if plan.channels_last:
-            products = plan._planes("products", plan.channels_out, count)
-            np.matmul(transformed, weight_t,
-                      out=products[:, :-16].reshape(16, -1, plan.channels_out))
-            winograd.transform_output_channels_last(
-                products, y, start, count, plan.tiles_hw,
-                scratch("rows", (8, plan.channels_out), plan.dtype), plan.staging(1)[0])
-            return
+        products = plan._planes("products", plan.channels_out, count)
+        np.matmul(transformed, weight_t, out=products[:, :-16].reshape(16, -1, plan.channels_out))
+        winograd.transform_output_channels_last(
+            products, y, start, count, plan.tiles_hw,
+            scratch("rows", (8, plan.channels_out), plan.dtype), plan.staging(1)[0], bias)
+
+    plan.run(chunk)
+    return y
+
+
+def _winograd_forward_channels_first(plan, x, transformed_weight, y):
+    """y = the Winograd convolution with the channels first (plan.channels_last false)."""
+    if plan.parallel_applies():
+        return plan.run_parallel(x, transformed_weight[:, 0], y)
+
+    def chunk(start: int, count: int) -> None:
+        transformed = plan.transformed_input(x, start, count)
         products = plan.planes("products", plan.channels_out, count)
         np.matmul(transformed_weight, plan.by_group(transformed), out=plan.by_group(products))
         winograd.transform_output(products, y, start, plan.tiles_hw)

@@ -22,6 +22,7 @@ from numba.extending import intrinsic
 
 from . import numba_cache  # noqa: F401  (first: where the kernels below are cached)
 from . import reference
+from .geometry import check_grad_output_4d
 from .reference import ACTIVATIONS, check_activation
 
 _jit = dict(nogil=True, cache=True)
@@ -264,6 +265,35 @@ def bias_act_backward(grad_output: np.ndarray, x: np.ndarray, bias: np.ndarray |
         with threads:
             _channel_sums(grad_x, row_sums)
     return grad_x.reshape(x.shape), row_sums.sum(axis=0).astype(bias.dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# A convolution's bias: added in place to its output, and its gradient
+# ---------------------------------------------------------------------------------------
+def add_channel_bias(y: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """y[:, c] += bias[c], in place where y (N, C, ...) is C-contiguous (a convolution's fresh
+    output, still partly in cache: a separate bias_act wrote a new array, a pass over memory
+    more), else into a contiguous copy; returns the result."""
+    if y.size == 0:
+        return y
+    y = np.ascontiguousarray(y)
+    y3 = y.reshape(_three_axes(y.shape, 1))
+    alpha, zero, _, _ = _constants(y.dtype, 0.0)
+    with _Threads(y.size):
+        _bias_act_forward(y3, np.ascontiguousarray(bias, dtype=y.dtype), y3, LINEAR, alpha, zero)
+    return y
+
+
+def conv2d_backward_bias(grad_output: np.ndarray) -> np.ndarray:
+    """grad_output (N, C, H, W) summed over all but the channels, in float64: (C,) of its
+    dtype (see reference.py)."""
+    check_grad_output_4d("conv2d_backward_bias", grad_output)
+    grad3 = np.ascontiguousarray(grad_output).reshape(_three_axes(grad_output.shape, 1))
+    row_sums = np.zeros(grad3.shape[:2], dtype=np.float64)
+    if grad3.size:
+        with _Threads(grad3.size):
+            _channel_sums(grad3, row_sums)
+    return row_sums.sum(axis=0).astype(grad_output.dtype)
 
 
 # ---------------------------------------------------------------------------------------

@@ -69,10 +69,15 @@ def check_conv2d_grad_output(grad_output_shape, input_shape, weight_shape, strid
     return out_hw
 
 
-def conv2d_forward_args(x, weight, stride, padding, dilation, groups: int):
+def conv2d_forward_args(x, weight, stride, padding, dilation, groups: int, bias=None):
     """Check a backend's conv2d_forward call; return (stride, padding, dilation, out_hw) as
-    pairs."""
+    pairs. bias: None or (C_out,) of the input's dtype."""
     check_same_dtype("conv2d", x, weight)
+    if bias is not None:
+        check_same_dtype("conv2d", x, bias)
+        if tuple(bias.shape) != (weight.shape[0],):
+            raise ValueError(f"conv2d: bias has shape {tuple(bias.shape)} but the weight "
+                             f"{tuple(weight.shape)} gives {weight.shape[0]} output channels")
     stride, padding, dilation = as_pairs(stride, padding, dilation)
     out_hw = check_conv2d(x.shape, weight.shape, stride, padding, dilation, groups)
     return stride, padding, dilation, out_hw
@@ -136,6 +141,12 @@ def check_upsample_grad(grad_output_shape, scale: Pair) -> None:
     if grad_output_shape[2] % scale[0] or grad_output_shape[3] % scale[1]:
         raise ValueError(f"upsample_nearest2d backward: grad_output shape "
                          f"{tuple(grad_output_shape)} is not a whole multiple of scale {scale}")
+
+
+def check_grad_output_4d(name: str, grad_output) -> None:
+    if grad_output.ndim != 4:
+        raise ValueError(f"{name}: grad_output must be (N, C, H, W), got shape "
+                         f"{tuple(grad_output.shape)}")
 
 
 def check_same_dtype(name: str, *arrays) -> None:

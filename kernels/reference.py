@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .geometry import (Pair, check_conv2d, check_conv2d_grad_output, check_pool2d,
-                       check_same_dtype, check_upsample,
-                       check_upsample_grad)
+from .geometry import (Pair, check_conv2d, check_conv2d_grad_output, check_grad_output_4d,
+                       check_pool2d, check_same_dtype, check_upsample, check_upsample_grad,
+                       conv2d_forward_args)
 
 
 def _window(padded: np.ndarray, offset: Pair, stride: Pair, out_hw: Pair) -> np.ndarray:
@@ -27,13 +27,15 @@ def _pad(x: np.ndarray, padding: Pair, value: float = 0.0) -> np.ndarray:
 
 
 def conv2d_forward(x: np.ndarray, weight: np.ndarray, stride: Pair, padding: Pair,
-                   dilation: Pair, groups: int) -> np.ndarray:
-    """y[n, o] = sum_{c, i, j} weight[o, c, i, j] * x_padded[n, c, s*h + d*i, s*w + d*j].
+                   dilation: Pair, groups: int, bias: np.ndarray | None = None) -> np.ndarray:
+    """y[n, o] = sum_{c, i, j} weight[o, c, i, j] * x_padded[n, c, s*h + d*i, s*w + d*j]
+    (+ bias[o]).
 
-    x: (N, C_in, H, W), weight: (C_out, C_in/groups, kH, kW) -> y: (N, C_out, H_out, W_out).
+    x: (N, C_in, H, W), weight: (C_out, C_in/groups, kH, kW), bias: (C_out,) or None
+    -> y: (N, C_out, H_out, W_out).
     """
-    check_same_dtype("conv2d", x, weight)
-    out_hw = check_conv2d(x.shape, weight.shape, stride, padding, dilation, groups)
+    stride, padding, dilation, out_hw = conv2d_forward_args(x, weight, stride, padding,
+                                                            dilation, groups, bias)
     n, c_in, _, _ = x.shape
     c_out, c_group, k_h, k_w = weight.shape
     x_padded = _pad(x, padding)
@@ -44,7 +46,15 @@ def conv2d_forward(x: np.ndarray, weight: np.ndarray, stride: Pair, padding: Pai
         for j in range(k_w):
             window = _window(x_groups, (i * dilation[0], j * dilation[1]), stride, out_hw)
             y += np.einsum("ngchw,goc->ngohw", window, w_groups[..., i, j], optimize=True)
-    return y.reshape(n, c_out, *out_hw)
+    y = y.reshape(n, c_out, *out_hw)
+    return y if bias is None else y + bias.reshape(1, c_out, 1, 1)
+
+
+def conv2d_backward_bias(grad_output: np.ndarray) -> np.ndarray:
+    """The gradient of conv2d_forward's bias: grad_output (N, C_out, H_out, W_out) summed over
+    every axis but the channels, in float64 -> (C_out,) of grad_output's dtype."""
+    check_grad_output_4d("conv2d_backward_bias", grad_output)
+    return grad_output.sum(axis=(0, 2, 3), dtype=np.float64).astype(grad_output.dtype)
 
 
 def conv2d_backward_input(grad_output: np.ndarray, weight: np.ndarray, input_shape,

@@ -332,7 +332,7 @@ def unstage(staging, start, target, image, channels, pixels):
 
 
 @numba.njit(**_jit)
-def transform_output_channels_last(planes, y, n_start, count, tiles_hw, rows, staging):
+def transform_output_channels_last(planes, y, n_start, count, tiles_hw, rows, staging, bias):
     """y[n_start + b, o, 2*ty + r, 2*tx + s] = (A^T m A)[r, s], for b < count, inside y only,
     where m is the 4x4 at planes[:, (b*tiles + t)*C_out + o]: planes (16, >= count*tiles*C_out),
     C-contiguous, the products in the layout of transform_input_channels_last. A^T m goes
@@ -340,7 +340,9 @@ def transform_output_channels_last(planes, y, n_start, count, tiles_hw, rows, st
     rule. y (NCHW, C-contiguous) is written at its stride, or, given a staging array of at
     least H_out*W_out*C_out elements (empty: none), each sample's outputs go there channels
     last first and then into y (unstage): where a sample's channels lie far apart in y, writes
-    at that stride are slow (16x16 outputs, 64 channels: 70 against 24 us a chunk of two)."""
+    at that stride are slow (16x16 outputs, 64 channels: 70 against 24 us a chunk of two).
+    bias: (C_out,) added to every output (into rows[1] and rows[5], which both outputs of
+    their row add), or empty for none."""
     channels = _U(y.shape[1])
     tiles_h, tiles_w = _U(tiles_hw[0]), _U(tiles_hw[1])
     out_h, out_w = _U(y.shape[2]), _U(y.shape[3])
@@ -348,7 +350,7 @@ def transform_output_channels_last(planes, y, n_start, count, tiles_hw, rows, st
     plane, pixels = _U(planes.shape[1]), out_h * out_w
     one = y.dtype.type(1)
     add, subtract = (one, one, one), (one, -one, -one)  # A^T's rows: (1, 1, 1, 0), (0, 1, -1, -1)
-    staged = staging.size > 0
+    staged, biased = staging.size > 0, bias.size > 0
     written = staging.reshape(-1) if staged else target
     step, column = (_U(1), channels) if staged else (pixels, _U(1))  # between channels, pixels
     for b in range(_U(count)):
@@ -364,6 +366,10 @@ def transform_output_channels_last(planes, y, n_start, count, tiles_hw, rows, st
                     _combine3(source, start + _U(4 + j) * plane, start + _U(8 + j) * plane,
                               start + _U(12 + j) * plane, subtract, middle,
                               _U(4 + j) * channels, channels, _U(1))
+                if biased:  # y[r, 0] and y[r, 1] both add (A^T m)[r, 1]
+                    for c in range(channels):
+                        middle[channels + c] += bias[c]
+                        middle[_U(5) * channels + c] += bias[c]
                 h, w = ty + ty, tx + tx
                 for r in range(2):  # y[r, s] = ((A^T m) A)[r, s]
                     if h + _U(r) >= out_h:

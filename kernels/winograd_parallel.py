@@ -23,7 +23,7 @@ from .winograd import (transform_grad_output, transform_grad_output_channels_las
 
 @numba.njit(nogil=True, cache=True)
 def _forward_chunk(sgemm, x, weight_t, y, padding, tiles_hw, start, count, padded, planes,
-                   products, rows, staging):
+                   products, rows, staging, bias):
     """Samples start..start+count of y, in one worker's buffers."""
     channels, channels_out = x.shape[1], y.shape[1]
     tiles = tiles_hw[0] * tiles_hw[1]
@@ -32,29 +32,30 @@ def _forward_chunk(sgemm, x, weight_t, y, padding, tiles_hw, start, count, padde
     for p in range(16):  # (B*tiles, C) @ (C, C_out)
         gemm(sgemm, count * tiles, channels_out, channels, planes[p].ctypes.data,
              weight_t[p].ctypes.data, products[p].ctypes.data)
-    transform_output_channels_last(products, y, start, count, tiles_hw, rows, staging)
+    transform_output_channels_last(products, y, start, count, tiles_hw, rows, staging, bias)
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
 def _forward(sgemm, x, weight_t, y, padding, tiles_hw, starts, counts, padded, planes,
-             products, rows, staging):
+             products, rows, staging, bias):
     workers = padded.shape[0]  # worker w takes chunks w, w + workers, ... in its buffers
     for w in numba.prange(workers):
         for k in range(w, starts.size, workers):
             _forward_chunk(sgemm, x, weight_t, y, padding, tiles_hw, starts[k], counts[k],
-                           padded[w], planes[w], products[w], rows[w], staging[w])
+                           padded[w], planes[w], products[w], rows[w], staging[w], bias)
     return y
 
 
 def forward(x, weight_t, y, padding, tiles_hw, starts, counts, padded, planes, products, rows,
-            staging):
+            staging, bias):
     """y = the convolution of x (N, C, H, W) with U^T = weight_t (16, C, C_out), chunk k being
     samples starts[k] .. + counts[k]. One set of buffers per worker thread (the leading axis):
     padded (workers, B, H_p, W_p, C), zero-bordered; planes (workers, 16, >= B*tiles*C);
     products (workers, 16, >= B*tiles*C_out); rows (workers, 8, C_out); staging (workers,
-    H_out*W_out*C_out or 0: see winograd.transform_output_channels_last); B >= every count."""
+    H_out*W_out*C_out or 0: see winograd.transform_output_channels_last); B >= every count.
+    bias: (C_out,) added to every output, or empty for none."""
     return _forward(cpu_blas.sgemm, x, weight_t, y, padding, tiles_hw, starts, counts, padded,
-                    planes, products, rows, staging)
+                    planes, products, rows, staging, bias)
 
 
 @numba.njit(nogil=True, cache=True)

@@ -41,7 +41,32 @@ def test_conv2d_gradients_of_first_and_second_order(case):
     rng = np.random.default_rng(0)
     x, weight, bias = leaf(rng, case["x"]), leaf(rng, case["weight"]), leaf(rng, case["weight"][0])
     assert minigen.gradcheck(lambda a, w, b: F.conv2d(a, w, b, **case["kwargs"]), (x, weight, bias))
-    assert minigen.gradgradcheck(lambda a, w: F.conv2d(a, w, **case["kwargs"]), (x, weight))
+    assert minigen.gradgradcheck(lambda a, w, b: F.conv2d(a, w, b, **case["kwargs"]),
+                                 (x, weight, bias))
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "composed"])
+def test_conv2d_with_bias_is_one_op_when_fused_and_gives_the_same_gradients(fused):
+    # With fusion on the convolution adds the bias itself (one op, no second array); off, a
+    # conv and then the bias add: the same values and gradients either way.
+    rng = np.random.default_rng(7)
+    arrays = [rng.standard_normal(shape).astype(np.float32)
+              for shape in ((2, 3, 6, 5), (4, 3, 3, 3), (4,), (2, 4, 6, 5))]
+
+    def run(enabled):
+        x, weight, bias = (minigen.tensor(a, requires_grad=True) for a in arrays[:3])
+        with minigen.fusion(enabled):
+            y = F.conv2d(x, weight, bias, padding=1)
+        (y * minigen.tensor(arrays[3])).sum().backward()
+        return y, [t.grad.numpy() for t in (x, weight, bias)]
+
+    y, grads = run(fused)
+    assert type(y._ctx).__name__ == ("Conv2dBias" if fused else "Add")  # composed: x + b
+    expected_y, expected_grads = run(not fused)
+    np.testing.assert_allclose(y.detach().numpy(), expected_y.detach().numpy(), rtol=1e-6,
+                               atol=1e-6)
+    for grad, expected in zip(grads, expected_grads):
+        np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["3x3_padding_1", "groups_2", "depthwise"])

@@ -123,6 +123,21 @@ def test_reference_conv2d_backward_matches_torch_autograd(case, torch):
 
 
 @conv_cases
+def test_reference_conv2d_with_bias_and_its_gradient_match_torch(case, torch):
+    x, weight, grad_output = conv_inputs(case, seed=5)
+    bias = np.random.default_rng(6).standard_normal(weight.shape[0])
+    stride, padding, dilation, groups = case.args
+    bias_t = torch.from_numpy(bias).requires_grad_()
+    y = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(weight), bias_t,
+                                   stride=stride, padding=padding, dilation=dilation,
+                                   groups=groups)
+    y.backward(torch.from_numpy(grad_output))
+    assert_close(reference.conv2d_forward(x, weight, *case.args, bias=bias),
+                 y.detach().numpy(), np.float64)
+    assert_close(reference.conv2d_backward_bias(grad_output), bias_t.grad.numpy(), np.float64)
+
+
+@conv_cases
 def test_reference_conv2d_backward_input_is_conv_transpose2d(case, torch):
     _, weight, grad_output = conv_inputs(case)
     stride, padding, dilation, groups = case.args
@@ -277,6 +292,39 @@ def test_cpu_conv2d_backward_weight_matches_reference(case, dtype):
 
 
 @conv_cases
+@dtypes
+@pytest.mark.parametrize("layout", ["contiguous", "non_contiguous"])
+def test_cpu_conv2d_with_bias_and_its_gradient_match_reference(case, dtype, layout):
+    x, weight, grad_output = conv_inputs(case, dtype, seed=14)
+    bias = random_array(np.random.default_rng(15), weight.shape[0], dtype)
+    if layout == "non_contiguous":
+        x, grad_output, bias = (non_contiguous(array) for array in (x, grad_output, bias))
+    actual = cpu.conv2d_forward(x, weight, *case.args, bias=bias)
+    assert_close(actual, reference.conv2d_forward(x, weight, *case.args, bias=bias), dtype)
+    assert_close(cpu.conv2d_backward_bias(grad_output), reference.conv2d_backward_bias(grad_output),
+                 dtype)
+
+
+def test_cpu_conv2d_with_bias_adds_it_to_an_empty_batch_and_sums_zero_for_its_gradient():
+    weight, bias = np.ones((3, 2, 3, 3)), np.ones(3)
+    y = cpu.conv2d_forward(np.ones((0, 2, 5, 5)), weight, (1, 1), (1, 1), (1, 1), 1, bias=bias)
+    assert y.shape == (0, 3, 5, 5)
+    np.testing.assert_array_equal(cpu.conv2d_backward_bias(np.ones((0, 3, 5, 5))), np.zeros(3))
+
+
+@pytest.mark.parametrize("backend", [cpu, reference], ids=["cpu", "reference"])
+def test_conv2d_names_both_shapes_when_the_bias_does_not_fit(backend):
+    x, weight = np.ones((1, 2, 4, 4)), np.ones((3, 2, 3, 3))
+    with pytest.raises(ValueError, match=r"bias has shape \(4,\).*\(3, 2, 3, 3\)"):
+        backend.conv2d_forward(x, weight, (1, 1), (1, 1), (1, 1), 1, bias=np.ones(4))
+    with pytest.raises(TypeError, match="dtypes"):
+        backend.conv2d_forward(x, weight, (1, 1), (1, 1), (1, 1), 1,
+                               bias=np.ones(3, np.float32))
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\).*\(3, 4\)"):
+        backend.conv2d_backward_bias(np.ones((3, 4)))
+
+
+@conv_cases
 def test_cpu_conv2d_wide_columns_by_loops_match_reference(case, monkeypatch):
     # Wide columns too large for a gather table are copied by the im2col loops.
     monkeypatch.setattr(cpu_conv, "GATHER_TABLE_BYTES", 0)
@@ -389,6 +437,9 @@ def test_cpu_winograd_matches_reference(case, dtype, budget, last_below, paralle
     args = case.args
     assert cpu_conv._winograd_pays(weight.shape, *args[::2], args[3])
     assert_cpu_conv2d_matches_reference(x, weight, grad_output, args, dtype)
+    bias = np.linspace(-1, 1, weight.shape[0]).astype(dtype)  # added by the output transform
+    assert_close(cpu.conv2d_forward(x, weight, *args, bias=bias),
+                 reference.conv2d_forward(x, weight, *args, bias=bias), dtype)
 
 
 @pytest.mark.skipif(not cpu_blas.available, reason="NumPy's CBLAS sgemm not found")

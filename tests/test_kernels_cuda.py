@@ -60,6 +60,22 @@ def test_cuda_conv2d_matches_reference(case, dtype, layout, cuda, on_gpu, on_cpu
                  reference.conv2d_backward_weight(grad_output, x, weight.shape, *args), dtype)
 
 
+@conv_cases
+@dtypes
+def test_cuda_conv2d_with_bias_and_its_gradient_match_reference(case, dtype, cuda, on_gpu,
+                                                              on_cpu):
+    rng = np.random.default_rng(21)
+    x, weight, grad_output, bias = (random_array(rng, shape, dtype) for shape in
+                                    (case.input_shape, case.weight_shape, case.output_shape,
+                                     case.weight_shape[0]))
+    x_gpu, weight_gpu, grad_gpu, bias_gpu = on_gpu(x, weight, grad_output, bias)
+    y = cuda.conv2d_forward(x_gpu, weight_gpu, *case.args, bias=bias_gpu)
+    assert y.dtype == dtype
+    assert_close(on_cpu(y), reference.conv2d_forward(x, weight, *case.args, bias=bias), dtype)
+    assert_close(on_cpu(cuda.conv2d_backward_bias(grad_gpu)),
+                 reference.conv2d_backward_bias(grad_output), dtype)
+
+
 @pytest.mark.parametrize("case", [CONV_CASES[0], CONV_CASES[1], CONV_CASES[8]],
                          ids=lambda case: case.name)
 def test_cuda_conv2d_splits_the_batch_into_chunks_when_columns_exceed_budget(

@@ -20,7 +20,8 @@ import cupy
 import numpy as np
 
 from .. import gemm_conv
-from ..geometry import Pair, as_pairs, check_pool2d, check_upsample, check_upsample_grad
+from ..geometry import (Pair, as_pairs, check_grad_output_4d, check_pool2d, check_upsample,
+                        check_upsample_grad, conv2d_forward_args)
 
 THREADS_PER_BLOCK = 256
 # The kernels loop with a grid stride, so capping the grid loses nothing; this cap is several
@@ -125,13 +126,23 @@ def _backend() -> gemm_conv.Im2col:
     return gemm_conv.Im2col(cupy, _im2col, _col2im, COLUMNS_BUDGET_BYTES)
 
 
-def conv2d_forward(x, weight, stride: Pair, padding: Pair, dilation: Pair, groups: int):
-    """Cross-correlation as PyTorch's conv2d, without bias.
+def conv2d_forward(x, weight, stride: Pair, padding: Pair, dilation: Pair, groups: int,
+                   bias=None):
+    """Cross-correlation as PyTorch's conv2d, plus bias[c] on output channel c when given.
 
-    x: (N, C_in, H, W), weight: (C_out, C_in/groups, kH, kW) -> (N, C_out, H_out, W_out).
+    x: (N, C_in, H, W), weight: (C_out, C_in/groups, kH, kW), bias: (C_out,) or None
+    -> (N, C_out, H_out, W_out).
     """
     _check_dtype("conv2d_forward", x, weight)
-    return gemm_conv.conv2d_forward(_backend(), x, weight, stride, padding, dilation, groups)
+    conv2d_forward_args(x, weight, stride, padding, dilation, groups, bias)
+    y = gemm_conv.conv2d_forward(_backend(), x, weight, stride, padding, dilation, groups)
+    return y if bias is None else bias_act_forward(y, bias, 1, "linear", 0.0)
+
+
+def conv2d_backward_bias(grad_output):
+    """grad_output (N, C, H, W) summed over all but the channels: (C,) of its dtype."""
+    check_grad_output_4d("conv2d_backward_bias", grad_output)
+    return grad_output.sum(axis=(0, 2, 3), dtype=cupy.float64).astype(grad_output.dtype)
 
 
 def conv2d_backward_input(grad_output, weight, input_shape, stride: Pair, padding: Pair,

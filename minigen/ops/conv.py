@@ -8,8 +8,10 @@ gradients of any order go through a convolution (gradient penalties need the sec
 from __future__ import annotations
 
 from minigen import kernels
+from minigen.fusion import fusion_enabled
 from minigen.ops.bias_act import bias_act
-from minigen.tensor import Function, Tensor
+from minigen.ops.elementwise import sum_to
+from minigen.tensor import Function, Tensor, is_grad_enabled
 
 
 def pair(value) -> tuple:
@@ -37,7 +39,7 @@ class Conv2d(_ConvGeometry):
         return kernels.for_array(x).conv2d_forward(x, weight, *self.geometry())
 
     def backward(self, grad_output):
-        x, weight = self.inputs
+        x, weight = self.inputs[:2]
         grad_x = Conv2dBackwardInput(*self.geometry(), x.shape)(grad_output, weight) \
             if self.needs_grad[0] else None
         grad_w = Conv2dBackwardWeight(*self.geometry(), weight.shape)(grad_output, x) \
@@ -85,12 +87,35 @@ class Conv2dBackwardWeight(_ConvGeometry):
         return d_grad_output, d_x
 
 
+class Conv2dBias(Conv2d):
+    """y = C(x, w) + b, b (C_out,) along the channels: the bias added by the convolution's
+    kernel, where a separate add would be one more pass over y. grad_b = g summed over every
+    axis but the channels."""
+
+    def forward(self, x, weight, bias):
+        return kernels.for_array(x).conv2d_forward(x, weight, *self.geometry(), bias=bias)
+
+    def backward(self, grad_output):
+        grad_x, grad_w = super().backward(grad_output)
+        if not self.needs_grad[2]:
+            return grad_x, grad_w, None
+        if not is_grad_enabled():  # no graph to build: the kernel's sum
+            return grad_x, grad_w, Tensor(kernels.for_array(grad_output.data)
+                                          .conv2d_backward_bias(grad_output.data))
+        channels = grad_output.shape[1]
+        return grad_x, grad_w, sum_to(grad_output, (1, channels, 1, 1)).reshape(channels)
+
+
 def _add_bias(out: Tensor, bias: Tensor | None) -> Tensor:
     if bias is None:
         return out
-    if bias.shape != (out.shape[1],):
-        raise ValueError(f"bias has shape {bias.shape} but the output has {out.shape[1]} channels")
+    _check_bias(bias, out.shape[1])
     return bias_act(out, bias, dim=1)
+
+
+def _check_bias(bias: Tensor, channels: int) -> None:
+    if bias.shape != (channels,):
+        raise ValueError(f"bias has shape {bias.shape} but the output has {channels} channels")
 
 
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
@@ -98,8 +123,11 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padd
     """2-D convolution (cross-correlation, as PyTorch): x (N, C_in, H, W) -> (N, C_out, H', W')."""
     if isinstance(padding, str):
         raise ValueError("conv2d: give padding as numbers, e.g. padding=1 for a 3x3 'same' conv")
-    out = Conv2d(pair(stride), pair(padding), pair(dilation), int(groups))(x, weight)
-    return _add_bias(out, bias)
+    geometry = (pair(stride), pair(padding), pair(dilation), int(groups))
+    if bias is not None and fusion_enabled() and bias.dtype == x.dtype:
+        _check_bias(bias, weight.shape[0])
+        return Conv2dBias(*geometry)(x, weight, bias)
+    return _add_bias(Conv2d(*geometry)(x, weight), bias)
 
 
 def conv_transpose2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
