@@ -304,23 +304,6 @@ class _Im2colPlan:
     def table(self, count: int) -> np.ndarray:
         return gather_table(count, self.in_channels, self.padded_hw, *self.geometry, self.stride)
 
-    def transformed_grad_output(self, grad_output, start: int, count: int):
-        """A g A^T of every 2x2 tile of samples start.. of grad_output: (16, C_out,
-        count*tiles), or with channels_last (16, count*tiles, C_out)."""
-        if not self.channels_last:
-            return winograd.transform_grad_output(
-                grad_output, start, self.planes("products", self.channels_out, count),
-                self.tiles_hw)
-        padded = pad_split_columns(grad_output, start, count, (0, 0), self.grad_padded_hw)
-        planes = winograd.transform_grad_output_channels_last(
-            padded, self._planes("products", self.channels_out, count), self.tiles_hw)
-        return planes[:, :-16].reshape(16, -1, self.channels_out)
-
-    @property
-    def grad_padded_hw(self):
-        """grad_output's height and width rounded up to whole tiles (zeros past its edge)."""
-        return 2 * self.tiles_hw[0], 2 * self.tiles_hw[1]
-
     def by_group(self, matrices):
         return gemm_conv.by_group(matrices, self.groups)
 
@@ -754,8 +737,8 @@ class _WinogradPlan:
                 grad_planes, sums)
             return sums.sum(axis=0)
         padded_grad = zero_bordered(
-            (workers, *split_columns_shape(most, self.grad_padded_hw, self.channels_out)), self.dtype,
-            ("parallel, split columns", (0, 0), grad_output.shape[2:]))
+            (workers, *split_columns_shape(most, self.grad_padded_hw, self.channels_out)),
+            self.dtype, ("parallel, split columns", (0, 0), grad_output.shape[2:]))
         grad_planes = self._worker_planes("products", workers, self.channels_out, most)
         winograd_parallel.backward_weight(grad_output, x, self.padding, self.tiles_hw, starts,
                                           counts, padded, planes, padded_grad, grad_planes, sums)
