@@ -1,11 +1,14 @@
 """As torch.nn.utils: gradient clipping, clip_grad_norm_ (by the global norm of all gradients)
 and clip_grad_value_, and spectral_norm (Miyato et al. 2018) with remove_spectral_norm. The
 clippers replace each `.grad` with a new array rather than scaling in place, because a gradient
-array can be shared with other tensors of the graph."""
+array can be shared with other tensors of the graph (on the CPU clip_grad_norm_ leaves the
+gradients as they are when none needs clipping)."""
 from __future__ import annotations
 
 import math
 from typing import Iterable
+
+import numpy as np
 
 import minigen
 from minigen import backend, kernels
@@ -43,10 +46,18 @@ def clip_grad_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float,
         raise RuntimeError(f"clip_grad_norm_: the total norm of order {norm_type} of the "
                            "gradients is non-finite; pass error_if_nonfinite=False to clip anyway")
     coefficient = xp.minimum(max_norm / (total + 1e-6), 1.0)
-    for param in params:
-        grad = param.grad.data
-        param.grad = Tensor(grad * coefficient.astype(grad.dtype))
+    if not _unchanged(xp, coefficient):
+        for param in params:
+            grad = param.grad.data
+            param.grad = Tensor(grad * coefficient.astype(grad.dtype))
     return Tensor(total.astype(params[0].grad.dtype))
+
+
+def _unchanged(xp, coefficient) -> bool:
+    """Whether scaling by `coefficient` leaves every gradient as it is: a coefficient of 1 on
+    the CPU (x * 1 is x, bit for bit, NaN and infinities too). On a GPU the scaling runs
+    anyway: asking the device for the value would wait for it, as PyTorch's clipping avoids."""
+    return xp is np and float(coefficient) == 1.0
 
 
 def _fused_clip(grads: list, params: list, max_norm: float, norm_type: float,
@@ -59,8 +70,9 @@ def _fused_clip(grads: list, params: list, max_norm: float, norm_type: float,
         raise RuntimeError(f"clip_grad_norm_: the total norm of order {norm_type} of the "
                            "gradients is non-finite; pass error_if_nonfinite=False to clip anyway")
     coefficient = xp.minimum(max_norm / (total + 1e-6), 1.0)
-    for param, grad in zip(params, backend_kernels.scale_grads(grads, coefficient)):
-        param.grad = Tensor(grad)
+    if not _unchanged(xp, coefficient):
+        for param, grad in zip(params, backend_kernels.scale_grads(grads, coefficient)):
+            param.grad = Tensor(grad)
     return Tensor(total.astype(grads[0].dtype))
 
 
