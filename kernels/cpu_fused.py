@@ -156,9 +156,9 @@ def _channel_sums(grad_x, row_sums):
     outer, channels, inner = grad_x.shape
     for n in numba.prange(outer):
         for c in range(channels):
-            total = 0.0
-            for i in range(inner):
-                total += np.float64(grad_x[n, c, i])
+            row, total = grad_x[n, c], 0.0  # a row of its own: indexed from 0, no gathers
+            for i in range(row.size):
+                total += np.float64(row[i])
             row_sums[n, c] = total
     return row_sums
 
@@ -559,20 +559,33 @@ def ema_update(shadows: list, params: list, decay: float) -> None:
                     _like(shadows[0]), shadows[0].dtype.type(1 - decay))
 
 
+@numba.njit(fastmath={"reassoc"}, **_jit)
+def _sum_of_squares(grad, start, stop):
+    """sum g^2 over grad[start:stop] in float64. A loop of its own, reassociated, so that it
+    vectorises (with the power's branches inside, the loop over 0.7 M gradients took 0.42 ms,
+    where NumPy's float32 dot takes 0.15)."""
+    part, total = grad[start:stop], 0.0
+    for i in range(part.size):  # from 0: no wrap-around of negative indices to check
+        value = np.float64(part[i])
+        total += value * value
+    return total
+
+
 @numba.njit(parallel=True, **_jit)
 def _norm_partials(grads, chunks, like, power, partials):
     """partials[k] = sum |g|^power over chunk k (power 2: g*g; inf: the largest |g|)."""
     for k in numba.prange(chunks.shape[0]):
         t, start, stop = chunks[k, 0], chunks[k, 1], chunks[k, 2]
         grad = _tensor(grads, t, stop, like)
+        if power == 2.0:
+            partials[k] = _sum_of_squares(grad, start, stop)
+            continue
         total = 0.0
         for i in range(start, stop):
             value = abs(np.float64(grad[i]))
             if np.isinf(power):
                 if value > total or np.isnan(value):
                     total = value
-            elif power == 2.0:
-                total += value * value
             else:
                 total += value ** power
         partials[k] = total
@@ -600,8 +613,9 @@ def grad_norm(grads: list, norm_type: float) -> np.ndarray:
 def _scale_kernel(grads, outs, chunks, like, coefficient):
     for k in numba.prange(chunks.shape[0]):
         t, start, stop = chunks[k, 0], chunks[k, 1], chunks[k, 2]
-        grad, out = _tensor(grads, t, stop, like), _tensor(outs, t, stop, like)
-        for i in range(start, stop):
+        grad = _tensor(grads, t, stop, like)[start:stop]  # from 0: no wrap-around, no gathers
+        out = _tensor(outs, t, stop, like)[start:stop]
+        for i in range(grad.size):
             out[i] = grad[i] * coefficient
 
 
