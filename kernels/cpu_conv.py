@@ -89,9 +89,10 @@ WINOGRAD_CHANNELS_LAST_TILES = math.inf
 STAGED_OUTPUT_PIXELS = 128
 # Their forward (and input gradient) in float32 as one parallel loop on Numba's threads
 # (winograd_parallel.py) rather than chunks handed to the Python pool; and so their weight
-# gradient when more than one thread shares it. Two threads, N=64: 0.43 against 0.59 ms for 64
-# channels of 4x4, 0.57 against 0.74 for 32 of 8x8. On one thread the loop ran 0-6 % slower
-# than one chunk without it.
+# gradient. Two threads, N=64: 0.43 against 0.59 ms for 64 channels of 4x4, 0.57 against 0.74
+# for 32 of 8x8. On one thread the loop had run 0-6 % slower than one chunk without it, and
+# took the chunks there; since its grad_output transform went channels last it is faster on
+# one thread too: 0.54 against 0.66 ms for 32 channels of 8x8, 7.1 against 9.4 of 32x32.
 PARALLEL_WINOGRAD = True
 PARALLEL_WINOGRAD_WEIGHT_GRADIENT = True
 
@@ -799,8 +800,7 @@ def _winograd_forward_channels_first(plan, x, transformed_weight, y):
 def _winograd_backward_weight(grad_output, x, weight_shape, padding, groups):
     plan = _WinogradPlan(x.shape, weight_shape[0], padding, groups, grad_output.shape[2:],
                          x.dtype)
-    if (plan.parallel_applies() and PARALLEL_WINOGRAD_WEIGHT_GRADIENT
-            and threads_for(plan.macs, plan.batch * plan.sample_bytes) > 1):
+    if plan.parallel_applies() and PARALLEL_WINOGRAD_WEIGHT_GRADIENT:
         return winograd.weight_gradient(plan.backward_weight_parallel(grad_output, x))
 
     def chunk(start: int, count: int):

@@ -464,8 +464,7 @@ def test_cpu_winograd_one_loop_runs_its_chunks_and_matches_reference(threads, al
     assert_cpu_conv2d_matches_reference(x, weight, grad_output, args, np.float32)
     chunks = 7 if threads > 1 else 1
     assert calls == [chunks, chunks]  # the forward and the input gradient
-    # The weight gradient takes the loop only when threads share it.
-    assert weight_calls == ([chunks] if threads > 1 else [])
+    assert weight_calls == [chunks]
 
 
 @pytest.mark.parametrize("input_shape, channels_out, samples", [
