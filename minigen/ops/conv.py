@@ -3,7 +3,8 @@
 Three linear maps do all the work: the convolution C(x, w), its adjoint in the input
 (`conv2d_backward_input`, which is also conv_transpose2d) and its adjoint in the weight
 (`conv2d_backward_weight`). Each is an op whose backward is built from the other two, so
-gradients of any order go through a convolution (gradient penalties need the second).
+gradients of any order go through a convolution (gradient penalties need the second). With
+fusion on, a convolution with a bias is one op, Conv2dBias, whose kernel adds the bias itself.
 """
 from __future__ import annotations
 
