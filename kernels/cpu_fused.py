@@ -244,14 +244,13 @@ def bias_act_backward(grad_output: np.ndarray, x: np.ndarray, bias: np.ndarray |
     alpha, zero, one, half = _constants(x3.dtype, alpha)
     grad3 = np.ascontiguousarray(grad_output, dtype=x.dtype).reshape(x3.shape)
     code = ACTIVATION_CODES[act]
-    threads = _Threads(x3.size)
     if code == LINEAR:
         grad_x = grad3  # the identity's gradient: the incoming one, shared as Add's is
     else:
         grad_x = np.empty_like(x3)
         if grad_x.size:
             tanh_half_z = x3
-            with threads:
+            with _Threads(x3.size):
                 if code == SILU:
                     z = x3 if bias is None else _bias_act_forward(x3, bias3, np.empty_like(x3),
                                                                   LINEAR, alpha, zero)
@@ -260,11 +259,17 @@ def bias_act_backward(grad_output: np.ndarray, x: np.ndarray, bias: np.ndarray |
                                    one, half)
     if bias is None:
         return grad_x.reshape(x.shape), None
-    row_sums = np.zeros(x3.shape[:2], dtype=np.float64)
-    if grad_x.size:
-        with threads:
-            _channel_sums(grad_x, row_sums)
-    return grad_x.reshape(x.shape), row_sums.sum(axis=0).astype(bias.dtype)
+    return grad_x.reshape(x.shape), _channel_totals(grad_x, bias.dtype)
+
+
+def _channel_totals(array3: np.ndarray, dtype) -> np.ndarray:
+    """A contiguous (outer, C, inner) array summed over all but its channels, in float64:
+    (C,) of `dtype` (a bias's gradient)."""
+    row_sums = np.zeros(array3.shape[:2], dtype=np.float64)
+    if array3.size:
+        with _Threads(array3.size):
+            _channel_sums(array3, row_sums)
+    return row_sums.sum(axis=0).astype(dtype)
 
 
 # ---------------------------------------------------------------------------------------
@@ -272,8 +277,8 @@ def bias_act_backward(grad_output: np.ndarray, x: np.ndarray, bias: np.ndarray |
 # ---------------------------------------------------------------------------------------
 def add_channel_bias(y: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """y[:, c] += bias[c], in place where y (N, C, ...) is C-contiguous (a convolution's fresh
-    output, still partly in cache: a separate bias_act wrote a new array, a pass over memory
-    more), else into a contiguous copy; returns the result."""
+    output, which no one else holds: one array fewer than a separate bias_act, though the pass
+    over memory costs the same), else into a contiguous copy; returns the result."""
     if y.size == 0:
         return y
     y = np.ascontiguousarray(y)
@@ -289,11 +294,7 @@ def conv2d_backward_bias(grad_output: np.ndarray) -> np.ndarray:
     dtype (see reference.py)."""
     check_grad_output_4d("conv2d_backward_bias", grad_output)
     grad3 = np.ascontiguousarray(grad_output).reshape(_three_axes(grad_output.shape, 1))
-    row_sums = np.zeros(grad3.shape[:2], dtype=np.float64)
-    if grad3.size:
-        with _Threads(grad3.size):
-            _channel_sums(grad3, row_sums)
-    return row_sums.sum(axis=0).astype(grad_output.dtype)
+    return _channel_totals(grad3, grad_output.dtype)
 
 
 # ---------------------------------------------------------------------------------------
