@@ -73,15 +73,15 @@ WINOGRAD_MIN_CHANNELS = 32
 WINOGRAD_BUDGET_BYTES = 2**20
 WINOGRAD_ROWS_PER_CHANNEL = 2
 # Images of fewer tiles across than this go through Winograd's channels-last transforms and
-# GEMMs (winograd.py), the rest channels first: now every size, for all three convolutions. Forward + both gradients, one
-# thread: 6.2 against 8.8 ms at N=64, C=64, 8x8; 5.4 against 7.5 at N=32, C=32, 16x16. Forward
-# and input gradient, channels first against channels last, one thread: N=64, C=32, 32x32 8.9
-# and 8.9 against 8.5 and 8.5 ms; N=16, C=64, 28x28 4.6 and 4.6 against 3.9 and 4.2; N=16,
-# C=32, 64x64 12.3 and 12.3 against 11.6 and 11.3; N=16, C=128, 32x32 22.5 and 21.9 against
-# 24.0 and 21.8 (two threads 11.1 and 11.2 against 11.3 and 11.4). Channels first had measured
-# faster at 32x32 (13.5 against 17.3 ms) before the staged output transform and the blocks of
-# winograd.unstage. The weight gradient had been channels last at every size already (at
-# 32x32 15.0 against 17.1 ms).
+# GEMMs (winograd.py), the rest channels first: now every size, for all three convolutions.
+# Forward + both gradients, one thread: 6.2 against 8.8 ms at N=64, C=64, 8x8; 5.4 against
+# 7.5 at N=32, C=32, 16x16. Forward and input gradient, channels first against channels last,
+# one thread: N=64, C=32, 32x32 8.9 and 8.9 against 8.5 and 8.5 ms; N=16, C=64, 28x28 4.6 and
+# 4.6 against 3.9 and 4.2; N=16, C=32, 64x64 12.3 and 12.3 against 11.6 and 11.3; N=16,
+# C=128, 32x32 22.5 and 21.9 against 24.0 and 21.8 (two threads 11.1 and 11.2 against 11.3
+# and 11.4). Channels first had measured faster at 32x32 (13.5 against 17.3 ms) before the
+# staged output transform and the blocks of winograd.unstage. The weight gradient had been
+# channels last at every size already (at 32x32 15.0 against 17.1 ms).
 WINOGRAD_CHANNELS_LAST_TILES = math.inf
 # The channels-last output transform stages each sample's outputs from this many pixels a
 # channel up (see winograd.transform_output_channels_last): 16x16 outputs of 64 channels took
@@ -871,7 +871,8 @@ class _Stride2Plan:
         y = np.empty((self.batch, self.channels_out, *self.out_hw), self.dtype)
         weight = winograd_stride2.transform_weight(weight).reshape(9, self.channels_out, -1)
         return winograd_stride2.forward(
-            x, weight, y, self.padding, self.tiles_hw, starts, counts, self._padded_input(x, workers, most),
+            x, weight, y, self.padding, self.tiles_hw, starts, counts,
+            self._padded_input(x, workers, most),
             self._planes("columns", workers, columns * 4 * self.channels),
             self._planes("products", workers, columns * self.channels_out),
             self._staging(workers, most, self.out_hw, self.channels_out))
